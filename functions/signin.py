@@ -1,0 +1,21 @@
+"""/oauth2/v2.0/initiate and /oauth2/v2.0/challenge."""
+
+import azure.functions as func
+
+from shared import signin
+
+from ._http import ANON, serve
+
+bp = func.Blueprint()
+
+
+@bp.function_name("signin_initiate")
+@bp.route(route="oauth2/v2.0/initiate", methods=["POST", "OPTIONS"], auth_level=ANON)
+def initiate(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("signin_initiate", req, signin.initiate)
+
+
+@bp.function_name("signin_challenge")
+@bp.route(route="oauth2/v2.0/challenge", methods=["POST", "OPTIONS"], auth_level=ANON)
+def challenge(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("signin_challenge", req, signin.challenge)

@@ -1,0 +1,159 @@
+"""Users, their attributes and registered methods, and client applications.
+
+A user is one entity in the ``users`` table keyed by a hash of the
+normalised email (never the raw address): PartitionKey = ``hash_key("email",
+email)``, RowKey = ``"user"``. Registered second-factor methods live inside
+the user entity (``methods`` JSON) so that a sign-in reads one entity.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from . import passwords
+from .settings import Settings
+from .storage import Conflict, Entity, Storage, hash_key
+
+USER_RK = "user"
+
+
+class UserExists(Exception):
+    pass
+
+
+def user_key(email: str) -> str:
+    return hash_key("email", email)
+
+
+@dataclass
+class User:
+    entity: Entity
+
+    @property
+    def pk(self) -> str:
+        return self.entity["PartitionKey"]
+
+    @property
+    def oid(self) -> str:
+        return self.entity["oid"]
+
+    @property
+    def email(self) -> str:
+        return self.entity["email"]
+
+    @property
+    def display_name(self) -> str:
+        return self.entity.get("display_name") or ""
+
+    @property
+    def password_hash(self) -> str:
+        return self.entity.get("password_hash") or ""
+
+    @property
+    def has_password(self) -> bool:
+        return bool(self.password_hash)
+
+    @property
+    def disabled(self) -> bool:
+        return bool(self.entity.get("disabled"))
+
+    @property
+    def methods(self) -> list[dict[str, Any]]:
+        return json.loads(self.entity.get("methods") or "[]")
+
+    def locked_until(self) -> int:
+        return int(self.entity.get("lockout_until") or 0)
+
+
+def get_user(storage: Storage, email: str) -> User | None:
+    entity = storage.table("users").get(user_key(email), USER_RK)
+    return User(entity) if entity else None
+
+
+def get_user_by_key(storage: Storage, pk: str) -> User | None:
+    entity = storage.table("users").get(pk, USER_RK)
+    return User(entity) if entity else None
+
+
+def create_user(storage: Storage, email: str, *, password: str | None = None, display_name: str = "",
+                attributes: dict[str, Any] | None = None, methods: list[dict[str, Any]] | None = None,
+                password_reset_required: bool = False) -> User:
+    """Insert-if-absent: two concurrent sign-ups of one address make one account."""
+    now = int(time.time())
+    entity: Entity = {
+        "PartitionKey": user_key(email), "RowKey": USER_RK,
+        "oid": str(uuid.uuid4()), "email": email, "display_name": display_name,
+        "password_hash": passwords.hash_password(password) if password else "",
+        "password_changed_at": now if password else 0,
+        "password_reset_required": password_reset_required,
+        "attributes": json.dumps(attributes or {}),
+        "methods": json.dumps(methods or []),
+        "created": now, "failed_logins": 0, "lockout_until": 0, "code_failures": 0,
+        "rt_not_before": 0, "disabled": False,
+    }
+    try:
+        etag = storage.table("users").insert(entity)
+    except Conflict:
+        raise UserExists(email) from None
+    entity["_etag"] = etag
+    return User(entity)
+
+
+def update_user(storage: Storage, user: User, **changes: Any) -> User:
+    """Merge changes with If-Match; raises storage.Modified on a concurrent change."""
+    entity = {"PartitionKey": user.pk, "RowKey": USER_RK, **changes}
+    etag = storage.table("users").update(entity, user.entity.get("_etag"))
+    merged = {**user.entity, **changes, "_etag": etag}
+    return User(merged)
+
+
+# ------------------------------------------------------------------ clients
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    enabled: bool = True
+
+
+_client_cache: dict[str, tuple[float, Client | None]] = {}
+_client_lock = threading.Lock()
+CLIENT_CACHE_SECONDS = 60.0
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def register_client(storage: Storage, client_id: str, name: str, *, enabled: bool = True) -> Client:
+    storage.table("clients").put({"PartitionKey": "client", "RowKey": client_id, "name": name, "enabled": enabled})
+    with _client_lock:
+        _client_cache.pop(client_id, None)
+    return Client(client_id, name, enabled)
+
+
+def get_client(storage: Storage, settings: Settings, client_id: str) -> Client | None:
+    """Registered public clients, cached briefly per instance. In local mode the
+    development client id is always registered."""
+    if not _CLIENT_ID_RE.match(client_id or ""):
+        return None
+    if settings.dev_client_id and client_id == settings.dev_client_id:
+        return Client(client_id, "Local development client")
+    now = time.monotonic()
+    with _client_lock:
+        hit = _client_cache.get(client_id)
+    if hit and hit[0] > now:
+        return hit[1]
+    entity = storage.table("clients").get("client", client_id)
+    client = Client(client_id, entity.get("name", ""), bool(entity.get("enabled", True))) if entity else None
+    with _client_lock:
+        _client_cache[client_id] = (now + CLIENT_CACHE_SECONDS, client)
+    return client
+
+
+def clear_client_cache() -> None:
+    with _client_lock:
+        _client_cache.clear()

@@ -1,0 +1,153 @@
+"""Wire errors as small classes (Authlib style).
+
+Each class carries the wire values as class attributes: ``error``,
+``error_codes``, ``suberror`` and the HTTP ``status``. Raising one anywhere in
+``shared/`` ends the request with the contract's JSON error shape
+(native-auth-contract.md §1.2); ``protocol.error_body`` renders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AuthError(Exception):
+    error: str = "invalid_request"
+    error_codes: tuple[int, ...] = (90100,)
+    status: int = 400
+    suberror: str | None = None
+    description: str = "The request is not valid."
+
+    def __init__(self, description: str | None = None, *, suberror: str | None = None,
+                 error_codes: tuple[int, ...] | None = None, extra: dict[str, Any] | None = None,
+                 retry_after: int | None = None) -> None:
+        self.description = description or self.description
+        if suberror is not None:
+            self.suberror = suberror
+        if error_codes is not None:
+            self.error_codes = tuple(error_codes)
+        self.extra = dict(extra or {})
+        self.retry_after = retry_after
+        super().__init__(self.description)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error!r}, suberror={self.suberror!r})"
+
+
+class InvalidRequest(AuthError):
+    error = "invalid_request"
+    error_codes = (90100,)
+    description = "The request is not valid."
+
+
+class InvalidUsername(InvalidRequest):
+    # J and iOS match this description text and code 90100 (contract §4.3).
+    description = "username parameter is empty or not valid."
+
+
+class InvalidClient(AuthError):
+    error = "invalid_client"
+    error_codes = (7000218,)
+    description = "The client is not allowed to use native authentication."
+
+
+class UnauthorizedClient(AuthError):
+    error = "unauthorized_client"
+    error_codes = (700016,)
+    description = "The application identifier is not registered here."
+
+
+class UnsupportedChallengeType(AuthError):
+    error = "unsupported_challenge_type"
+    error_codes = (901007,)
+    description = "The challenge_type list parameter contains an unsupported challenge type."
+
+
+class InvalidGrant(AuthError):
+    error = "invalid_grant"
+    error_codes = (55200,)
+    description = "The grant or continuation_token is not valid."
+
+
+class InvalidCredentials(InvalidGrant):
+    # J isPasswordIncorrect needs 50126 in error_codes; iOS reads error_codes[0].
+    error_codes = (50126,)
+    description = "Error validating credentials due to invalid username or password."
+
+
+class InvalidOob(InvalidGrant):
+    suberror = "invalid_oob_value"
+    error_codes = (50181,)
+    description = "The code is not valid."
+
+
+class TooManyAttempts(InvalidGrant):
+    # After the attempt limit the challenge is dead; the client must start again.
+    suberror = "invalid_oob_value"
+    error_codes = (50053,)
+    description = "Too many wrong codes. Request a new code or start again."
+
+
+class ExpiredToken(AuthError):
+    error = "expired_token"
+    error_codes = (552003,)
+    description = "The continuation_token has expired. Start the flow again."
+
+
+class UserNotFound(AuthError):
+    error = "user_not_found"
+    error_codes = (50034,)
+    description = "The user account does not exist."
+
+
+class PasswordResetRequired(InvalidRequest):
+    error_codes = (50142,)
+    description = "The password must be reset before signing in."
+
+
+class InvalidScope(AuthError):
+    error = "invalid_scope"
+    error_codes = (70011,)
+    description = "The requested scope is not valid."
+
+
+class UnsupportedGrantType(AuthError):
+    error = "unsupported_grant_type"
+    error_codes = (70003,)
+    description = "The grant_type is not supported here."
+
+
+class SlowDown(AuthError):
+    """Rate limit hit (HTTP 429 with Retry-After)."""
+    error = "slow_down"
+    error_codes = (50196,)
+    status = 429
+    description = "Too many requests. Retry later."
+
+
+class ServiceUnavailable(AuthError):
+    error = "temporarily_unavailable"
+    error_codes = (50196,)
+    status = 503
+    description = "The service is temporarily unavailable. Retry later."
+
+
+class ServerError(AuthError):
+    error = "server_error"
+    error_codes = (50000,)
+    status = 500
+    description = "An unexpected error occurred."
+
+
+class NotFound(AuthError):
+    error = "not_found"
+    error_codes = (90010,)
+    status = 404
+    description = "No such endpoint."
+
+
+class MethodNotAllowed(AuthError):
+    error = "invalid_request"
+    error_codes = (90010,)
+    status = 405
+    description = "This endpoint only accepts POST."

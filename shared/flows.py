@@ -1,0 +1,217 @@
+"""Flow records and continuation tokens.
+
+Every flow (sign-in, sign-up, reset, registration) is one entity in the
+``flows`` table. The continuation token handed to the client is
+``<partition>.<flow id>.<secret>``: the partition is the flow's creation hour
+plus a shard character (so purging drops whole old partitions and no
+partition is hot), the flow id is 128 random bits, the secret 256 random
+bits. The table stores only SHA-256 of the secret. Every successful step
+writes a new secret (rotation) with ``If-Match``; a wrong code keeps the
+token (clients retry with it) and counts the attempt under the same ETag
+rule, so attempts cannot race past the limit and a code is accepted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors, otp
+from .settings import Settings
+from .storage import Entity, Modified, Storage
+
+_TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
+MAX_CAS_RETRIES = 8
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _partition(now: float, flow_id: str) -> str:
+    return "f" + time.strftime("%Y%m%d%H", time.gmtime(now)) + hashlib.sha256(flow_id.encode()).hexdigest()[0]
+
+
+@dataclass
+class Flow:
+    entity: Entity
+    secret: str  # the secret of the token the client presented (or was just given)
+    token: str = ""  # set when the caller must hand a new token to the client
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pk(self) -> str:
+        return self.entity["PartitionKey"]
+
+    @property
+    def id(self) -> str:
+        return self.entity["RowKey"]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.entity.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.entity.get(name)
+        return default if value is None else value
+
+    def json(self, name: str, default: Any = None) -> Any:
+        raw = self.entity.get(name)
+        return json.loads(raw) if raw else default
+
+    @property
+    def steps(self) -> list[str]:
+        return self.json("steps", [])
+
+
+def _token(pk: str, flow_id: str, secret: str) -> str:
+    return f"{pk}.{flow_id}.{secret}"
+
+
+def start(storage: Storage, settings: Settings, kind: str, client_id: str, **fields: Any) -> Flow:
+    """Create a flow and its first continuation token (insert-if-absent)."""
+    now = time.time()
+    flow_id = secrets.token_urlsafe(16)
+    secret = secrets.token_urlsafe(32)
+    pk = _partition(now, flow_id)
+    entity: Entity = {
+        "PartitionKey": pk, "RowKey": flow_id, "kind": kind, "client_id": client_id,
+        "secret_hash": _secret_hash(secret), "created": int(now),
+        "expires_at": int(now) + settings.flow_ttl_seconds, "state": "started", "steps": "[]",
+        "code_hash": "", "code_attempts": 0, "code_sends": 0, "code_sent_at": 0, "code_expires": 0,
+    }
+    entity.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in fields.items()})
+    entity["_etag"] = storage.table("flows").insert(entity)
+    return Flow(entity, secret, _token(pk, flow_id, secret))
+
+
+def load(storage: Storage, settings: Settings, token: str | None, client_id: str, kinds: tuple[str, ...]) -> Flow:
+    """The flow a continuation token belongs to, or the contract's error.
+
+    The token must be well-formed, its secret must be the current one, the
+    flow must belong to this client and be of an expected kind, and it must
+    not have expired. All failures other than expiry look the same.
+    """
+    if not token:
+        raise errors.InvalidRequest("The request body must contain the 'continuation_token' parameter.")
+    m = _TOKEN_RE.match(token)
+    if not m:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    pk, flow_id, secret = m.groups()
+    entity = storage.table("flows").get(pk, flow_id)
+    if entity is None:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    # Constant-time compare of fixed-length digests.
+    if not hmac.compare_digest(_secret_hash(secret), entity.get("secret_hash", "")):
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    if entity.get("client_id") != client_id or entity.get("kind") not in kinds:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    if time.time() >= int(entity.get("expires_at") or 0):
+        raise errors.ExpiredToken()
+    return Flow(entity, secret)
+
+
+def reload(storage: Storage, flow: Flow) -> Flow:
+    """Re-read after a 412; the presented secret must still be current."""
+    entity = storage.table("flows").get(flow.pk, flow.id)
+    if entity is None or not hmac.compare_digest(_secret_hash(flow.secret), entity.get("secret_hash", "")):
+        raise errors.InvalidGrant("The continuation_token is no longer valid.")
+    return Flow(entity, flow.secret)
+
+
+def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any) -> Flow:
+    """Write a step with If-Match. A concurrent step on the same flow makes
+    this fail with ``invalid_grant`` (so one code yields one success)."""
+    data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in changes.items()}
+    secret = flow.secret
+    if rotate:
+        secret = secrets.token_urlsafe(32)
+        data["secret_hash"] = _secret_hash(secret)
+    try:
+        etag = storage.table("flows").update({"PartitionKey": flow.pk, "RowKey": flow.id, **data}, flow.entity["_etag"])
+    except Modified:
+        raise errors.InvalidGrant("The continuation_token was already used.") from None
+    entity = {**flow.entity, **data, "_etag": etag}
+    return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
+
+
+def finish(storage: Storage, flow: Flow) -> None:
+    """End the flow (delete with If-Match): its tokens are useless afterwards."""
+    from .storage import NotFound
+
+    try:
+        deleted = storage.table("flows").delete(flow.pk, flow.id, etag=flow.entity["_etag"])
+    except (Modified, NotFound):
+        deleted = False
+    if not deleted:
+        raise errors.InvalidGrant("The continuation_token was already used.")
+
+
+# ------------------------------------------------------------------ codes
+
+@dataclass(frozen=True)
+class Code:
+    value: str
+    changes: dict[str, Any]
+
+
+def new_code(settings: Settings, flow: Flow, purpose: str, channel: str, length: int, target: str = "") -> Code:
+    """A fresh code for this flow. The changes replace any previous code, so a
+    resend kills the old one (A7), and keep the per-flow send count."""
+    now = int(time.time())
+    value = otp.generate(length)
+    sends = int(flow.get("code_sends", 0)) + 1
+    challenge_id = f"{flow.id}:{sends}"
+    return Code(value, {
+        "code_hash": otp.digest(settings.code_hash_key, challenge_id, purpose, value),
+        "code_purpose": purpose, "code_channel": channel, "code_target": target,
+        "code_length": length, "code_attempts": 0, "code_sends": sends, "code_sent_at": now,
+        "code_expires": now + settings.code_ttl_seconds,
+    })
+
+
+def resend_wait(settings: Settings, flow: Flow) -> int:
+    """Seconds until another code may be sent in this flow (0 = now)."""
+    last = int(flow.get("code_sent_at", 0))
+    if not last:
+        return 0
+    return max(0, last + settings.resend_interval_seconds - int(time.time()))
+
+
+def code_matches(settings: Settings, flow: Flow, purpose: str, code: str) -> bool:
+    challenge_id = f"{flow.id}:{int(flow.get('code_sends', 0))}"
+    return otp.matches(settings.code_hash_key, challenge_id, purpose, code, flow.get("code_hash"))
+
+
+def check_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, code: str | None) -> Flow:
+    """Verify a submitted code against the flow's open challenge.
+
+    Returns the (unchanged) flow when the code matches; the caller consumes it
+    with :func:`advance`, whose If-Match makes the code single-use. A wrong
+    code is counted first (If-Match, retried on races) and then answered with
+    ``invalid_oob_value``; after ``code_max_attempts`` the challenge is dead.
+    """
+    if not code:
+        raise errors.InvalidRequest("The request body must contain the 'oob' parameter.")
+    for _ in range(MAX_CAS_RETRIES):
+        if flow.get("code_purpose") != purpose or not flow.get("code_hash"):
+            raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
+        attempts = int(flow.get("code_attempts", 0))
+        if attempts >= settings.code_max_attempts:
+            raise errors.TooManyAttempts()
+        if time.time() >= int(flow.get("code_expires", 0)):
+            raise errors.InvalidOob("The code has expired. Request a new code.")
+        if len(code) <= 16 and code.isdigit() and code_matches(settings, flow, purpose, code):
+            return flow
+        try:
+            flow = advance(storage, flow, rotate=False, code_attempts=attempts + 1)
+        except errors.InvalidGrant:
+            flow = reload(storage, flow)
+            continue
+        raise errors.InvalidOob()
+    raise errors.InvalidGrant("The flow is busy; retry.")

@@ -1,0 +1,61 @@
+"""Canonical forms of the identifiers users type, and their masked display forms.
+
+Email (security-baseline A39): NFC-normalised, trimmed, lower-cased; the domain
+IDNA-encoded (``bücher.de`` and ``xn--bcher-kva.de`` are one domain) with any
+trailing dot removed; the local part must be printable ASCII, so homoglyph
+local parts (Cyrillic ``а``) and fullwidth forms are refused rather than
+silently creating a look-alike account. ``+tags`` are kept: they are distinct
+mailboxes to the mail server, so they are distinct accounts here.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_LOCAL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+class InvalidIdentifier(ValueError):
+    pass
+
+
+def normalize_email(value: str | None) -> str:
+    if not value:
+        raise InvalidIdentifier("empty")
+    text = unicodedata.normalize("NFC", value).strip()
+    if len(text) > 254 or text.count("@") != 1:
+        raise InvalidIdentifier("not an email address")
+    local, domain = text.rsplit("@", 1)
+    if not _LOCAL_RE.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise InvalidIdentifier("local part")
+    domain = domain.rstrip(".")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise InvalidIdentifier("domain") from None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
+        raise InvalidIdentifier("domain")
+    return f"{local.lower()}@{ascii_domain}"
+
+
+def mask_email(email: str) -> str:
+    """``contoso@example.com`` → ``c*****o@e******.com`` (contract §3.2 style)."""
+    local, _, domain = email.partition("@")
+    name, dot, tld = domain.rpartition(".")
+    return f"{_mask(local)}@{_mask(name)}{dot}{tld}"
+
+
+def _mask(part: str) -> str:
+    if len(part) <= 2:
+        return part[:1] + "*"
+    return part[0] + "*" * (len(part) - 2) + part[-1]
+
+
+def mask_phone(e164: str) -> str:
+    """``+4915112345678`` → ``+49*******5678``: country code and last four digits."""
+    if len(e164) <= 6:
+        return "*" * len(e164)
+    return e164[:3] + "*" * (len(e164) - 7) + e164[-4:]

@@ -1,0 +1,61 @@
+"""What leaves the service: one-time codes and notices, through the configured sender.
+
+This is the single door to ``delivery``: it decides whether a message really
+goes out (never to an unknown account under enumeration protection), picks
+the locale from the request, and turns delivery failures into the contract's
+error shape with a retry hint. Codes are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from . import errors
+from .protocol import Request
+from .settings import Settings
+from .storage import Storage
+
+log = logging.getLogger("nativeauth.notify")
+
+_sender = None
+_sender_key: int | None = None
+_lock = threading.Lock()
+
+
+def sender(settings: Settings):
+    global _sender, _sender_key
+    with _lock:
+        if _sender is None or _sender_key != id(settings):
+            from .delivery import build_sender
+
+            _sender = build_sender(settings)
+            _sender_key = id(settings)
+        return _sender
+
+
+def locale_of(request: Request | None, form_locale: str | None = None) -> str | None:
+    if form_locale:
+        return form_locale
+    if request is not None:
+        return request.header("accept-language")
+    return None
+
+
+def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: str, purpose: str, code: str,
+              real_recipient: bool, request: Request | None) -> None:
+    """Send a code, or pretend to for an account that does not exist."""
+    if not real_recipient:
+        log.info("code not sent: no such account (purpose=%s channel=%s)", purpose, channel)
+        return
+    from .delivery import DeliveryError, Message
+
+    message = Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
+    try:
+        sender(settings).send(message)
+    except DeliveryError as exc:
+        log.warning("delivery failed: %s (purpose=%s channel=%s retryable=%s)", exc.reason, purpose, channel, exc.retryable)
+        if exc.retryable:
+            raise errors.ServiceUnavailable("The code could not be sent. Retry shortly.",
+                                            retry_after=exc.retry_after or 5) from None
+        raise errors.InvalidRequest("The code could not be sent to this address.", error_codes=(901001,)) from None

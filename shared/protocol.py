@@ -1,0 +1,299 @@
+"""The wire protocol, independent of the Functions runtime.
+
+``functions/`` turns an ``azure.functions.HttpRequest`` into a
+:class:`Request`, calls :func:`handle` with the endpoint's handler, and turns
+the :class:`Response` back. Everything a client can observe about transport
+lives here once: form parsing and its rejections, the contract's error JSON,
+CORS, request/correlation ids and the one log line per request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qsl
+
+from . import errors
+from .settings import Settings, get_settings
+
+log = logging.getLogger("nativeauth.request")
+
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+MAX_FIELDS = 64
+MAX_VALUE_CHARS = 8192
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HEADER_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    url: str
+    headers: Mapping[str, str]  # lower-case names
+    query: Mapping[str, str]
+    body: bytes
+    client_ip: str | None = None
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    body: Any = None  # dict/list -> JSON; bytes/str -> as is
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    content_type: str = "application/json"
+
+    def body_bytes(self) -> bytes:
+        if self.body is None:
+            return b""
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode("utf-8")
+        return json.dumps(self.body, separators=(",", ":")).encode("utf-8")
+
+
+@dataclasses.dataclass
+class Context:
+    """Per-request facts shared down the call stack (through a contextvar)."""
+    request_id: str
+    correlation_id: str
+    client_ip: str | None
+    locale: str | None
+    storage_ops: int = 0
+    outcome: str = ""
+
+
+_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar("nativeauth_request", default=None)
+
+
+def current() -> Context | None:
+    return _context.get()
+
+
+def count_storage_op(n: int = 1) -> None:
+    ctx = _context.get()
+    if ctx is not None:
+        ctx.storage_ops += n
+
+
+class Form:
+    """A parsed form body. Every value is a str; each name appears once."""
+
+    def __init__(self, fields: Mapping[str, str]):
+        self._fields = dict(fields)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        value = self._fields.get(name)
+        return default if value is None or value == "" else value
+
+    def require(self, name: str, error: type[errors.AuthError] = errors.InvalidRequest) -> str:
+        value = self.get(name)
+        if value is None:
+            raise error(f"The request body must contain the '{name}' parameter.")
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._fields
+
+    def names(self) -> list[str]:
+        return list(self._fields)
+
+
+def parse_form(request: Request, settings: Settings, *, allow_query: bool = False) -> Form:
+    """Strict form parsing: content type, size, UTF-8, one value per name."""
+    ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
+    if ctype != FORM_CONTENT_TYPE:
+        raise errors.InvalidRequest("The request body must be application/x-www-form-urlencoded.")
+    if len(request.body) > settings.max_body_bytes:
+        raise errors.InvalidRequest("The request body is too large.")
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("The request body is not valid UTF-8.") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
+    except ValueError:
+        raise errors.InvalidRequest("The request body is not a valid form or has too many fields.") from None
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("The request body contains percent-encoded bytes that are not valid UTF-8.") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise errors.InvalidRequest(f"The parameter '{name}' appears more than once.")
+        if len(value) > MAX_VALUE_CHARS:
+            raise errors.InvalidRequest(f"The parameter '{name}' is too long.")
+        if "\x00" in value or "\x00" in name:
+            raise errors.InvalidRequest(f"The parameter '{name}' contains a NUL character.")
+        fields[name] = value
+    if allow_query:
+        for name, value in request.query.items():
+            fields.setdefault(name, value)
+    return Form(fields)
+
+
+def split_list(value: str | None) -> list[str]:
+    """Space- or comma-separated list (capabilities come in both forms, §8 #1)."""
+    if not value:
+        return []
+    return [v for v in re.split(r"[\s,]+", value.strip()) if v]
+
+
+# ---------------------------------------------------------------- responses
+
+def _timestamp(now: float | None = None) -> str:
+    return _dt.datetime.fromtimestamp(now or time.time(), _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def error_body(exc: errors.AuthError, ctx: Context) -> dict[str, Any]:
+    stamp = _timestamp()
+    code = exc.error_codes[0] if exc.error_codes else 0
+    body: dict[str, Any] = {
+        "error": exc.error,
+        "error_description": (
+            f"AADSTS{code}: {exc.description}\r\nTrace ID: {ctx.request_id}\r\n"
+            f"Correlation ID: {ctx.correlation_id}\r\nTimestamp: {stamp}"
+        ),
+        "error_codes": list(exc.error_codes),
+        "timestamp": stamp,
+        "trace_id": ctx.request_id,
+        "correlation_id": ctx.correlation_id,
+    }
+    if exc.suberror:
+        body["suberror"] = exc.suberror
+    body.update(exc.extra)
+    return body
+
+
+def error_response(exc: errors.AuthError, ctx: Context) -> Response:
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after))
+    return Response(exc.status, error_body(exc, ctx), headers)
+
+
+def redirect_response(reason: str) -> Response:
+    """The web-fallback answer (HTTP 200, contract §1 and §5.8)."""
+    return Response(200, {"challenge_type": "redirect", "redirect_reason": reason})
+
+
+def ok(body: dict[str, Any]) -> Response:
+    return Response(200, body, {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+# ---------------------------------------------------------------- CORS
+
+def origin_allowed(origin: str | None, settings: Settings) -> bool:
+    if not origin:
+        return False
+    origin = origin.rstrip("/")
+    for allowed in settings.cors_allowed_origins:
+        if allowed == "*" or allowed == origin:
+            return True
+        if allowed.endswith(":*"):
+            base = allowed[:-2]
+            if origin == base or (origin.startswith(base + ":") and origin[len(base) + 1:].isdigit()):
+                return True
+    return False
+
+
+def cors_headers(request: Request, settings: Settings) -> dict[str, str]:
+    origin = request.header("origin")
+    if not origin_allowed(origin, settings):
+        return {}
+    return {
+        "Access-Control-Allow-Origin": origin,  # echo, never "*" with credentials
+        "Access-Control-Expose-Headers": "x-ms-request-id, client-request-id, Retry-After",
+        "Vary": "Origin",
+    }
+
+
+def preflight(request: Request, settings: Settings, methods: str) -> Response:
+    headers = cors_headers(request, settings)
+    if not headers:
+        return Response(403, {"error": "invalid_request", "error_description": "Origin not allowed."})
+    asked = request.header("access-control-request-headers") or ""
+    names = [h.strip() for h in asked.split(",") if h.strip()]
+    safe = [h for h in names if _HEADER_TOKEN_RE.match(h)][:50]
+    headers.update({
+        "Access-Control-Allow-Methods": methods,
+        "Access-Control-Allow-Headers": ", ".join(safe) if safe else "content-type",
+        "Access-Control-Max-Age": "600",
+    })
+    return Response(204, None, headers, content_type="text/plain")
+
+
+# ---------------------------------------------------------------- pipeline
+
+Handler = Callable[[Request, Settings], Response]
+
+
+def _new_context(request: Request) -> Context:
+    request_id = str(uuid.uuid4())
+    supplied = request.header("client-request-id") or request.query.get("client-request-id")
+    correlation_id = supplied if supplied and _ID_RE.match(supplied) else request_id
+    locale = request.header("accept-language")
+    return Context(request_id, correlation_id, request.client_ip, locale)
+
+
+def handle(name: str, request: Request, handler: Handler, *, methods: str = "POST",
+           settings: Settings | None = None) -> Response:
+    """Run one endpoint: CORS, method check, errors, ids and the log line."""
+    ctx = _new_context(request)
+    token = _context.set(ctx)
+    started = time.perf_counter()
+    settings = settings or get_settings()
+    try:
+        if request.method == "OPTIONS":
+            response = preflight(request, settings, methods + ", OPTIONS")
+            ctx.outcome = "preflight"
+        elif request.method not in methods.split(", "):
+            response = error_response(errors.MethodNotAllowed(f"This endpoint only accepts {methods}."), ctx)
+            response.headers["Allow"] = methods + ", OPTIONS"
+            ctx.outcome = "method_not_allowed"
+        else:
+            try:
+                response = handler(request, settings)
+                ctx.outcome = ctx.outcome or ("redirect" if isinstance(response.body, dict) and response.body.get("challenge_type") == "redirect" else "ok")
+            except errors.AuthError as exc:
+                response = error_response(exc, ctx)
+                ctx.outcome = exc.suberror or exc.error
+    except Exception:  # noqa: BLE001 - the client gets a generic error, the log gets the type
+        from .storage import StorageUnavailable  # local import: storage imports protocol
+
+        import sys
+        exc = sys.exc_info()[1]
+        if isinstance(exc, StorageUnavailable):
+            response = error_response(errors.ServiceUnavailable(retry_after=5), ctx)
+            ctx.outcome = "storage_unavailable"
+        else:
+            log.error("unhandled %s in %s (correlation %s)", type(exc).__name__, name, ctx.correlation_id,
+                      exc_info=settings.is_local)
+            response = error_response(errors.ServerError(), ctx)
+            ctx.outcome = "server_error"
+    finally:
+        _context.reset(token)
+    response.headers.setdefault("x-ms-request-id", ctx.request_id)
+    response.headers.setdefault("client-request-id", ctx.correlation_id)
+    response.headers.update(cors_headers(request, settings))
+    log.info(
+        "request %s",
+        json.dumps({
+            "function": name, "status": response.status, "outcome": ctx.outcome,
+            "correlation_id": ctx.correlation_id, "request_id": ctx.request_id,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "storage_ops": ctx.storage_ops,
+        }, separators=(",", ":")),
+    )
+    if settings.is_local:  # for the benchmark and tests; not shown in Azure
+        response.headers["x-storage-ops"] = str(ctx.storage_ops)
+    return response

@@ -1,0 +1,260 @@
+"""One typed settings object, read once from the environment.
+
+The variable names are the Function App setting names (and the names in
+``local.settings.json``). ``infra/`` sets exactly these in Azure; the test
+suite checks that the two lists agree (``SETTING_NAMES``).
+
+Settings refuse to change once read (frozen dataclass); tests build their own
+with ``Settings.from_env(env)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Mapping
+
+DEV_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
+DEV_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
+LOCAL_ISSUER = "http://127.0.0.1:7071/api"
+DEFAULT_RESOURCES = {"api://native-auth": ["access_as_user"]}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed (raised at start-up, not per request)."""
+
+
+def _bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {value!r}")
+
+
+def _int(value: str, name: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, got {value!r}") from exc
+    if not lo <= n <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}, got {n}")
+    return n
+
+
+def _secret(value: str, name: str) -> bytes:
+    """Secrets are given as base64 (or hex); at least 32 bytes of key material."""
+    raw = value.strip()
+    try:
+        key = bytes.fromhex(raw) if all(c in "0123456789abcdefABCDEF" for c in raw) else base64.b64decode(raw + "=" * (-len(raw) % 4), validate=False)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be base64 or hex") from exc
+    if len(key) < 32:
+        raise SettingsError(f"{name} must hold at least 32 bytes of key material")
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    environment: str  # "local" or "azure"
+    # storage
+    storage_connection_string: str | None
+    storage_table_endpoint: str | None
+    storage_client_id: str | None
+    table_prefix: str
+    # identity of this issuer
+    issuer: str
+    tenant_id: str
+    dev_client_id: str | None
+    resources: Mapping[str, tuple[str, ...]]
+    # secrets
+    code_hash_key: bytes
+    signing_key_secret: bytes
+    # HTTP
+    cors_allowed_origins: tuple[str, ...]
+    max_body_bytes: int
+    # behaviour
+    enumeration_protection: bool
+    email_code_length: int
+    sms_code_length: int
+    code_ttl_seconds: int
+    code_max_attempts: int
+    account_max_code_failures: int
+    resend_interval_seconds: int
+    flow_ttl_seconds: int
+    lockout_threshold: int
+    lockout_base_seconds: int
+    lockout_max_seconds: int
+    access_token_ttl_seconds: int
+    id_token_ttl_seconds: int
+    refresh_idle_seconds: int
+    refresh_absolute_seconds: int
+    refresh_grace_seconds: int
+    signing_key_rotation_days: int
+    # delivery
+    delivery: str  # "outbox" or "acs"
+    outbox_path: str
+    acs_endpoint: str | None
+    acs_connection_string: str | None
+    acs_client_id: str | None
+    email_sender: str | None
+    sms_sender: str | None
+    app_name: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.environment == "local"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else default
+
+        environment = (get("AUTH_ENVIRONMENT", "azure") or "azure").lower()
+        if environment not in ("local", "azure"):
+            raise SettingsError("AUTH_ENVIRONMENT must be 'local' or 'azure'")
+        local = environment == "local"
+
+        conn = get("AUTH_STORAGE_CONNECTION_STRING")
+        endpoint = get("AUTH_STORAGE_TABLE_ENDPOINT")
+        if not conn and not endpoint:
+            if local:
+                conn = "UseDevelopmentStorage=true"
+            else:
+                raise SettingsError("set AUTH_STORAGE_TABLE_ENDPOINT (managed identity) or AUTH_STORAGE_CONNECTION_STRING")
+
+        def secret(name: str) -> bytes:
+            value = get(name)
+            if value is None:
+                if not local:
+                    raise SettingsError(f"{name} is required outside local mode")
+                # Local mode only: a stable development value derived from the name.
+                return hashlib.sha256(b"local-development-only:" + name.encode()).digest()
+            return _secret(value, name)
+
+        resources_raw = get("AUTH_RESOURCES")
+        try:
+            resources = json.loads(resources_raw) if resources_raw else DEFAULT_RESOURCES
+            resources = {str(k): tuple(str(s) for s in v) for k, v in resources.items()}
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise SettingsError('AUTH_RESOURCES must be JSON like {"api://x": ["read"]}') from exc
+
+        origins_default = "http://localhost:*,http://127.0.0.1:*" if local else ""
+        origins = tuple(o.strip().rstrip("/") for o in (get("AUTH_CORS_ALLOWED_ORIGINS", origins_default) or "").split(",") if o.strip())
+
+        delivery = (get("AUTH_DELIVERY", "outbox" if local else "acs") or "").lower()
+        if delivery not in ("outbox", "acs"):
+            raise SettingsError("AUTH_DELIVERY must be 'outbox' or 'acs'")
+
+        i = lambda name, default, lo, hi: _int(get(name, str(default)), name, lo, hi)  # noqa: E731
+        return cls(
+            environment=environment,
+            storage_connection_string=conn,
+            storage_table_endpoint=endpoint,
+            storage_client_id=get("AUTH_STORAGE_CLIENT_ID"),
+            table_prefix=get("AUTH_TABLE_PREFIX", "nativeauth") or "nativeauth",
+            issuer=(get("AUTH_ISSUER", LOCAL_ISSUER if local else None) or _missing("AUTH_ISSUER")).rstrip("/"),
+            tenant_id=get("AUTH_TENANT_ID", DEV_TENANT_ID) or DEV_TENANT_ID,
+            dev_client_id=(get("AUTH_DEV_CLIENT_ID", DEV_CLIENT_ID) if local else get("AUTH_DEV_CLIENT_ID")),
+            resources=resources,
+            code_hash_key=secret("AUTH_CODE_HASH_KEY"),
+            signing_key_secret=secret("AUTH_SIGNING_KEY_SECRET"),
+            cors_allowed_origins=origins,
+            max_body_bytes=i("AUTH_MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024),
+            enumeration_protection=_bool(get("AUTH_ENUMERATION_PROTECTION", "true"), "AUTH_ENUMERATION_PROTECTION"),
+            email_code_length=i("AUTH_EMAIL_CODE_LENGTH", 8, 6, 10),
+            sms_code_length=i("AUTH_SMS_CODE_LENGTH", 6, 6, 10),
+            code_ttl_seconds=i("AUTH_CODE_TTL_SECONDS", 600, 60, 600),
+            code_max_attempts=i("AUTH_CODE_MAX_ATTEMPTS", 5, 1, 10),
+            account_max_code_failures=i("AUTH_ACCOUNT_MAX_CODE_FAILURES", 100, 5, 100),
+            resend_interval_seconds=i("AUTH_RESEND_INTERVAL_SECONDS", 60, 0, 600),
+            flow_ttl_seconds=i("AUTH_FLOW_TTL_SECONDS", 900, 60, 900),
+            lockout_threshold=i("AUTH_LOCKOUT_THRESHOLD", 10, 3, 100),
+            lockout_base_seconds=i("AUTH_LOCKOUT_BASE_SECONDS", 60, 1, 3600),
+            lockout_max_seconds=i("AUTH_LOCKOUT_MAX_SECONDS", 900, 1, 86400),
+            access_token_ttl_seconds=i("AUTH_ACCESS_TOKEN_TTL_SECONDS", 900, 60, 86400),
+            id_token_ttl_seconds=i("AUTH_ID_TOKEN_TTL_SECONDS", 3600, 60, 86400),
+            refresh_idle_seconds=i("AUTH_REFRESH_IDLE_SECONDS", 14 * 86400, 60, 90 * 86400),
+            refresh_absolute_seconds=i("AUTH_REFRESH_ABSOLUTE_SECONDS", 90 * 86400, 60, 365 * 86400),
+            refresh_grace_seconds=i("AUTH_REFRESH_GRACE_SECONDS", 10, 0, 10),
+            signing_key_rotation_days=i("AUTH_SIGNING_KEY_ROTATION_DAYS", 30, 1, 365),
+            delivery=delivery,
+            outbox_path=get("AUTH_OUTBOX_PATH", ".local/outbox.jsonl") or ".local/outbox.jsonl",
+            acs_endpoint=get("AUTH_ACS_ENDPOINT"),
+            acs_connection_string=get("AUTH_ACS_CONNECTION_STRING"),
+            acs_client_id=get("AUTH_ACS_CLIENT_ID"),
+            email_sender=get("AUTH_EMAIL_SENDER"),
+            sms_sender=get("AUTH_SMS_SENDER"),
+            app_name=get("AUTH_APP_NAME", "Native Auth") or "Native Auth",
+        )
+
+
+def _missing(name: str) -> str:
+    raise SettingsError(f"{name} is required outside local mode")
+
+
+# Every environment variable the app reads. infra/ must provide the ones
+# needed in Azure; tests compare this list with the Bicep templates.
+SETTING_NAMES = (
+    "AUTH_ENVIRONMENT",
+    "AUTH_STORAGE_CONNECTION_STRING",
+    "AUTH_STORAGE_TABLE_ENDPOINT",
+    "AUTH_STORAGE_CLIENT_ID",
+    "AUTH_TABLE_PREFIX",
+    "AUTH_ISSUER",
+    "AUTH_TENANT_ID",
+    "AUTH_DEV_CLIENT_ID",
+    "AUTH_RESOURCES",
+    "AUTH_CODE_HASH_KEY",
+    "AUTH_SIGNING_KEY_SECRET",
+    "AUTH_CORS_ALLOWED_ORIGINS",
+    "AUTH_MAX_BODY_BYTES",
+    "AUTH_ENUMERATION_PROTECTION",
+    "AUTH_EMAIL_CODE_LENGTH",
+    "AUTH_SMS_CODE_LENGTH",
+    "AUTH_CODE_TTL_SECONDS",
+    "AUTH_CODE_MAX_ATTEMPTS",
+    "AUTH_ACCOUNT_MAX_CODE_FAILURES",
+    "AUTH_RESEND_INTERVAL_SECONDS",
+    "AUTH_FLOW_TTL_SECONDS",
+    "AUTH_LOCKOUT_THRESHOLD",
+    "AUTH_LOCKOUT_BASE_SECONDS",
+    "AUTH_LOCKOUT_MAX_SECONDS",
+    "AUTH_ACCESS_TOKEN_TTL_SECONDS",
+    "AUTH_ID_TOKEN_TTL_SECONDS",
+    "AUTH_REFRESH_IDLE_SECONDS",
+    "AUTH_REFRESH_ABSOLUTE_SECONDS",
+    "AUTH_REFRESH_GRACE_SECONDS",
+    "AUTH_SIGNING_KEY_ROTATION_DAYS",
+    "AUTH_DELIVERY",
+    "AUTH_OUTBOX_PATH",
+    "AUTH_ACS_ENDPOINT",
+    "AUTH_ACS_CONNECTION_STRING",
+    "AUTH_ACS_CLIENT_ID",
+    "AUTH_EMAIL_SENDER",
+    "AUTH_SMS_SENDER",
+    "AUTH_APP_NAME",
+)
+
+_current: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    global _current
+    if _current is None:
+        _current = Settings.from_env()
+    return _current
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Replace the process-wide settings (tests and the local host only)."""
+    global _current
+    _current = settings

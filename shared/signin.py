@@ -1,0 +1,254 @@
+"""Sign-in: ``/oauth2/v2.0/initiate``, ``/challenge`` and ``/token``
+(native-auth-contract.md §3.4–3.6, §5.1, §5.5).
+
+Flow states for ``kind = "signin"``::
+
+    started --challenge--> password_challenge --token(password)--> (tokens)
+    started --challenge--> oob_challenge --token(oob)--> (tokens)
+    oob_challenge --challenge--> oob_challenge   (resend: new code, old one dead)
+
+Enumeration protection (setting, on by default): an unknown username gets a
+flow like any other; no message is sent, and every later step fails with the
+same error a wrong password or wrong code gets.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import errors, flows, notify, passwords, tokens
+from .directory import User, get_client, get_user, get_user_by_key, update_user, user_key
+from .identifiers import InvalidIdentifier, mask_email, normalize_email
+from .protocol import Form, Request, Response, ok, parse_form, redirect_response, split_list
+from .settings import Settings
+from .storage import Modified, Storage, get_storage
+
+KNOWN_CHALLENGE_TYPES = ("password", "oob", "redirect")
+LOCKOUT_RESET_SECONDS = 12 * 3600
+
+
+# ------------------------------------------------------------------ shared request checks
+
+def require_client(storage: Storage, settings: Settings, form: Form) -> str:
+    client_id = form.get("client_id")
+    if not client_id:
+        raise errors.InvalidRequest("The request body must contain the 'client_id' parameter.")
+    client = get_client(storage, settings, client_id)
+    if client is None:
+        raise errors.UnauthorizedClient()
+    if not client.enabled:
+        raise errors.InvalidClient(suberror="nativeauthapi_disabled")
+    return client_id
+
+
+def challenge_types(form: Form, *, required: bool = True) -> list[str]:
+    types = [t.lower() for t in split_list(form.get("challenge_type"))]
+    if not types:
+        if required:
+            raise errors.InvalidRequest("The request body must contain the 'challenge_type' parameter.")
+        return []
+    if any(t not in KNOWN_CHALLENGE_TYPES for t in types) or "redirect" not in types:
+        raise errors.UnsupportedChallengeType()
+    return types
+
+
+def capabilities(form: Form) -> list[str]:
+    """Both spellings and both separators (contract §1.1, §8 #1)."""
+    return [c.lower() for c in split_list(form.get("capabilities")) + split_list(form.get("capability"))]
+
+
+def username(form: Form) -> str:
+    try:
+        return normalize_email(form.get("username"))
+    except InvalidIdentifier:
+        raise errors.InvalidUsername() from None
+
+
+# ------------------------------------------------------------------ endpoints
+
+def initiate(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    email = username(form)
+    types = challenge_types(form)
+    caps = capabilities(form)
+    user = get_user(storage, email)
+    if user is None and not settings.enumeration_protection:
+        raise errors.UserNotFound()
+    has_password = user.has_password if user else True  # unknown users look like password users
+    if not _first_factor(types, has_password):
+        return redirect_response("The client does not support a challenge type this account can use.")
+    flow = flows.start(storage, settings, "signin", client_id, ident=user_key(email), user_exists=user is not None,
+                       username=email, challenge_types=types, capabilities=caps, has_password=has_password)
+    return ok({"continuation_token": flow.token})
+
+
+def _first_factor(types: list[str], has_password: bool) -> str | None:
+    if has_password and "password" in types:
+        return "password"
+    if "oob" in types:
+        return "oob"
+    return None
+
+
+def challenge(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signin",))
+    if flow["state"] not in ("started", "password_challenge", "oob_challenge"):
+        raise errors.InvalidGrant("This flow does not expect a challenge now.")
+    types = challenge_types(form, required=False) or flow.json("challenge_types", [])
+    factor = _first_factor(types, bool(flow["has_password"]))
+    if factor is None:
+        return redirect_response("The client does not support a challenge type this account can use.")
+    if factor == "password":
+        flow = flows.advance(storage, flow, state="password_challenge")
+        return ok({"continuation_token": flow.token, "challenge_type": "password"})
+    return send_email_code(storage, settings, flow, "signin_code", request)
+
+
+def send_email_code(storage: Storage, settings: Settings, flow: flows.Flow, purpose: str, request: Request,
+                    *, state: str = "oob_challenge") -> Response:
+    """Send (or resend) an email code for this flow and answer the oob challenge."""
+    email = flow["username"]
+    code = flows.new_code(settings, flow, purpose, "email", settings.email_code_length, email)
+    # Send first, then record: a failed send leaves no state behind and can be
+    # retried at once; a recorded-but-unsent code would block the resend.
+    notify.send_code(storage, settings, flow, channel="email", to=email, purpose=purpose, code=code.value,
+                            real_recipient=bool(flow["user_exists"]), request=request)
+    flow = flows.advance(storage, flow, state=state, **code.changes)
+    return ok({
+        "continuation_token": flow.token, "challenge_type": "oob", "binding_method": "prompt",
+        "challenge_channel": "email", "challenge_target_label": mask_email(email),
+        "code_length": settings.email_code_length, "interval": settings.resend_interval_seconds,
+    })
+
+
+def token(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    grant = form.get("grant_type")
+    if not grant:
+        raise errors.InvalidRequest("The request body must contain the 'grant_type' parameter.")
+    if grant == "refresh_token":
+        return ok(tokens.redeem_refresh_token(storage, settings, client_id, form.get("refresh_token"), form.get("scope")))
+    if grant not in ("password", "oob", "mfa_oob", "continuation_token"):
+        raise errors.UnsupportedGrantType()
+    scopes = tokens.parse_scopes(settings, form.get("scope"))
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id,
+                      ("signin", "signup", "reset", "register"))
+    if grant == "password" and flow["kind"] == "signin" and flow["state"] == "password_challenge":
+        return _password_grant(storage, settings, flow, form, scopes)
+    if grant == "oob" and flow["kind"] == "signin" and flow["state"] == "oob_challenge":
+        return _oob_grant(storage, settings, flow, form, scopes)
+    if grant == "continuation_token" and flow["state"] == "ready_for_token":
+        return complete(storage, settings, flow, scopes, form)
+    raise errors.InvalidGrant("The continuation_token is not valid for this grant_type.")
+
+
+def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes) -> Response:
+    password = form.get("password")
+    if password is None:
+        raise errors.InvalidRequest("The request body must contain the 'password' parameter.")
+    user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
+    now = int(time.time())
+    if user is None or user.disabled or user.locked_until() > now or not user.has_password:
+        # Same work and the same answer as a wrong password (no oracle).
+        passwords.dummy_verify(password)
+        raise errors.InvalidCredentials()
+    if not passwords.verify_password(user.password_hash, password):
+        _record_password_failure(storage, settings, user)
+        raise errors.InvalidCredentials()
+    if user.entity.get("password_reset_required"):
+        raise errors.PasswordResetRequired()
+    return first_factor_done(storage, settings, flow, user, ["pwd"], scopes, form)
+
+
+def _record_password_failure(storage: Storage, settings: Settings, user: User) -> None:
+    """Progressive lockout: after `lockout_threshold` failures, lock for
+    base * 2^(n - threshold) seconds, capped; counts reset after 12 h idle."""
+    for _ in range(3):
+        now = int(time.time())
+        last = int(user.entity.get("last_failed_at") or 0)
+        n = (0 if now - last > LOCKOUT_RESET_SECONDS else int(user.entity.get("failed_logins") or 0)) + 1
+        lock = 0
+        if n >= settings.lockout_threshold:
+            lock = now + min(settings.lockout_base_seconds * 2 ** (n - settings.lockout_threshold), settings.lockout_max_seconds)
+        try:
+            update_user(storage, user, failed_logins=n, last_failed_at=now, lockout_until=lock)
+            return
+        except Modified:
+            fresh = get_user_by_key(storage, user.pk)
+            if fresh is None:
+                return
+            user = fresh
+
+
+def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes) -> Response:
+    user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
+    if user is not None and int(user.entity.get("code_failures") or 0) >= settings.account_max_code_failures:
+        raise errors.TooManyAttempts("Too many wrong codes for this account. Reset your password or contact support.")
+    try:
+        flow = flows.check_code(storage, settings, flow, "signin_code", form.get("oob"))
+    except errors.InvalidOob:
+        if user is not None:
+            record_code_failure(storage, user)
+        raise
+    if user is None or user.disabled:
+        raise errors.InvalidOob()  # unreachable in practice: no code was ever sent
+    return first_factor_done(storage, settings, flow, user, ["otp"], scopes, form)
+
+
+def record_code_failure(storage: Storage, user: User) -> None:
+    """Account-level wrong-code counter: survives resends and new flows (NIST §3.1.3.2)."""
+    for _ in range(3):
+        try:
+            update_user(storage, user, code_failures=int(user.entity.get("code_failures") or 0) + 1)
+            return
+        except Modified:
+            fresh = get_user_by_key(storage, user.pk)
+            if fresh is None:
+                return
+            user = fresh
+
+
+def first_factor_done(storage: Storage, settings: Settings, flow: flows.Flow, user: User, amr: list[str],
+                      scopes: tokens.Scopes, form: Form) -> Response:
+    """Decision point after a first factor. Conditional-access policies and
+    the second factor are not built yet (issue 4): a first factor completes."""
+    steps = flow.steps + amr
+    return issue_tokens(storage, settings, flow, user, steps, scopes)
+
+
+def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: User, steps: list[str],
+                 scopes: tokens.Scopes, acrs: tuple[str, ...] = ()) -> Response:
+    """End the flow (single use, If-Match) and issue the token set."""
+    flows.finish(storage, flow)
+    changes: dict[str, Any] = {}
+    if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
+        changes.update(failed_logins=0, lockout_until=0)
+    if user.entity.get("code_failures") and any(s in ("otp", "sms") for s in steps):
+        changes.update(code_failures=0)
+    if changes:
+        try:
+            update_user(storage, user, **changes)
+        except Modified:
+            pass  # a concurrent failure was recorded; it is not lost by skipping the reset
+    amr = list(dict.fromkeys(steps))
+    if len({s for s in amr if s in ("pwd", "otp", "sms")}) >= 2:
+        amr.append("mfa")
+    subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, tuple(amr),
+                             "2" if "mfa" in amr else "1", int(time.time()), acrs)
+    return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
+
+
+def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tokens.Scopes, form: Form) -> Response:
+    """``grant_type=continuation_token`` after sign-up, reset or registration."""
+    user = get_user_by_key(storage, flow["ident"]) if flow["ident"] else None
+    if user is None or user.disabled:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    return issue_tokens(storage, settings, flow, user, flow.steps, scopes)

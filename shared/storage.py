@@ -1,0 +1,302 @@
+"""Table Storage access: entities, ETags, Azure's limits, operation counts.
+
+A thin layer over ``azure-data-tables``. It exists for four reasons:
+
+* state transitions happen only through :meth:`Table.insert` (insert-if-absent,
+  409 → :class:`Conflict`) or :meth:`Table.update` with ``If-Match``
+  (412 → :class:`Modified`); there is deliberately no upsert for state;
+* Azurite accepts things Azure refuses (forbidden key characters, more than
+  15 comparisons per filter, more than 252 properties, more than 100
+  operations per batch); this layer refuses them itself so that code passing
+  locally passes in Azure;
+* every call is counted per request (``protocol.count_storage_op``) for the
+  request log line and the benchmark;
+* outages surface as one exception type, :class:`StorageUnavailable`, which the
+  protocol layer turns into a 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from typing import Any, Iterable, Mapping
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableServiceClient, UpdateMode
+
+from . import protocol
+from .settings import Settings
+
+# Table name suffixes; the full name is settings.table_prefix + suffix.
+TABLES = ("flows", "users", "refresh", "keys", "limits", "clients", "policies", "signinlog")
+
+MAX_KEY_BYTES = 1024
+MAX_PROPERTIES = 252  # Azure allows 255 including PartitionKey, RowKey, Timestamp
+MAX_FILTER_COMPARISONS = 15
+MAX_BATCH = 100
+MAX_STRING_CHARS = 32 * 1024  # 64 KiB as UTF-16
+_FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_COMPARISON = re.compile(r"\s(eq|ne|gt|ge|lt|le)\s", re.IGNORECASE)
+
+Entity = dict[str, Any]
+
+
+class StorageError(Exception):
+    pass
+
+
+class StorageUnavailable(StorageError):
+    """Table Storage could not be reached or failed on its side (5xx)."""
+
+
+class Conflict(StorageError):
+    """Insert of an entity that already exists (HTTP 409)."""
+
+
+class Modified(StorageError):
+    """If-Match failed: someone changed the entity since it was read (HTTP 412)."""
+
+
+class NotFound(StorageError):
+    pass
+
+
+class LimitExceeded(StorageError):
+    """The operation would break a limit Azure enforces (and Azurite may not)."""
+
+
+def hash_key(kind: str, value: str) -> str:
+    """A key for an identifier: never the raw email or phone number."""
+    return hashlib.sha256(f"{kind}:{value}".encode("utf-8")).hexdigest()
+
+
+def check_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise LimitExceeded("keys must be non-empty strings")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise LimitExceeded("key longer than 1 KiB")
+    if _FORBIDDEN_KEY.search(key):
+        raise LimitExceeded("key contains a character Azure Table Storage forbids")
+
+
+def check_entity(entity: Mapping[str, Any]) -> None:
+    check_key(entity["PartitionKey"])
+    check_key(entity["RowKey"])
+    props = [k for k in entity if k not in ("PartitionKey", "RowKey")]
+    if len(props) > MAX_PROPERTIES:
+        raise LimitExceeded(f"entity has {len(props)} properties; Azure allows {MAX_PROPERTIES}")
+    for name, value in entity.items():
+        if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            raise LimitExceeded(f"property {name} longer than 64 KiB")
+
+
+def check_filter(query_filter: str) -> None:
+    if len(_COMPARISON.findall(f" {query_filter} ")) > MAX_FILTER_COMPARISONS:
+        raise LimitExceeded("filter has more than 15 comparisons")
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, ResourceExistsError):
+        return Conflict(str(getattr(exc, "reason", "") or "conflict"))
+    if isinstance(exc, ResourceModifiedError):
+        return Modified("precondition failed")
+    if isinstance(exc, ResourceNotFoundError):
+        return NotFound("not found")
+    if isinstance(exc, HttpResponseError):
+        status = getattr(exc, "status_code", None)
+        if status == 412:
+            return Modified("precondition failed")
+        if status == 409:
+            return Conflict("conflict")
+        if status == 404:
+            return NotFound("not found")
+        if status is None or status >= 500 or status == 429:
+            return StorageUnavailable(f"table storage answered {status}")
+        return StorageError(f"table storage answered {status}")
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError, AzureError, OSError)):
+        return StorageUnavailable(type(exc).__name__)
+    return exc
+
+
+def _plain(entity: Mapping[str, Any]) -> Entity:
+    out = dict(entity)
+    meta = getattr(entity, "metadata", None) or {}
+    if meta.get("etag"):
+        out["_etag"] = meta["etag"]
+    return out
+
+
+def _strip(entity: Mapping[str, Any]) -> Entity:
+    return {k: v for k, v in entity.items() if not k.startswith("_")}
+
+
+class Table:
+    """One table. Entities are plain dicts; a read entity carries ``_etag``."""
+
+    def __init__(self, client: Any, name: str):
+        self._client = client
+        self.name = name
+
+    def _call(self, fn, *args, **kwargs):
+        protocol.count_storage_op()
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - translated into our small set
+            raise _translate(exc) from exc
+
+    def get(self, pk: str, rk: str) -> Entity | None:
+        check_key(pk)
+        check_key(rk)
+        try:
+            return _plain(self._call(self._client.get_entity, pk, rk))
+        except NotFound:
+            return None
+
+    def insert(self, entity: Mapping[str, Any]) -> str:
+        """Insert if absent. Returns the new ETag; :class:`Conflict` if it exists."""
+        data = _strip(entity)
+        check_entity(data)
+        meta = self._call(self._client.create_entity, data)
+        return meta.get("etag", "")
+
+    def update(self, entity: Mapping[str, Any], etag: str | None = None, *, replace: bool = False) -> str:
+        """Update only if unchanged since read (If-Match). :class:`Modified` on a race."""
+        etag = etag or entity.get("_etag")
+        if not etag:
+            raise StorageError("update needs the ETag of the entity that was read")
+        data = _strip(entity)
+        check_entity(data)
+        meta = self._call(
+            self._client.update_entity, data, mode=UpdateMode.REPLACE if replace else UpdateMode.MERGE,
+            etag=etag, match_condition=MatchConditions.IfNotModified,
+        )
+        return meta.get("etag", "")
+
+    def put(self, entity: Mapping[str, Any]) -> str:
+        """Unconditional write, for data that is not a state transition
+        (log records, idempotent seeds). Never use it for flow state."""
+        data = _strip(entity)
+        check_entity(data)
+        meta = self._call(self._client.upsert_entity, data, mode=UpdateMode.REPLACE)
+        return meta.get("etag", "")
+
+    def delete(self, pk: str, rk: str, etag: str | None = None) -> bool:
+        kwargs: dict[str, Any] = {}
+        if etag:
+            kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            self._call(self._client.delete_entity, pk, rk, **kwargs)
+            return True
+        except NotFound:
+            return False
+
+    def query(self, query_filter: str, parameters: Mapping[str, Any] | None = None, *,
+              select: list[str] | None = None, limit: int | None = None) -> list[Entity]:
+        """Filtered query; values always go through ``parameters`` (never concatenated)."""
+        check_filter(query_filter)
+        protocol.count_storage_op()
+        out: list[Entity] = []
+        try:
+            pages = self._client.query_entities(query_filter, parameters=dict(parameters or {}), select=select,
+                                                results_per_page=min(limit or 1000, 1000)).by_page()
+            for page in pages:
+                for entity in page:
+                    out.append(_plain(entity))
+                    if limit is not None and len(out) >= limit:
+                        return out
+                protocol.count_storage_op()  # each further page is another round trip
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+        return out
+
+    def batch(self, operations: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Atomic entity-group transaction: same partition, at most 100 operations."""
+        ops = [(op, _strip(e)) for op, e in operations]
+        if not ops:
+            return
+        if len(ops) > MAX_BATCH:
+            raise LimitExceeded("a batch holds at most 100 operations")
+        if len({e["PartitionKey"] for _, e in ops}) != 1:
+            raise LimitExceeded("a batch must stay within one partition")
+        for _, e in ops:
+            check_entity(e)
+        self._call(self._client.submit_transaction, ops)
+
+
+class Storage:
+    """The app's tables. Connection string locally; endpoint + managed identity in Azure."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        kwargs = dict(retry_total=1, retry_backoff_factor=0.2, connection_timeout=5, read_timeout=10)
+        if settings.storage_connection_string:
+            self._service = TableServiceClient.from_connection_string(settings.storage_connection_string, **kwargs)
+        else:
+            from azure.identity import ManagedIdentityCredential  # lazy: only in Azure
+
+            credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
+            self._service = TableServiceClient(endpoint=settings.storage_table_endpoint, credential=credential, **kwargs)
+        self._tables: dict[str, Table] = {}
+        self._lock = threading.Lock()
+
+    def table(self, suffix: str) -> Table:
+        if suffix not in TABLES:
+            raise KeyError(suffix)
+        table = self._tables.get(suffix)
+        if table is None:
+            with self._lock:
+                table = self._tables.get(suffix)
+                if table is None:
+                    name = self.settings.table_prefix + suffix
+                    table = Table(self._service.get_table_client(name), name)
+                    self._tables[suffix] = table
+        return table
+
+    def ensure_tables(self) -> None:
+        for suffix in TABLES:
+            try:
+                self._service.create_table(self.settings.table_prefix + suffix)
+            except ResourceExistsError:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                raise _translate(exc) from exc
+
+    def ping(self) -> None:
+        """One cheap round trip; raises StorageUnavailable when storage is down."""
+        try:
+            next(iter(self._service.list_tables(results_per_page=1).by_page()), None)
+        except Exception as exc:  # noqa: BLE001
+            raise _translate(exc) from exc
+
+
+_storage: Storage | None = None
+_storage_lock = threading.Lock()
+
+
+def get_storage(settings: Settings | None = None) -> Storage:
+    """Process-wide storage; tables are created on first use (app start)."""
+    global _storage
+    if _storage is None:
+        with _storage_lock:
+            if _storage is None:
+                from .settings import get_settings
+
+                storage = Storage(settings or get_settings())
+                storage.ensure_tables()
+                _storage = storage
+    return _storage
+
+
+def reset_storage() -> None:
+    global _storage
+    _storage = None

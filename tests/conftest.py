@@ -1,0 +1,208 @@
+"""Shared fixtures: a real Azurite (Table) process, the app served by the local
+host over HTTP, an HTTP client speaking the native-auth form protocol, the
+local outbox, and users made through the directory module."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from devhost.azurite import Azurite  # noqa: E402
+from shared import directory, settings as settings_mod, storage as storage_mod  # noqa: E402
+
+DEV_CLIENT = settings_mod.DEV_CLIENT_ID
+_functions_cache: list | None = None
+
+
+def app_functions() -> list:
+    """function_app.app.get_functions() may be called once per app instance."""
+    global _functions_cache
+    if _functions_cache is None:
+        import function_app
+
+        _functions_cache = list(function_app.app.get_functions())
+    return _functions_cache
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    # On disk (not in memory) so fault tests can stop and restart it without losing state.
+    with Azurite(location=tmp_path_factory.mktemp("azurite")) as az:
+        yield az
+
+
+def make_settings(azurite: Azurite, tmp: Path, **env: str) -> settings_mod.Settings:
+    base = {
+        "AUTH_ENVIRONMENT": "local",
+        "AUTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "AUTH_OUTBOX_PATH": str(tmp / "outbox.jsonl"),
+        "AUTH_RESEND_INTERVAL_SECONDS": "0",
+    }
+    base.update(env)
+    return settings_mod.Settings.from_env(base)
+
+
+@dataclasses.dataclass
+class Resp:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    raw: bytes
+
+    def __getitem__(self, key: str) -> Any:
+        return self.body[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.body.get(key, default) if isinstance(self.body, dict) else default
+
+
+class Api:
+    def __init__(self, base_url: str, client_id: str = DEV_CLIENT):
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Resp:
+        req = urllib.request.Request(self.base_url + "/" + path.lstrip("/"), data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, raw, hdrs = r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            status, raw, hdrs = e.code, e.read(), e.headers
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")
+        return Resp(status, parsed, {k.lower(): v for k, v in hdrs.items()}, raw)
+
+    def post(self, path: str, headers: dict[str, str] | None = None, **form: Any) -> Resp:
+        form.setdefault("client_id", self.client_id)
+        form = {k: v for k, v in form.items() if v is not None}
+        body = urlencode(form).encode()
+        h = {"Content-Type": "application/x-www-form-urlencoded"}
+        h.update(headers or {})
+        return self.request("POST", path, body, h)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Resp:
+        return self.request("GET", path, None, headers)
+
+    # -- flows
+    def signin_password(self, username: str, password: str, *, scope: str = "openid profile offline_access",
+                        challenge_type: str = "password oob redirect", capabilities: str | None = None) -> Resp:
+        r = self.post("oauth2/v2.0/initiate", username=username, challenge_type=challenge_type, capabilities=capabilities)
+        assert r.status == 200, r.body
+        r = self.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type=challenge_type)
+        assert r.status == 200 and r["challenge_type"] == "password", r.body
+        return self.post("oauth2/v2.0/token", continuation_token=r["continuation_token"], grant_type="password",
+                         password=password, scope=scope, client_info="1")
+
+
+class Outbox:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def messages(self, to: str | None = None) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [m for m in out if to is None or m.get("to") == to]
+
+    def last_code(self, to: str) -> str:
+        msgs = [m for m in self.messages(to) if m.get("code")]
+        assert msgs, f"no code sent to {to}"
+        return msgs[-1]["code"]
+
+    def count(self, to: str) -> int:
+        return len(self.messages(to))
+
+
+@dataclasses.dataclass
+class Server:
+    host: Any
+    settings: settings_mod.Settings
+    api: Api
+    outbox: Outbox
+    azurite: Azurite
+    tmp: Path
+
+    @property
+    def storage(self) -> storage_mod.Storage:
+        return storage_mod.get_storage(self.settings)
+
+    @contextlib.contextmanager
+    def override(self, **changes: Any):
+        """Temporarily change settings for the running app (same process)."""
+        old = settings_mod.get_settings()
+        settings_mod.use_settings(dataclasses.replace(old, **changes))
+        try:
+            yield settings_mod.get_settings()
+        finally:
+            settings_mod.use_settings(old)
+
+
+@pytest.fixture(scope="session")
+def server(azurite, tmp_path_factory):
+    from devhost.server import LocalHost
+
+    tmp = tmp_path_factory.mktemp("app")
+    host = LocalHost(None, functions=app_functions()).start()
+    settings = make_settings(azurite, tmp, AUTH_ISSUER=host.base_url)
+    settings_mod.use_settings(settings)
+    storage_mod.reset_storage()
+    storage_mod.get_storage(settings)
+    yield Server(host, settings, Api(host.base_url), Outbox(Path(settings.outbox_path)), azurite, tmp)
+    host.stop()
+    storage_mod.reset_storage()
+    settings_mod.use_settings(None)
+
+
+@pytest.fixture
+def api(server) -> Api:
+    return server.api
+
+
+@pytest.fixture
+def outbox(server) -> Outbox:
+    return server.outbox
+
+
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+@pytest.fixture
+def make_user(server):
+    def make(password: str | None = "correct horse battery staple", **kwargs: Any) -> tuple[str, directory.User]:
+        email = kwargs.pop("email", None) or unique_email()
+        user = directory.create_user(server.storage, email, password=password, **kwargs)
+        return email, user
+    return make
+
+
+@pytest.fixture
+def caplog_all(caplog):
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

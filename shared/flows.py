@@ -28,6 +28,7 @@ from .storage import Entity, Modified, Storage
 
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
 MAX_CAS_RETRIES = 8
+MAX_SENDS_PER_FLOW = 5  # security-baseline §8: at most 5 sends per challenge
 
 
 def _secret_hash(secret: str) -> str:
@@ -141,15 +142,14 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
 
 
 def finish(storage: Storage, flow: Flow) -> None:
-    """End the flow (delete with If-Match): its tokens are useless afterwards."""
-    from .storage import NotFound
+    """End the flow: an If-Match update to ``done`` with a secret nobody has.
 
-    try:
-        deleted = storage.table("flows").delete(flow.pk, flow.id, etag=flow.entity["_etag"])
-    except (Modified, NotFound):
-        deleted = False
-    if not deleted:
-        raise errors.InvalidGrant("The continuation_token was already used.")
+    Not a delete: Table Storage answers a delete of a missing entity like a
+    success (the SDK swallows the 404), so two racing deletes would both
+    "win". Two racing updates cannot: the loser gets 412. The purge removes
+    done flows with their partition.
+    """
+    advance(storage, flow, rotate=True, state="done", code_hash="")
 
 
 # ------------------------------------------------------------------ codes

@@ -51,9 +51,11 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
     cutoff = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - settings.flow_ttl_seconds - 3600))
     flows = storage.table("flows")
     for e in flows.query("PartitionKey lt @cutoff", {"cutoff": cutoff}, select=["PartitionKey", "RowKey"], limit=batch):
-        counts["flows"] += flows.delete(e["PartitionKey"], e["RowKey"])
+        flows.delete(e["PartitionKey"], e["RowKey"])
+        counts["flows"] += 1
     for name in ("flows", "refresh", "limits"):
         table = storage.table(name)
         for e in table.query("expires_at lt @now", {"now": int(now)}, select=["PartitionKey", "RowKey"], limit=batch):
-            counts[name] += table.delete(e["PartitionKey"], e["RowKey"])
+            table.delete(e["PartitionKey"], e["RowKey"])
+            counts[name] += 1
     return counts

@@ -122,10 +122,10 @@ def parse_form(request: Request, settings: Settings, *, allow_query: bool = Fals
         raise errors.InvalidRequest("The request body is not valid UTF-8.") from None
     try:
         pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
-    except ValueError:
-        raise errors.InvalidRequest("The request body is not a valid form or has too many fields.") from None
     except UnicodeDecodeError:
         raise errors.InvalidRequest("The request body contains percent-encoded bytes that are not valid UTF-8.") from None
+    except ValueError:
+        raise errors.InvalidRequest("The request body is not a valid form or has too many fields.") from None
     fields: dict[str, str] = {}
     for name, value in pairs:
         if name in fields:
@@ -267,6 +267,8 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
             except errors.AuthError as exc:
                 response = error_response(exc, ctx)
                 ctx.outcome = exc.suberror or exc.error
+                if isinstance(exc, errors.MethodNotAllowed):
+                    response.headers["Allow"] = "POST, OPTIONS"
     except Exception:  # noqa: BLE001 - the client gets a generic error, the log gets the type
         from .storage import StorageUnavailable  # local import: storage imports protocol
 

@@ -21,6 +21,12 @@ DEV_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
 DEV_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
 LOCAL_ISSUER = "http://127.0.0.1:7071/api"
 DEFAULT_RESOURCES = {"api://native-auth": ["access_as_user"]}
+# Azurite's documented development account (public well-known key, not a secret).
+AZURITE_CONNECTION_STRING = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
 
 
 class SettingsError(ValueError):
@@ -124,9 +130,11 @@ class Settings:
 
         conn = get("AUTH_STORAGE_CONNECTION_STRING")
         endpoint = get("AUTH_STORAGE_TABLE_ENDPOINT")
+        if conn and conn.strip().lower() == "usedevelopmentstorage=true":
+            conn = AZURITE_CONNECTION_STRING  # azure-data-tables does not understand the shorthand
         if not conn and not endpoint:
             if local:
-                conn = "UseDevelopmentStorage=true"
+                conn = AZURITE_CONNECTION_STRING
             else:
                 raise SettingsError("set AUTH_STORAGE_TABLE_ENDPOINT (managed identity) or AUTH_STORAGE_CONNECTION_STRING")
 

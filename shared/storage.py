@@ -190,15 +190,19 @@ class Table:
         meta = self._call(self._client.upsert_entity, data, mode=UpdateMode.REPLACE)
         return meta.get("etag", "")
 
-    def delete(self, pk: str, rk: str, etag: str | None = None) -> bool:
+    def delete(self, pk: str, rk: str, etag: str | None = None) -> None:
+        """Delete (If-Match when an ETag is given: Modified on a race).
+
+        Deleting a missing entity succeeds silently (the SDK swallows the
+        404), so a delete can never prove single use: state transitions use
+        :meth:`update` instead."""
         kwargs: dict[str, Any] = {}
         if etag:
             kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
         try:
             self._call(self._client.delete_entity, pk, rk, **kwargs)
-            return True
         except NotFound:
-            return False
+            pass
 
     def query(self, query_filter: str, parameters: Mapping[str, Any] | None = None, *,
               select: list[str] | None = None, limit: int | None = None) -> list[Entity]:

@@ -1,0 +1,69 @@
+"""`make run`: everything a fresh clone needs to serve the API locally.
+
+1. creates ``local.settings.json`` from the example on first run, with freshly
+   generated secrets (the code-hashing key and the secret that encrypts the
+   signing keys the app generates and stores in Table Storage);
+2. starts Azurite (Table) on 127.0.0.1:10002 with its data under ``.local/``
+   (or reuses one already listening there);
+3. serves the Function App on http://127.0.0.1:7071/api until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from devhost import azurite
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ROOT / "local.settings.json"
+EXAMPLE = ROOT / "local.settings.json.example"
+LOCAL = ROOT / ".local"
+AZURITE_PORT = 10002
+API_PORT = 7071
+
+
+def ensure_settings() -> dict:
+    if not SETTINGS.exists():
+        data = json.loads(EXAMPLE.read_text())
+        for name in ("AUTH_CODE_HASH_KEY", "AUTH_SIGNING_KEY_SECRET"):
+            data["Values"][name] = base64.b64encode(secrets.token_bytes(48)).decode()
+        SETTINGS.write_text(json.dumps(data, indent=2) + "\n")
+        os.chmod(SETTINGS, 0o600)
+        print(f"created {SETTINGS.name} with freshly generated development secrets")
+    return json.loads(SETTINGS.read_text())["Values"]
+
+
+def main() -> int:
+    os.chdir(ROOT)
+    LOCAL.mkdir(exist_ok=True)
+    values = ensure_settings()
+    if azurite.port_open(API_PORT):
+        print(f"port {API_PORT} is already in use: is 'make run' already running? Stop it first.", file=sys.stderr)
+        return 1
+    store = None
+    if azurite.port_open(AZURITE_PORT):
+        print(f"reusing the Azurite already listening on 127.0.0.1:{AZURITE_PORT}")
+    else:
+        store = azurite.Azurite(AZURITE_PORT, location=LOCAL / "azurite", log_path=LOCAL / "azurite.log").start()
+        print(f"started Azurite (Table) on 127.0.0.1:{AZURITE_PORT}, data in .local/azurite")
+    outbox = values.get("AUTH_OUTBOX_PATH", ".local/outbox.jsonl")
+    print("\n  API base URL        http://127.0.0.1:%d/api" % API_PORT)
+    print("  development client  %s" % values.get("AUTH_DEV_CLIENT_ID"))
+    print("  one-time codes      printed below and appended to %s\n" % outbox, flush=True)
+    from devhost.__main__ import main as serve
+
+    try:
+        return serve(["--port", str(API_PORT)])
+    finally:
+        if store is not None:
+            store.stop()
+            print("stopped Azurite")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

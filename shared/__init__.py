@@ -1,0 +1,1 @@
+"""Domain code of the native-auth backend. Never imports azure.functions."""

@@ -50,7 +50,10 @@ def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: s
         return
     from .delivery import DeliveryError, Message
 
-    message = Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
+    try:
+        message = Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
+    except ValueError:
+        raise errors.InvalidRequest("The code cannot be sent to this address.", error_codes=(901001,)) from None
     try:
         sender(settings).send(message)
     except DeliveryError as exc:

@@ -13,11 +13,11 @@ ANON = func.AuthLevel.ANONYMOUS
 
 def to_request(req: func.HttpRequest) -> protocol.Request:
     headers = {k.lower(): v for k, v in req.headers.items()}
-    forwarded = headers.get("x-forwarded-for", "")
-    client_ip = forwarded.split(",")[0].strip() or None
+    # The client IP comes from X-Forwarded-For, read by protocol.handle with
+    # the configured number of trusted proxy hops.
     return protocol.Request(
         method=req.method.upper(), url=req.url, headers=headers,
-        query=dict(req.params), body=req.get_body() or b"", client_ip=client_ip,
+        query=dict(req.params), body=req.get_body() or b"",
     )
 
 

@@ -19,3 +19,9 @@ def initiate(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="oauth2/v2.0/challenge", methods=["POST", "OPTIONS"], auth_level=ANON)
 def challenge(req: func.HttpRequest) -> func.HttpResponse:
     return serve("signin_challenge", req, signin.challenge)
+
+
+@bp.function_name("signin_introspect")
+@bp.route(route="oauth2/v2.0/introspect", methods=["POST", "OPTIONS"], auth_level=ANON)
+def introspect(req: func.HttpRequest) -> func.HttpResponse:
+    return serve("signin_introspect", req, signin.introspect)

@@ -59,3 +59,48 @@ def mask_phone(e164: str) -> str:
     if len(e164) <= 6:
         return "*" * len(e164)
     return e164[:3] + "*" * (len(e164) - 7) + e164[-4:]
+
+
+# ------------------------------------------------------------------ phones
+
+class BlockedNumber(ValueError):
+    """A valid number SMS must not go to (line type or country)."""
+
+
+BLOCKED_LINE_TYPES = ("PREMIUM_RATE", "SHARED_COST", "TOLL_FREE", "VOIP", "UAN", "PAGER", "VOICEMAIL")
+
+
+def normalize_phone(value: str | None, *, region: str | None = None,
+                    allowed_countries: tuple[str, ...] = ()) -> str:
+    """E.164 (``+`` and at most 15 digits) for an SMS-capable number.
+
+    Raises InvalidIdentifier for anything that is not a valid number, and
+    BlockedNumber for premium-rate, shared-cost, toll-free, VoIP and similar
+    line types or a country outside the allow-list (security-baseline A13, A40)."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType, number_type
+
+    if not value or len(value) > 32 or any(c.isalpha() for c in value):
+        raise InvalidIdentifier("phone")
+    text = value.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        raise InvalidIdentifier("phone") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidIdentifier("phone")
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(e164) > 16:
+        raise InvalidIdentifier("phone")
+    kind = number_type(number)
+    blocked = {getattr(PhoneNumberType, name) for name in BLOCKED_LINE_TYPES}
+    if kind in blocked:
+        raise BlockedNumber("line type")
+    if kind not in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        raise InvalidIdentifier("not a mobile number")
+    country = phonenumbers.region_code_for_number(number)
+    if allowed_countries and country not in allowed_countries:
+        raise BlockedNumber("country")
+    return e164

@@ -71,6 +71,7 @@ class Context:
     locale: str | None
     storage_ops: int = 0
     outcome: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 _context: contextvars.ContextVar[Context | None] = contextvars.ContextVar("nativeauth_request", default=None)
@@ -237,6 +238,25 @@ def preflight(request: Request, settings: Settings, methods: str) -> Response:
 Handler = Callable[[Request, Settings], Response]
 
 
+def client_ip_of(request: Request, settings: Settings) -> str | None:
+    """The caller's IP: the entry the trusted front end added to
+    X-Forwarded-For (counting ``trusted_proxy_hops`` from the right), so a
+    client cannot choose its own IP by sending the header (A43)."""
+    import ipaddress
+
+    entries = [e.strip() for e in (request.header("x-forwarded-for") or "").split(",") if e.strip()]
+    hops = settings.trusted_proxy_hops
+    if not entries or hops == 0:
+        return request.client_ip
+    candidate = entries[-hops] if len(entries) >= hops else entries[0]
+    if candidate.count(":") == 1 and "." in candidate:  # "1.2.3.4:5678" (App Service adds ports)
+        candidate = candidate.split(":")[0]
+    try:
+        return str(ipaddress.ip_address(candidate.strip("[]")))
+    except ValueError:
+        return None
+
+
 def _new_context(request: Request) -> Context:
     request_id = str(uuid.uuid4())
     supplied = request.header("client-request-id") or request.query.get("client-request-id")
@@ -248,10 +268,11 @@ def _new_context(request: Request) -> Context:
 def handle(name: str, request: Request, handler: Handler, *, methods: str = "POST",
            settings: Settings | None = None) -> Response:
     """Run one endpoint: CORS, method check, errors, ids and the log line."""
+    settings = settings or get_settings()
+    request.client_ip = client_ip_of(request, settings)
     ctx = _new_context(request)
     token = _context.set(ctx)
     started = time.perf_counter()
-    settings = settings or get_settings()
     try:
         if request.method == "OPTIONS":
             response = preflight(request, settings, methods + ", OPTIONS")

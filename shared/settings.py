@@ -21,6 +21,8 @@ DEV_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
 DEV_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
 LOCAL_ISSUER = "http://127.0.0.1:7071/api"
 DEFAULT_RESOURCES = {"api://native-auth": ["access_as_user"]}
+# SMS only to these countries unless configured (security-baseline §0 item 10: a conservative allow-list).
+DEFAULT_SMS_COUNTRIES = "US,CA,GB,IE,DE,AT,CH,FR,NL,BE,LU,DK,SE,NO,FI,IS,ES,PT,IT,AU,NZ"
 # Azurite's documented development account (public well-known key, not a secret).
 AZURITE_CONNECTION_STRING = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
@@ -110,6 +112,14 @@ class Settings:
     email_sender: str | None
     sms_sender: str | None
     app_name: str
+    # conditional access, risk and SMS fraud limits
+    country_header: str | None
+    anonymizer_ranges: tuple[str, ...]
+    risk_ip_accounts_per_hour: int
+    trusted_proxy_hops: int
+    sms_allowed_countries: tuple[str, ...]
+    default_phone_region: str | None
+    sample_auth_context: str
 
     @property
     def is_local(self) -> bool:
@@ -201,7 +211,29 @@ class Settings:
             email_sender=get("AUTH_EMAIL_SENDER"),
             sms_sender=get("AUTH_SMS_SENDER"),
             app_name=get("AUTH_APP_NAME", "Native Auth") or "Native Auth",
+            country_header=(get("AUTH_COUNTRY_HEADER") or "").lower() or None,
+            anonymizer_ranges=_cidrs(get("AUTH_ANONYMIZER_RANGES", ""), "AUTH_ANONYMIZER_RANGES"),
+            risk_ip_accounts_per_hour=i("AUTH_RISK_IP_ACCOUNTS_PER_HOUR", 20, 0, 100000),
+            trusted_proxy_hops=i("AUTH_TRUSTED_PROXY_HOPS", 1, 0, 5),
+            sms_allowed_countries=tuple(c.strip().upper() for c in (get("AUTH_SMS_ALLOWED_COUNTRIES", DEFAULT_SMS_COUNTRIES) or "").split(",") if c.strip()),
+            default_phone_region=(get("AUTH_DEFAULT_PHONE_REGION") or "").upper() or None,
+            sample_auth_context=get("AUTH_SAMPLE_AUTH_CONTEXT", "c1") or "c1",
         )
+
+
+def _cidrs(value: str, name: str) -> tuple[str, ...]:
+    import ipaddress
+
+    out = []
+    for part in (value or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {part!r} is not an IP range") from exc
+    return tuple(out)
 
 
 def _missing(name: str) -> str:
@@ -249,6 +281,13 @@ SETTING_NAMES = (
     "AUTH_EMAIL_SENDER",
     "AUTH_SMS_SENDER",
     "AUTH_APP_NAME",
+    "AUTH_COUNTRY_HEADER",
+    "AUTH_ANONYMIZER_RANGES",
+    "AUTH_RISK_IP_ACCOUNTS_PER_HOUR",
+    "AUTH_TRUSTED_PROXY_HOPS",
+    "AUTH_SMS_ALLOWED_COUNTRIES",
+    "AUTH_DEFAULT_PHONE_REGION",
+    "AUTH_SAMPLE_AUTH_CONTEXT",
 )
 
 _current: Settings | None = None

@@ -14,13 +14,14 @@ same error a wrong password or wrong code gets.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
-from . import errors, flows, notify, passwords, tokens
+from . import errors, flows, mfa, notify, passwords, risk, signinlog, tokens
 from .directory import User, get_client, get_user, get_user_by_key, update_user, user_key
 from .identifiers import InvalidIdentifier, mask_email, normalize_email
-from .protocol import Form, Request, Response, ok, parse_form, redirect_response, split_list
+from .protocol import Form, Request, Response, current, ok, parse_form, redirect_response, split_list
 from .settings import Settings
 from .storage import Modified, Storage, get_storage
 
@@ -97,8 +98,13 @@ def challenge(request: Request, settings: Settings) -> Response:
     form = parse_form(request, settings)
     storage = get_storage(settings)
     client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signin",))
-    if flow["state"] not in ("started", "password_challenge", "oob_challenge"):
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signin", "signup", "reset"))
+    if form.get("id") or flow["state"] in ("mfa_required", "mfa_challenge"):
+        if not form.get("id"):
+            raise errors.InvalidRequest("Choose a method: the request must contain the 'id' parameter.",
+                                        suberror="introspect_required")
+        return mfa.challenge(storage, settings, flow, form.get("id"), request)
+    if flow["kind"] != "signin" or flow["state"] not in ("started", "password_challenge", "oob_challenge"):
         raise errors.InvalidGrant("This flow does not expect a challenge now.")
     types = challenge_types(form, required=False) or flow.json("challenge_types", [])
     factor = _first_factor(types, bool(flow["has_password"]))
@@ -146,16 +152,24 @@ def token(request: Request, settings: Settings) -> Response:
     scopes = tokens.parse_scopes(settings, form.get("scope"))
     flow = flows.load(storage, settings, form.get("continuation_token"), client_id,
                       ("signin", "signup", "reset", "register"))
-    if grant == "password" and flow["kind"] == "signin" and flow["state"] == "password_challenge":
-        return _password_grant(storage, settings, flow, form, scopes)
-    if grant == "oob" and flow["kind"] == "signin" and flow["state"] == "oob_challenge":
-        return _oob_grant(storage, settings, flow, form, scopes)
-    if grant == "continuation_token" and flow["state"] == "ready_for_token":
-        return complete(storage, settings, flow, scopes, form)
+    try:
+        if grant == "password" and flow["kind"] == "signin" and flow["state"] == "password_challenge":
+            return _password_grant(storage, settings, flow, form, scopes, request)
+        if grant == "oob" and flow["kind"] == "signin" and flow["state"] == "oob_challenge":
+            return _oob_grant(storage, settings, flow, form, scopes, request)
+        if grant in ("mfa_oob", "oob") and flow["state"] == "mfa_challenge":
+            return mfa.token(storage, settings, flow, form, scopes, request)
+        if grant == "continuation_token" and flow["state"] == "ready_for_token":
+            return complete(storage, settings, flow, scopes, form, request)
+    except (errors.InvalidCredentials, errors.InvalidOob, errors.PasswordResetRequired) as exc:
+        user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
+        signinlog.record(storage, flow, user, "failure", exc.suberror or exc.error_codes[0].__str__(), flow.steps, "none")
+        raise
     raise errors.InvalidGrant("The continuation_token is not valid for this grant_type.")
 
 
-def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes) -> Response:
+def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes,
+                    request: Request) -> Response:
     password = form.get("password")
     if password is None:
         raise errors.InvalidRequest("The request body must contain the 'password' parameter.")
@@ -170,7 +184,7 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         raise errors.InvalidCredentials()
     if user.entity.get("password_reset_required"):
         raise errors.PasswordResetRequired()
-    return first_factor_done(storage, settings, flow, user, ["pwd"], scopes, form)
+    return issue_tokens(storage, settings, flow, user, flow.steps + ["pwd"], scopes, form=form, request=request)
 
 
 def _record_password_failure(storage: Storage, settings: Settings, user: User) -> None:
@@ -193,7 +207,8 @@ def _record_password_failure(storage: Storage, settings: Settings, user: User) -
             user = fresh
 
 
-def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes) -> Response:
+def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes,
+               request: Request) -> Response:
     user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
     if user is not None and int(user.entity.get("code_failures") or 0) >= settings.account_max_code_failures:
         raise errors.TooManyAttempts("Too many wrong codes for this account. Reset your password or contact support.")
@@ -205,7 +220,7 @@ def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: For
         raise
     if user is None or user.disabled:
         raise errors.InvalidOob()  # unreachable in practice: no code was ever sent
-    return first_factor_done(storage, settings, flow, user, ["otp"], scopes, form)
+    return issue_tokens(storage, settings, flow, user, flow.steps + ["otp"], scopes, form=form, request=request)
 
 
 def record_code_failure(storage: Storage, user: User) -> None:
@@ -221,39 +236,64 @@ def record_code_failure(storage: Storage, user: User) -> None:
             user = fresh
 
 
-def first_factor_done(storage: Storage, settings: Settings, flow: flows.Flow, user: User, amr: list[str],
-                      scopes: tokens.Scopes, form: Form) -> Response:
-    """Decision point after a first factor. Conditional-access policies and
-    the second factor are not built yet (issue 4): a first factor completes."""
-    steps = flow.steps + amr
-    return issue_tokens(storage, settings, flow, user, steps, scopes)
-
-
 def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: User, steps: list[str],
-                 scopes: tokens.Scopes, acrs: tuple[str, ...] = ()) -> Response:
-    """End the flow (single use, If-Match) and issue the token set."""
+                 scopes: tokens.Scopes, *, mfa_done: bool = False, form: Form | None = None,
+                 request: Request | None = None) -> Response:
+    """The only way tokens leave the server: the policy gate, then the end of
+    the flow (single use, If-Match), then the token set.
+
+    ``mfa_done`` is passed only by code paths that have just verified a
+    second-factor code in this flow; everything else relies on what the flow
+    record says, so nothing the client sends can skip a step."""
+    if mfa_done:
+        flow.entity["mfa_done"] = True
+    response, flow, decision = mfa.gate(storage, settings, flow, user, steps, form, request)
+    if response is not None:
+        return response
     flows.finish(storage, flow)
+    now = int(time.time())
     changes: dict[str, Any] = {}
     if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
         changes.update(failed_logins=0, lockout_until=0)
     if user.entity.get("code_failures") and any(s in ("otp", "sms") for s in steps):
         changes.update(code_failures=0)
+    if flow.get("mfa_done"):
+        fresh = json.loads(user.entity.get("mfa_at") or "{}")
+        fresh[flow["client_id"]] = now
+        changes["mfa_at"] = json.dumps(fresh)
+    ip = flow.get("ip") or (mfa._client_ip(request, settings) if request is not None else None)
+    networks = risk.remember_network(user, ip)
+    if networks:
+        changes["known_networks"] = networks
     if changes:
         try:
             update_user(storage, user, **changes)
         except Modified:
-            pass  # a concurrent failure was recorded; it is not lost by skipping the reset
+            pass  # a concurrent change won; counters are not lost by skipping this reset
     amr = list(dict.fromkeys(steps))
     if len({s for s in amr if s in ("pwd", "otp", "sms")}) >= 2:
         amr.append("mfa")
+    acrs = decision.auth_contexts if (flow.get("mfa_done") or not decision.require_second_factor) else ()
     subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, tuple(amr),
-                             "2" if "mfa" in amr else "1", int(time.time()), acrs)
+                             "2" if "mfa" in amr else "1", now, tuple(acrs))
+    signinlog.record(storage, flow, user, "success", "", amr, (current().extra.get("risk") if current() else "") or "none",
+                     decision, ip)
     return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
 
 
-def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tokens.Scopes, form: Form) -> Response:
+def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tokens.Scopes, form: Form,
+             request: Request) -> Response:
     """``grant_type=continuation_token`` after sign-up, reset or registration."""
     user = get_user_by_key(storage, flow["ident"]) if flow["ident"] else None
     if user is None or user.disabled:
         raise errors.InvalidGrant("The continuation_token is not valid.")
-    return issue_tokens(storage, settings, flow, user, flow.steps, scopes)
+    return issue_tokens(storage, settings, flow, user, flow.steps, scopes, form=form, request=request)
+
+
+def introspect(request: Request, settings: Settings) -> Response:
+    """``/oauth2/v2.0/introspect``: the user's registered second-factor methods."""
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signin", "signup", "reset"))
+    return mfa.introspect(storage, settings, flow)

@@ -38,6 +38,21 @@ def ensure_settings() -> dict:
     return json.loads(SETTINGS.read_text())["Values"]
 
 
+def seed_default_policy(values: dict) -> None:
+    """The local default: a second factor for every sign-in (only when no policy exists yet)."""
+    from shared import policy
+    from shared.settings import Settings
+    from shared.storage import Storage
+
+    env = {**values, **{k: v for k, v in os.environ.items() if k.startswith("AUTH_")}}
+    storage = Storage(Settings.from_env(env))
+    storage.ensure_tables()
+    if not policy.load(storage)[0]:
+        policy.save(storage, policy.DEFAULT_LOCAL_POLICY)
+        print(f"added the local default policy: {policy.DEFAULT_LOCAL_POLICY['name']!r} "
+              "(python -m admin policies list|disable ...)")
+
+
 def main() -> int:
     os.chdir(ROOT)
     LOCAL.mkdir(exist_ok=True)
@@ -51,6 +66,7 @@ def main() -> int:
     else:
         store = azurite.Azurite(AZURITE_PORT, location=LOCAL / "azurite", log_path=LOCAL / "azurite.log").start()
         print(f"started Azurite (Table) on 127.0.0.1:{AZURITE_PORT}, data in .local/azurite")
+    seed_default_policy(values)
     outbox = values.get("AUTH_OUTBOX_PATH", ".local/outbox.jsonl")
     print("\n  API base URL        http://127.0.0.1:%d/api" % API_PORT)
     print("  development client  %s" % values.get("AUTH_DEV_CLIENT_ID"))

@@ -1,0 +1,1 @@
+"""Administration CLI (python -m admin)."""

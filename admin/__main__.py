@@ -1,0 +1,203 @@
+"""Administration CLI: ``python -m admin <area> <action> ...``.
+
+Reads the same settings as the app (environment variables, plus the
+``Values`` of ``local.settings.json`` when present), so locally it talks to
+Azurite and in Azure to the real tables (export the app's settings, with
+``AUTH_STORAGE_TABLE_ENDPOINT`` and a credential that may write the tables).
+
+    python -m admin clients add <client-id> <name> | list | disable <client-id> | enable <client-id>
+    python -m admin policies list | create <file.json|-> | enable|disable|report-only|delete <name> | seed-default
+    python -m admin locations set <name> <cidr>...
+    python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id>
+                          | disable <email> | enable <email> | unlock <email> | groups <email> <group>...
+    python -m admin log tail [--limit N] [--days D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from shared import directory, policy, signinlog
+from shared.identifiers import InvalidIdentifier, normalize_email
+from shared.settings import Settings, SettingsError, use_settings
+from shared.storage import get_storage
+
+
+def load_local_settings(path: Path) -> None:
+    """Like ``func start``: Values from local.settings.json; the environment wins."""
+    if path.is_file():
+        for key, value in json.loads(path.read_text()).get("Values", {}).items():
+            os.environ.setdefault(key, str(value))
+
+
+def _print(rows, columns) -> None:
+    rows = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _user(storage, email: str) -> directory.User:
+    try:
+        user = directory.get_user(storage, normalize_email(email))
+    except InvalidIdentifier:
+        raise SystemExit(f"not an email address: {email}")
+    if user is None:
+        raise SystemExit(f"no such user: {email}")
+    return user
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m admin", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", default="local.settings.json", help="local settings file to read (if present)")
+    sub = parser.add_subparsers(dest="area", required=True)
+
+    c = sub.add_parser("clients").add_subparsers(dest="action", required=True)
+    add = c.add_parser("add")
+    add.add_argument("client_id")
+    add.add_argument("name")
+    c.add_parser("list")
+    for name in ("disable", "enable"):
+        c.add_parser(name).add_argument("client_id")
+
+    p = sub.add_parser("policies").add_subparsers(dest="action", required=True)
+    p.add_parser("list")
+    p.add_parser("create").add_argument("file", help="policy JSON file, or - for stdin")
+    for name in ("enable", "disable", "report-only", "delete"):
+        p.add_parser(name).add_argument("name")
+    p.add_parser("seed-default")
+
+    loc = sub.add_parser("locations").add_subparsers(dest="action", required=True)
+    ls = loc.add_parser("set")
+    ls.add_argument("name")
+    ls.add_argument("cidrs", nargs="+")
+
+    u = sub.add_parser("users").add_subparsers(dest="action", required=True)
+    u.add_parser("list")
+    cu = u.add_parser("create")
+    cu.add_argument("email")
+    cu.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    cu.add_argument("--name", default="")
+    for name in ("show", "disable", "enable", "unlock"):
+        u.add_parser(name).add_argument("email")
+    rm = u.add_parser("remove-method")
+    rm.add_argument("email")
+    rm.add_argument("method_id")
+    g = u.add_parser("groups")
+    g.add_argument("email")
+    g.add_argument("groups", nargs="*")
+
+    lg = sub.add_parser("log").add_subparsers(dest="action", required=True)
+    t = lg.add_parser("tail")
+    t.add_argument("--limit", type=int, default=20)
+    t.add_argument("--days", type=int, default=1)
+
+    args = parser.parse_args(argv)
+    load_local_settings(Path(args.settings))
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"settings: {exc}", file=sys.stderr)
+        return 2
+    use_settings(settings)
+    storage = get_storage(settings)
+    try:
+        return _run(args, storage)
+    except policy.PolicyError as exc:
+        print(f"policy: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, storage) -> int:
+    if args.area == "clients":
+        if args.action == "add":
+            directory.register_client(storage, args.client_id, args.name)
+            print(f"registered client {args.client_id}")
+        elif args.action == "list":
+            rows = storage.table("clients").query("PartitionKey eq @p", {"p": "client"})
+            _print([{"client_id": r["RowKey"], "name": r.get("name"), "enabled": r.get("enabled")} for r in rows],
+                   ["client_id", "name", "enabled"])
+        else:
+            row = storage.table("clients").get("client", args.client_id)
+            if row is None:
+                raise SystemExit(f"no such client: {args.client_id}")
+            directory.register_client(storage, args.client_id, row.get("name", ""), enabled=args.action == "enable")
+            print(f"{args.action}d client {args.client_id}")
+    elif args.area == "policies":
+        if args.action == "list":
+            rows, _ = policy.load(storage)
+            _print([{"name": r["name"], "state": r["state"], "grant": "block" if r["grant"]["block"] else
+                     "second factor (" + ",".join(r["grant"]["methods"]) + ")"} for r in rows], ["name", "state", "grant"])
+        elif args.action == "create":
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+            saved = policy.save(storage, json.loads(text))
+            print(f"saved policy {saved['name']!r} ({saved['state']})")
+        elif args.action == "seed-default":
+            policy.save(storage, policy.DEFAULT_LOCAL_POLICY)
+            print(f"saved policy {policy.DEFAULT_LOCAL_POLICY['name']!r}")
+        elif args.action == "delete":
+            policy.delete(storage, args.name)
+            print(f"deleted policy {args.name!r}")
+        else:
+            state = {"enable": "on", "disable": "off", "report-only": "report-only"}[args.action]
+            policy.set_state(storage, args.name, state)
+            print(f"policy {args.name!r} is now {state}")
+    elif args.area == "locations":
+        policy.save_location(storage, args.name, args.cidrs)
+        print(f"named location {args.name!r}: {', '.join(args.cidrs)}")
+    elif args.area == "users":
+        return _users(args, storage)
+    elif args.area == "log":
+        rows = signinlog.tail(storage, days=args.days, limit=args.limit)
+        _print(rows, ["time", "result", "reason", "flow", "user", "client_id", "ip", "factors", "risk", "correlation_id"])
+    return 0
+
+
+def _users(args, storage) -> int:
+    if args.action == "list":
+        rows = storage.table("users").query("RowKey eq @r", {"r": directory.USER_RK},
+                                            select=["email", "oid", "disabled", "methods", "lockout_until"])
+        _print([{"email": r["email"], "oid": r["oid"], "disabled": r.get("disabled"),
+                 "methods": len(json.loads(r.get("methods") or "[]"))} for r in rows], ["email", "oid", "disabled", "methods"])
+        return 0
+    if args.action == "create":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+        try:
+            user = directory.create_user(storage, normalize_email(args.email), password=password, display_name=args.name)
+        except directory.UserExists:
+            raise SystemExit(f"user exists: {args.email}")
+        except InvalidIdentifier:
+            raise SystemExit(f"not an email address: {args.email}")
+        print(f"created {user.email} ({user.oid})")
+        return 0
+    user = _user(storage, args.email)
+    if args.action == "show":
+        print(f"{user.email}  oid={user.oid}  disabled={user.disabled}  password={'yes' if user.has_password else 'no'}")
+        _print([{**m, "target": m["target"]} for m in user.methods], ["id", "channel", "target", "default"])
+    elif args.action == "remove-method":
+        methods = [m for m in user.methods if m["id"] != args.method_id]
+        if len(methods) == len(user.methods):
+            raise SystemExit(f"no method {args.method_id}")
+        if methods and not any(m.get("default") for m in methods):
+            methods[0]["default"] = True
+        directory.update_user(storage, user, methods=json.dumps(methods))
+        print(f"removed method {args.method_id}")
+    elif args.action in ("disable", "enable"):
+        directory.update_user(storage, user, disabled=args.action == "disable")
+        print(f"{args.action}d {user.email}")
+    elif args.action == "unlock":
+        directory.update_user(storage, user, failed_logins=0, lockout_until=0, code_failures=0)
+        print(f"unlocked {user.email}")
+    elif args.action == "groups":
+        directory.update_user(storage, user, groups=",".join(args.groups))
+        print(f"groups of {user.email}: {', '.join(args.groups) or '(none)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The admin CLI, run as a real subprocess against the test Azurite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from shared import directory, policy
+
+from conftest import ROOT, unique_email
+
+
+def admin(server, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUTH_ENVIRONMENT": "local",
+           "AUTH_STORAGE_CONNECTION_STRING": server.settings.storage_connection_string,
+           "AUTH_TABLE_PREFIX": server.settings.table_prefix}
+    return subprocess.run([sys.executable, "-m", "admin", "--settings", "/nonexistent", *args], input=stdin,
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_clients(server):
+    out = ok(admin(server, "clients", "add", "33333333-0000-0000-0000-000000000003", "Mobile app"))
+    assert "registered" in out
+    assert "Mobile app" in ok(admin(server, "clients", "list"))
+    directory.clear_client_cache()
+    assert directory.get_client(server.storage, server.settings, "33333333-0000-0000-0000-000000000003").enabled
+    ok(admin(server, "clients", "disable", "33333333-0000-0000-0000-000000000003"))
+    directory.clear_client_cache()
+    assert not directory.get_client(server.storage, server.settings, "33333333-0000-0000-0000-000000000003").enabled
+
+
+def test_disabled_client_gets_invalid_client(server, api):
+    ok(admin(server, "clients", "add", "44444444-0000-0000-0000-000000000004", "Old app"))
+    ok(admin(server, "clients", "disable", "44444444-0000-0000-0000-000000000004"))
+    directory.clear_client_cache()
+    r = api.post("oauth2/v2.0/initiate", client_id="44444444-0000-0000-0000-000000000004", username="a@example.com",
+                 challenge_type="password redirect")
+    assert r.status == 400 and r["error"] == "invalid_client" and r["suberror"] == "nativeauthapi_disabled"
+
+
+def test_policies_lifecycle(server, tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"name": "cli policy", "state": "off", "grant": {"require_second_factor": True, "methods": ["sms"]}}))
+    try:
+        assert "saved policy 'cli policy' (off)" in ok(admin(server, "policies", "create", str(f)))
+        policy.clear_cache()
+        assert "cli policy" in ok(admin(server, "policies", "list"))
+        ok(admin(server, "policies", "enable", "cli policy"))
+        policy.clear_cache()
+        assert next(p for p in policy.load(server.storage)[0] if p["name"] == "cli policy")["state"] == "on"
+        ok(admin(server, "policies", "report-only", "cli policy"))
+        policy.clear_cache()
+        assert next(p for p in policy.load(server.storage)[0] if p["name"] == "cli policy")["state"] == "report-only"
+        bad = admin(server, "policies", "create", "-", stdin='{"name": "x", "state": "sometimes"}')
+        assert bad.returncode == 2 and "state" in bad.stderr
+    finally:
+        ok(admin(server, "policies", "delete", "cli policy"))
+        policy.clear_cache()
+
+
+def test_users(server, api):
+    email = unique_email("cli")
+    ok(admin(server, "users", "create", email, "--password-stdin", stdin="correct horse battery staple\n"))
+    assert email in ok(admin(server, "users", "list"))
+    assert api.signin_password(email, "correct horse battery staple").status == 200
+    user = directory.get_user(server.storage, email)
+    directory.update_user(server.storage, user, methods=json.dumps([
+        {"id": "m1", "channel": "sms", "target": "+4915112345678", "default": True, "created": 1},
+        {"id": "m2", "channel": "email", "target": "b@example.com", "default": False, "created": 2}]))
+    shown = ok(admin(server, "users", "show", email))
+    assert "m1" in shown and "m2" in shown
+    ok(admin(server, "users", "remove-method", email, "m1"))
+    methods = directory.get_user(server.storage, email).methods
+    assert [m["id"] for m in methods] == ["m2"] and methods[0]["default"] is True
+    ok(admin(server, "users", "disable", email))
+    assert api.signin_password(email, "correct horse battery staple").status == 400
+    ok(admin(server, "users", "enable", email))
+    user = directory.get_user(server.storage, email)
+    directory.update_user(server.storage, user, failed_logins=12, lockout_until=int(time.time()) + 900)
+    assert api.signin_password(email, "correct horse battery staple").status == 400
+    ok(admin(server, "users", "unlock", email))
+    assert api.signin_password(email, "correct horse battery staple").status == 200
+    ok(admin(server, "users", "groups", email, "staff", "admins"))
+    assert directory.get_user(server.storage, email).entity["groups"] == "staff,admins"
+    assert admin(server, "users", "show", "nobody@example.com").returncode != 0
+
+
+def test_log_tail_shows_outcomes(server, api, make_user):
+    email, user = make_user()
+    api.signin_password(email, "correct horse battery staple")
+    out = ok(admin(server, "log", "tail", "--limit", "200"))
+    assert "success" in out and "correct horse" not in out

@@ -2,9 +2,10 @@
 
 import azure.functions as func
 
-from functions import discovery, maintenance, register, sample, signin, token
+from functions import discovery, maintenance, register, resetpassword, sample, signin, signup, token
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
-for blueprint in (signin.bp, token.bp, register.bp, discovery.bp, sample.bp, maintenance.bp):
+for blueprint in (signin.bp, token.bp, signup.bp, resetpassword.bp, register.bp, discovery.bp, sample.bp,
+                  maintenance.bp):
     app.register_functions(blueprint)

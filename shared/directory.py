@@ -81,21 +81,23 @@ def get_user_by_key(storage: Storage, pk: str) -> User | None:
     return User(entity) if entity else None
 
 
-def create_user(storage: Storage, email: str, *, password: str | None = None, display_name: str = "",
+def create_user(storage: Storage, email: str, *, password: str | None = None, password_hash: str | None = None,
+                display_name: str = "",
                 attributes: dict[str, Any] | None = None, methods: list[dict[str, Any]] | None = None,
-                password_reset_required: bool = False) -> User:
+                password_reset_required: bool = False, extra: dict[str, Any] | None = None) -> User:
     """Insert-if-absent: two concurrent sign-ups of one address make one account."""
     now = int(time.time())
     entity: Entity = {
         "PartitionKey": user_key(email), "RowKey": USER_RK,
         "oid": str(uuid.uuid4()), "email": email, "display_name": display_name,
-        "password_hash": passwords.hash_password(password) if password else "",
-        "password_changed_at": now if password else 0,
+        "password_hash": password_hash or (passwords.hash_password(password) if password else ""),
+        "password_changed_at": now if (password or password_hash) else 0,
         "password_reset_required": password_reset_required,
         "attributes": json.dumps(attributes or {}),
         "methods": json.dumps(methods or []),
         "created": now, "failed_logins": 0, "lockout_until": 0, "code_failures": 0,
         "rt_not_before": 0, "disabled": False,
+        **(extra or {}),
     }
     try:
         etag = storage.table("users").insert(entity)

@@ -62,3 +62,14 @@ def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: s
             raise errors.ServiceUnavailable("The code could not be sent. Retry shortly.",
                                             retry_after=exc.retry_after or 5) from None
         raise errors.InvalidRequest("The code could not be sent to this address.", error_codes=(901001,)) from None
+
+
+def send_notice(storage: Storage, settings: Settings, *, to: str, purpose: str, request: Request | None) -> None:
+    """A notice without a code (password changed, someone tried to sign up).
+    Best effort: a failed notice never fails the user's request."""
+    from .delivery import DeliveryError, Message
+
+    try:
+        sender(settings).send(Message(channel="email", to=to, purpose=purpose, locale=locale_of(request)))
+    except (DeliveryError, ValueError) as exc:
+        log.warning("notice not sent: %s (purpose=%s)", getattr(exc, "reason", type(exc).__name__), purpose)

@@ -120,6 +120,10 @@ class Settings:
     sms_allowed_countries: tuple[str, ...]
     default_phone_region: str | None
     sample_auth_context: str
+    # sign-up and passwords
+    password_min_length: int
+    signup_attributes: tuple[dict, ...]
+    extensions_app_id: str
 
     @property
     def is_local(self) -> bool:
@@ -218,6 +222,9 @@ class Settings:
             sms_allowed_countries=tuple(c.strip().upper() for c in (get("AUTH_SMS_ALLOWED_COUNTRIES", DEFAULT_SMS_COUNTRIES) or "").split(",") if c.strip()),
             default_phone_region=(get("AUTH_DEFAULT_PHONE_REGION") or "").upper() or None,
             sample_auth_context=get("AUTH_SAMPLE_AUTH_CONTEXT", "c1") or "c1",
+            password_min_length=i("AUTH_PASSWORD_MIN_LENGTH", 15, 8, 64),
+            signup_attributes=_attribute_schema(get("AUTH_SIGNUP_ATTRIBUTES")),
+            extensions_app_id=(get("AUTH_EXTENSIONS_APP_ID", "") or "").replace("-", "").lower(),
         )
 
 
@@ -234,6 +241,30 @@ def _cidrs(value: str, name: str) -> tuple[str, ...]:
         except ValueError as exc:
             raise SettingsError(f"{name}: {part!r} is not an IP range") from exc
     return tuple(out)
+
+
+DEFAULT_ATTRIBUTES = '[{"name": "displayName", "type": "string", "required": false}]'
+
+
+def _attribute_schema(raw: str | None) -> tuple[dict, ...]:
+    """AUTH_SIGNUP_ATTRIBUTES: JSON list of {name, type (string|int|boolean), required, regex?, values?}."""
+    import re as _re
+
+    try:
+        items = json.loads(raw or DEFAULT_ATTRIBUTES)
+        out = []
+        for item in items:
+            name = str(item["name"])
+            kind = item.get("type", "string")
+            if kind not in ("string", "int", "boolean") or not _re.match(r"^[A-Za-z][A-Za-z0-9_]{0,99}$", name):
+                raise ValueError(name)
+            if item.get("regex"):
+                _re.compile(item["regex"])
+            out.append({"name": name, "type": kind, "required": bool(item.get("required", False)),
+                        "regex": item.get("regex"), "values": list(item.get("values") or [])})
+        return tuple(out)
+    except (ValueError, KeyError, TypeError, _re.error) as exc:
+        raise SettingsError(f"AUTH_SIGNUP_ATTRIBUTES is not a valid attribute schema: {exc}") from exc
 
 
 def _missing(name: str) -> str:
@@ -288,6 +319,9 @@ SETTING_NAMES = (
     "AUTH_SMS_ALLOWED_COUNTRIES",
     "AUTH_DEFAULT_PHONE_REGION",
     "AUTH_SAMPLE_AUTH_CONTEXT",
+    "AUTH_PASSWORD_MIN_LENGTH",
+    "AUTH_SIGNUP_ATTRIBUTES",
+    "AUTH_EXTENSIONS_APP_ID",
 )
 
 _current: Settings | None = None

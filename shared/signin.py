@@ -287,6 +287,13 @@ def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tok
     user = get_user_by_key(storage, flow["ident"]) if flow["ident"] else None
     if user is None or user.disabled:
         raise errors.InvalidGrant("The continuation_token is not valid.")
+    if form.get("username"):  # optional (J omits it after registration); when sent it must match
+        try:
+            same = normalize_email(form.get("username")) == flow["username"]
+        except InvalidIdentifier:
+            same = False
+        if not same:
+            raise errors.InvalidGrant("The username does not match this flow.")
     return issue_tokens(storage, settings, flow, user, flow.steps, scopes, form=form, request=request)
 
 

@@ -1,0 +1,159 @@
+"""Self-service password reset: ``/resetpassword/v1.0/start``, ``/challenge``,
+``/continue``, ``/submit``, ``/poll_completion`` (contract §3.11–3.15, §5.7).
+
+Flow states for ``kind = "reset"``::
+
+    started --challenge--> code_sent --continue(oob)--> code_verified --submit--> reset_done
+            --poll_completion--> ready_for_token   (then /token grant_type=continuation_token)
+
+The reset is done synchronously in ``/submit``, so the first poll already says
+``succeeded``. It revokes every refresh token of the user (``rt_not_before``)
+and sends a "your password was changed" notice. The automatic sign-in after
+a reset carries only the email code as its factor, so a policy that requires
+a second factor still asks for one (a reset never bypasses it, A24).
+
+Enumeration protection: an unknown address (and, while protection is on, an
+account without a password) gets the same answers and no message; with
+protection off they get ``user_not_found`` and ``500222``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from . import errors, flows, notify, passwords
+from .directory import get_user, get_user_by_key, update_user, user_key
+from .protocol import Request, Response, ok, parse_form, redirect_response
+from .settings import Settings
+from .signin import capabilities, challenge_types, require_client, username
+from .signup import _password_error
+from .storage import Modified, get_storage
+
+VERIFIED_LIFETIME = 600  # contract §3.13: expires_in at most 600 s
+POLL_INTERVAL = 1
+PREVIOUS_PASSWORDS_KEPT = 3
+
+
+class NoPassword(errors.InvalidRequest):
+    error_codes = (500222,)
+    description = "The user does not have a password. Sign in with a one-time code."
+
+
+def _load(request: Request, settings: Settings):
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("reset",))
+    return form, storage, flow
+
+
+def start(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    email = username(form)
+    types = challenge_types(form)
+    if "oob" not in types:
+        return redirect_response("Password reset needs an email code; the client does not support oob.")
+    user = get_user(storage, email)
+    if user is None and not settings.enumeration_protection:
+        from .errors import UserNotFound
+
+        raise UserNotFound()
+    if user is not None and not user.has_password and not settings.enumeration_protection:
+        raise NoPassword()
+    real = user is not None and user.has_password and not user.disabled
+    flow = flows.start(storage, settings, "reset", client_id, ident=user_key(email), user_exists=real,
+                       username=email, challenge_types=types, capabilities=capabilities(form))
+    return ok({"continuation_token": flow.token})
+
+
+def challenge(request: Request, settings: Settings) -> Response:
+    form, storage, flow = _load(request, settings)
+    if form.get("challenge_type"):
+        challenge_types(form)
+    if flow["state"] not in ("started", "code_sent"):
+        raise errors.InvalidGrant("This flow does not expect a challenge now.")
+    from .signin import send_email_code
+
+    return send_email_code(storage, settings, flow, "reset_code", request, state="code_sent")
+
+
+def continue_(request: Request, settings: Settings) -> Response:
+    form, storage, flow = _load(request, settings)
+    grant = form.get("grant_type")
+    if grant != "oob":
+        raise errors.InvalidRequest("grant_type must be 'oob'.") if grant else errors.InvalidRequest(
+            "The request body must contain the 'grant_type' parameter.")
+    if flow["state"] != "code_sent":
+        raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
+    user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
+    try:
+        flow = flows.check_code(storage, settings, flow, "reset_code", form.get("oob"))
+    except errors.InvalidOob:
+        if user is not None:
+            from .signin import record_code_failure
+
+            record_code_failure(storage, user)
+        raise
+    if user is None:
+        raise errors.InvalidOob()  # unreachable: no code was sent
+    expires = min(int(flow["expires_at"]), int(time.time()) + VERIFIED_LIFETIME)
+    flow = flows.advance(storage, flow, state="code_verified", steps=["otp"], email_verified=True, code_hash="",
+                         expires_at=expires)
+    return ok({"continuation_token": flow.token, "expires_in": max(0, expires - int(time.time()))})
+
+
+def submit(request: Request, settings: Settings) -> Response:
+    form, storage, flow = _load(request, settings)
+    if flow["state"] != "code_verified":
+        raise errors.InvalidGrant("This flow does not expect a new password now.")
+    password = form.get("new_password")
+    if not password:
+        raise errors.InvalidRequest("The request body must contain the 'new_password' parameter.")
+    user = get_user_by_key(storage, flow["ident"])
+    if user is None:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    email = user.email
+    if user.entity.get("reset_by_flow") == flow.id and passwords.verify_password(user.password_hash, password):
+        # Our own earlier attempt saved this password, then failed to record the step: finish it.
+        flow = flows.advance(storage, flow, state="reset_done")
+        return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
+    previous = tuple([user.password_hash] + json.loads(user.entity.get("previous_passwords") or "[]"))
+    context = (email.split("@")[0], email.split("@")[1].split(".")[0], settings.app_name.lower().replace(" ", ""))
+    try:
+        passwords.check_policy(password, min_length=settings.password_min_length, context=context,
+                               previous_hashes=previous)
+    except passwords.PasswordRejected as exc:
+        raise _password_error(exc) from None
+    new_hash = passwords.hash_password(password)
+    now = int(time.time())
+    # Save the password first (If-Match on the user), then record the step
+    # (If-Match on the flow). A failure in between leaves a saved password and
+    # a flow that a retry of the same request completes (reset_by_flow).
+    for _ in range(5):
+        try:
+            update_user(storage, user, password_hash=new_hash, password_changed_at=now, password_reset_required=False,
+                        previous_passwords=json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
+                        rt_not_before=now, failed_logins=0, lockout_until=0, code_failures=0, reset_by_flow=flow.id)
+            break
+        except Modified:
+            user = get_user_by_key(storage, flow["ident"])
+            if user is None:
+                raise errors.InvalidGrant("The continuation_token is not valid.")
+    else:
+        raise errors.ServiceUnavailable("The password could not be saved; retry.", retry_after=1)
+    flow = flows.advance(storage, flow, state="reset_done")
+    notify.send_notice(storage, settings, to=email, purpose="password_changed", request=request)
+    return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
+
+
+def poll_completion(request: Request, settings: Settings) -> Response:
+    form, storage, flow = _load(request, settings)
+    if flow["state"] == "reset_done":
+        flow = flows.advance(storage, flow, state="ready_for_token")
+        return ok({"status": "succeeded", "continuation_token": flow.token})
+    if flow["state"] == "code_verified":
+        return ok({"status": "not_started", "continuation_token": form.get("continuation_token")})
+    raise errors.InvalidGrant("This flow has no reset to report on.")

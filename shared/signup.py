@@ -1,0 +1,180 @@
+"""Sign-up: ``/signup/v1.0/start``, ``/challenge`` and ``/continue`` (contract §3.1–3.3, §5.6).
+
+Flow states for ``kind = "signup"``::
+
+    started --challenge--> code_sent --continue(oob)--> [credential_required] --challenge--> password_prompt
+            --continue(password)--> [attributes_required] --continue(attributes)--> ready_for_token
+
+After the email is verified, each ``continue`` answers the next thing still
+missing (a password when the client can collect one, then required
+attributes); when nothing is missing the account is created and the flow is
+ready for ``/token`` with ``grant_type=continuation_token``.
+
+Existing address with enumeration protection on: every answer looks the same
+as for a new address, the owner gets a "someone tried to sign up" email
+instead of a code, and the flow can never complete.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import attributes, errors, flows, notify, passwords
+from .directory import UserExists, create_user, get_user, get_user_by_key, user_key
+from .identifiers import mask_email
+from .protocol import Request, Response, ok, parse_form, redirect_response
+from .settings import Settings
+from .signin import capabilities, challenge_types, require_client, username
+from .storage import Storage, get_storage
+
+
+class UserAlreadyExists(errors.AuthError):
+    error = "user_already_exists"
+    error_codes = (1003037,)
+    description = "An account with this username already exists."
+
+
+class CredentialRequired(errors.AuthError):
+    error = "credential_required"
+    error_codes = (55103,)
+    description = "A password is required to create the account."
+
+
+class AttributesRequired(errors.AuthError):
+    error = "attributes_required"
+    error_codes = (55106,)
+    description = "Some required attributes are missing."
+
+
+def _password_error(exc: passwords.PasswordRejected) -> errors.AuthError:
+    return errors.InvalidGrant(str(exc), suberror=exc.suberror, error_codes=(399246,))
+
+
+def hash_new_password(settings: Settings, password: str, email: str) -> str:
+    context = (email.split("@")[0], email.split("@")[1].split(".")[0], settings.app_name.lower().replace(" ", ""))
+    try:
+        passwords.check_policy(password, min_length=settings.password_min_length, context=context)
+    except passwords.PasswordRejected as exc:
+        raise _password_error(exc) from None
+    return passwords.hash_password(password)
+
+
+def start(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    email = username(form)
+    types = challenge_types(form)
+    if "oob" not in types:
+        return redirect_response("Sign-up needs an email code; the client does not support oob.")
+    collected = attributes.accept(settings.signup_attributes, attributes.parse(form.get("attributes")))
+    password = form.get("password")
+    password_hash = hash_new_password(settings, password, email) if password else ""
+    existing = get_user(storage, email)
+    if existing is not None and not settings.enumeration_protection:
+        raise UserAlreadyExists()
+    flow = flows.start(storage, settings, "signup", client_id, ident=user_key(email), user_exists=existing is not None,
+                       username=email, challenge_types=types, capabilities=capabilities(form),
+                       password_hash=password_hash, attributes=collected,
+                       needs_password="password" in types)
+    return ok({"continuation_token": flow.token})
+
+
+def challenge(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signup",))
+    if form.get("challenge_type"):
+        challenge_types(form)  # validated like everywhere else
+    if flow["state"] in ("credential_required", "password_prompt"):
+        flow = flows.advance(storage, flow, state="password_prompt")
+        return ok({"continuation_token": flow.token, "challenge_type": "password"})
+    if flow["state"] not in ("started", "code_sent"):
+        raise errors.InvalidGrant("This flow does not expect a challenge now.")
+    email = flow["username"]
+    wait = flows.resend_wait(settings, flow)
+    if wait:
+        raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
+    if int(flow.get("code_sends", 0)) >= flows.MAX_SENDS_PER_FLOW:
+        raise errors.SlowDown("Too many codes were requested in this flow. Start again later.", retry_after=60)
+    code = flows.new_code(settings, flow, "signup_code", "email", settings.email_code_length, email)
+    if flow["user_exists"]:
+        # The address is taken: tell its owner, send no code (the flow cannot complete).
+        notify.send_notice(storage, settings, to=email, purpose="signup_attempt_notice", request=request)
+    else:
+        notify.send_code(storage, settings, flow, channel="email", to=email, purpose="signup_code", code=code.value,
+                         real_recipient=True, request=request)
+    flow = flows.advance(storage, flow, state="code_sent", **code.changes)
+    return ok({"continuation_token": flow.token, "challenge_type": "oob", "binding_method": "prompt",
+               "challenge_channel": "email", "challenge_target_label": mask_email(email),
+               "code_length": settings.email_code_length, "interval": settings.resend_interval_seconds})
+
+
+def continue_(request: Request, settings: Settings) -> Response:
+    form = parse_form(request, settings)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signup",))
+    grant = form.get("grant_type")
+    state = flow["state"]
+    verified = bool(flow.get("email_verified"))
+    if grant == "oob":
+        if state != "code_sent":
+            raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
+        flow = flows.check_code(storage, settings, flow, "signup_code", form.get("oob"))
+        if flow["user_exists"]:
+            raise errors.InvalidOob()  # unreachable: no code was sent to an existing address
+        flow.changes.update(email_verified=True, steps=["otp"], code_hash="")
+    elif grant == "password":
+        if state not in ("credential_required", "password_prompt"):
+            raise errors.InvalidGrant("This flow does not expect a password now.")
+        password = form.get("password")
+        if not password:
+            raise errors.InvalidRequest("The request body must contain the 'password' parameter.")
+        flow.changes.update(password_hash=hash_new_password(settings, password, flow["username"]))
+    elif grant == "attributes":
+        if state not in ("started", "code_sent", "credential_required", "password_prompt", "attributes_required"):
+            raise errors.InvalidGrant("This flow does not expect attributes now.")
+        submitted = attributes.parse(form.get("attributes"))
+        if not submitted:
+            raise errors.InvalidRequest("The request body must contain the 'attributes' parameter.")
+        merged = {**flow.json("attributes", {}), **attributes.accept(settings.signup_attributes, submitted)}
+        flow.changes.update(attributes=merged)
+        if not verified:  # attributes before verification: store them, the code comes next
+            flow = flows.advance(storage, flow, **flow.changes)
+            return ok({"continuation_token": flow.token})
+    elif not grant:
+        raise errors.InvalidRequest("The request body must contain the 'grant_type' parameter.")
+    else:
+        raise errors.UnsupportedGrantType()
+    return _next_requirement(storage, settings, flow)
+
+
+def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow) -> Response:
+    """Ask for what is still missing, or create the account."""
+    view = {**flow.entity, **{k: v for k, v in flow.changes.items()}}
+    changes = dict(flow.changes)
+    if view.get("needs_password") and not view.get("password_hash"):
+        flow = flows.advance(storage, flow, state="credential_required", **changes)
+        raise CredentialRequired(extra={"continuation_token": flow.token})
+    collected = view.get("attributes")
+    collected = collected if isinstance(collected, dict) else flow.json("attributes", {})
+    missing = attributes.missing(settings.signup_attributes, collected)
+    if missing:
+        flow = flows.advance(storage, flow, state="attributes_required", **changes)
+        raise AttributesRequired(extra={"continuation_token": flow.token, "required_attributes": missing})
+    email = flow["username"]
+    try:
+        create_user(storage, email, password_hash=view.get("password_hash") or None,
+                    display_name=collected.get("displayName", ""), attributes=collected,
+                    extra={"created_by_flow": flow.id})
+    except UserExists:
+        existing = get_user_by_key(storage, user_key(email))
+        if existing is None or existing.entity.get("created_by_flow") != flow.id:
+            raise UserAlreadyExists() from None
+        # Our own earlier attempt created it (then the flow write failed): finish the flow.
+    steps = ["otp"] + (["pwd"] if view.get("password_hash") else [])
+    flow = flows.advance(storage, flow, state="ready_for_token", user_exists=True, steps=steps,
+                         password_hash="", **{k: v for k, v in changes.items() if k not in ("password_hash", "steps")})
+    return ok({"continuation_token": flow.token, "expires_in": max(0, int(flow["expires_at"]) - int(time.time()))})

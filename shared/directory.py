@@ -96,7 +96,7 @@ def create_user(storage: Storage, email: str, *, password: str | None = None, pa
         "attributes": json.dumps(attributes or {}),
         "methods": json.dumps(methods or []),
         "created": now, "failed_logins": 0, "lockout_until": 0, "code_failures": 0,
-        "rt_not_before": 0, "disabled": False,
+        "rt_not_before": 0.0, "disabled": False,
         **(extra or {}),
     }
     try:

@@ -136,7 +136,7 @@ def submit(request: Request, settings: Settings) -> Response:
         try:
             update_user(storage, user, password_hash=new_hash, password_changed_at=now, password_reset_required=False,
                         previous_passwords=json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
-                        rt_not_before=now, failed_logins=0, lockout_until=0, code_failures=0, reset_by_flow=flow.id)
+                        rt_not_before=time.time(), failed_logins=0, lockout_until=0, code_failures=0, reset_by_flow=flow.id)
             break
         except Modified:
             user = get_user_by_key(storage, flow["ident"])

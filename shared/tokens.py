@@ -289,7 +289,7 @@ def create_family(storage: Storage, settings: Settings, client_id: str, subject:
     storage.table("refresh").insert({
         "PartitionKey": pk, "RowKey": family, "client_id": client_id, "user_pk": subject.user_pk,
         "oid": subject.oid, "current_hash": _rt_hash(secret), "previous_hash": "", "rotated_at": 0,
-        "created": now, "last_used": now, "generation": 1, "revoked": False,
+        "created": now, "issued_at": time.time(), "last_used": now, "generation": 1, "revoked": False,
         "absolute_expires": now + settings.refresh_absolute_seconds,
         "expires_at": min(now + settings.refresh_idle_seconds, now + settings.refresh_absolute_seconds),
         "amr": json.dumps(list(subject.amr)), "acr": subject.acr, "acrs": json.dumps(list(subject.acrs)),
@@ -322,7 +322,7 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
             if now >= int(fam["expires_at"]) or now >= int(fam["absolute_expires"]):
                 raise errors.InvalidGrant("The refresh token has expired.", error_codes=(700082,))
             user = get_user_by_key(storage, fam["user_pk"])
-            if user is None or user.disabled or int(user.entity.get("rt_not_before") or 0) > int(fam["created"]):
+            if user is None or user.disabled or float(user.entity.get("rt_not_before") or 0) >= float(fam.get("issued_at") or fam["created"]):
                 _revoke(table, fam)
                 raise invalid
             new_secret = secrets.token_urlsafe(32)

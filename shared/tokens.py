@@ -329,7 +329,7 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
             try:
                 table.update({
                     "PartitionKey": pk, "RowKey": family_id, "current_hash": _rt_hash(new_secret),
-                    "previous_hash": fam["current_hash"], "rotated_at": now, "last_used": now,
+                    "previous_hash": fam["current_hash"], "rotated_at": time.time(), "last_used": now,
                     "generation": int(fam.get("generation", 1)) + 1,
                     "expires_at": min(now + settings.refresh_idle_seconds, int(fam["absolute_expires"])),
                 }, fam["_etag"])
@@ -340,7 +340,7 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
                               tuple(json.loads(fam.get("acrs") or "[]")))
             return issue(storage, settings, client_id, subject, scopes, refresh_token=f"{pk}.{family_id}.{new_secret}")
         if fam.get("previous_hash") and hmac.compare_digest(presented, fam["previous_hash"]) \
-                and now - int(fam.get("rotated_at") or 0) <= settings.refresh_grace_seconds:
+                and time.time() - float(fam.get("rotated_at") or 0) < settings.refresh_grace_seconds:
             # A concurrent refresh within the grace: refuse this one, keep the family.
             raise errors.InvalidGrant("The refresh token was just used; use the newest one.", error_codes=(9002313,))
         # Reuse of a rotated token (or a forged secret for a real family): revoke everything.
@@ -374,7 +374,7 @@ def validate(storage: Storage, settings: Settings, token: str, *, audience: str,
         raise InvalidToken("malformed") from exc
     if header.get("alg") != ALGORITHM:
         raise InvalidToken("algorithm not allowed")
-    if header.get("typ", "").lower() != typ.lower():
+    if not isinstance(header.get("typ"), str) or header["typ"].lower() != typ.lower():
         raise InvalidToken("wrong token type")
     kid = header.get("kid")
     ring = keyring(storage, settings)

@@ -44,7 +44,13 @@ def locale_of(request: Request | None, form_locale: str | None = None) -> str | 
 
 def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: str, purpose: str, code: str,
               real_recipient: bool, request: Request | None) -> None:
-    """Send a code, or pretend to for an account that does not exist."""
+    """Send a code, or pretend to for an account that does not exist. The send
+    limits count both alike, so a limit hit reveals nothing about the account."""
+    from . import limits
+    from .protocol import current
+
+    ctx = current()
+    limits.check_and_count(storage, settings, channel, to, ctx.client_ip if ctx else None)
     if not real_recipient:
         log.info("code not sent: no such account (purpose=%s channel=%s)", purpose, channel)
         return

@@ -124,6 +124,17 @@ class Settings:
     password_min_length: int
     signup_attributes: tuple[dict, ...]
     extensions_app_id: str
+    # send limits (shared/limits.py)
+    sms_per_destination_hour: int
+    sms_per_destination_day: int
+    sms_per_prefix_hour: int
+    sms_global_hour: int
+    sms_cooldown_seconds: int
+    email_per_destination_hour: int
+    email_global_minute: int
+    email_global_hour: int
+    email_cooldown_seconds: int
+    sends_per_ip_hour: int
 
     @property
     def is_local(self) -> bool:
@@ -225,6 +236,16 @@ class Settings:
             password_min_length=i("AUTH_PASSWORD_MIN_LENGTH", 15, 8, 64),
             signup_attributes=_attribute_schema(get("AUTH_SIGNUP_ATTRIBUTES")),
             extensions_app_id=(get("AUTH_EXTENSIONS_APP_ID", "") or "").replace("-", "").lower(),
+            sms_per_destination_hour=i("AUTH_SMS_PER_DESTINATION_HOUR", 10, 0, 100000),
+            sms_per_destination_day=i("AUTH_SMS_PER_DESTINATION_DAY", 20, 0, 100000),
+            sms_per_prefix_hour=i("AUTH_SMS_PER_PREFIX_HOUR", 30, 0, 100000),
+            sms_global_hour=i("AUTH_SMS_GLOBAL_HOUR", 500, 0, 10000000),
+            sms_cooldown_seconds=i("AUTH_SMS_COOLDOWN_SECONDS", 60, 0, 3600),
+            email_per_destination_hour=i("AUTH_EMAIL_PER_DESTINATION_HOUR", 10, 0, 100000),
+            email_global_minute=i("AUTH_EMAIL_GLOBAL_MINUTE", 25, 0, 10000000),
+            email_global_hour=i("AUTH_EMAIL_GLOBAL_HOUR", 90, 0, 10000000),
+            email_cooldown_seconds=i("AUTH_EMAIL_COOLDOWN_SECONDS", 30, 0, 3600),
+            sends_per_ip_hour=i("AUTH_SENDS_PER_IP_HOUR", 30, 0, 10000000),
         )
 
 
@@ -322,6 +343,16 @@ SETTING_NAMES = (
     "AUTH_PASSWORD_MIN_LENGTH",
     "AUTH_SIGNUP_ATTRIBUTES",
     "AUTH_EXTENSIONS_APP_ID",
+    "AUTH_SMS_PER_DESTINATION_HOUR",
+    "AUTH_SMS_PER_DESTINATION_DAY",
+    "AUTH_SMS_PER_PREFIX_HOUR",
+    "AUTH_SMS_GLOBAL_HOUR",
+    "AUTH_SMS_COOLDOWN_SECONDS",
+    "AUTH_EMAIL_PER_DESTINATION_HOUR",
+    "AUTH_EMAIL_GLOBAL_MINUTE",
+    "AUTH_EMAIL_GLOBAL_HOUR",
+    "AUTH_EMAIL_COOLDOWN_SECONDS",
+    "AUTH_SENDS_PER_IP_HOUR",
 )
 
 _current: Settings | None = None

@@ -101,6 +101,11 @@ def challenge(request: Request, settings: Settings) -> Response:
     code = flows.new_code(settings, flow, "signup_code", "email", settings.email_code_length, email)
     if flow["user_exists"]:
         # The address is taken: tell its owner, send no code (the flow cannot complete).
+        # The send limits count it like a code, so a limit hit looks the same.
+        from . import limits
+        from .protocol import current
+
+        limits.check_and_count(storage, settings, "email", email, current().client_ip if current() else None)
         notify.send_notice(storage, settings, to=email, purpose="signup_attempt_notice", request=request)
     else:
         notify.send_code(storage, settings, flow, channel="email", to=email, purpose="signup_code", code=code.value,

@@ -224,16 +224,31 @@ class Table:
         return out
 
     def batch(self, operations: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        """Atomic entity-group transaction: same partition, at most 100 operations."""
-        ops = [(op, _strip(e)) for op, e in operations]
+        """Atomic entity-group transaction: same partition, at most 100 operations.
+
+        Operations are ``("create", entity)`` (insert-if-absent) or
+        ``("update", entity)`` (merge with If-Match on the entity's ``_etag``).
+        Any race fails the whole batch with :class:`Conflict` or :class:`Modified`."""
+        ops: list[tuple] = []
+        for op, entity in operations:
+            data = _strip(entity)
+            if op == "update":
+                if not entity.get("_etag"):
+                    raise StorageError("a batch update needs the ETag of the entity that was read")
+                ops.append(("update", data, {"mode": UpdateMode.MERGE, "etag": entity["_etag"],
+                                             "match_condition": MatchConditions.IfNotModified}))
+            elif op == "create":
+                ops.append(("create", data))
+            else:
+                raise StorageError(f"unsupported batch operation {op!r}")
         if not ops:
             return
         if len(ops) > MAX_BATCH:
             raise LimitExceeded("a batch holds at most 100 operations")
-        if len({e["PartitionKey"] for _, e in ops}) != 1:
+        if len({o[1]["PartitionKey"] for o in ops}) != 1:
             raise LimitExceeded("a batch must stay within one partition")
-        for _, e in ops:
-            check_entity(e)
+        for o in ops:
+            check_entity(o[1])
         self._call(self._client.submit_transaction, ops)
 
 

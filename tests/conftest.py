@@ -52,6 +52,12 @@ def make_settings(azurite: Azurite, tmp: Path, **env: str) -> settings_mod.Setti
         "AUTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
         "AUTH_OUTBOX_PATH": str(tmp / "outbox.jsonl"),
         "AUTH_RESEND_INTERVAL_SECONDS": "0",
+        # Send limits out of the way of functional tests (tests/test_limits.py sets its own).
+        "AUTH_SMS_COOLDOWN_SECONDS": "0", "AUTH_EMAIL_COOLDOWN_SECONDS": "0",
+        "AUTH_SMS_PER_DESTINATION_HOUR": "100000", "AUTH_SMS_PER_DESTINATION_DAY": "100000",
+        "AUTH_SMS_PER_PREFIX_HOUR": "100000", "AUTH_SMS_GLOBAL_HOUR": "1000000",
+        "AUTH_EMAIL_PER_DESTINATION_HOUR": "100000", "AUTH_EMAIL_GLOBAL_MINUTE": "1000000",
+        "AUTH_EMAIL_GLOBAL_HOUR": "1000000", "AUTH_SENDS_PER_IP_HOUR": "1000000",
     }
     base.update(env)
     return settings_mod.Settings.from_env(base)

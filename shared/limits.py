@@ -1,0 +1,102 @@
+"""Send limits against SMS pumping and email-quota exhaustion, shared by every
+instance through the ``limits`` table (security-baseline §0 item 10, A13–A16).
+
+All counters touched by one send live in one partition per UTC day
+(``lim<yyyymmdd>``), so one send costs two storage round trips whatever the
+number of counters: one query reads them, one entity-group transaction
+increments them all with ``If-Match`` (a concurrent send makes it fail with
+412 and the check is repeated). If the store is unreachable the send is
+refused (fail closed): a limiter that cannot count must not let SMS through.
+
+Counters (defaults in ``Settings``):
+
+* per destination: hourly and daily caps, and a cooldown since the last send;
+* per client IP: hourly cap;
+* SMS per number prefix (E.164 without its last 3 digits): hourly velocity;
+* global: hourly SMS budget (a circuit breaker), email per minute and per hour.
+
+A limit hit is ``slow_down`` (HTTP 429) with ``Retry-After``, the same whether
+or not the account exists (unknown accounts are counted too, by destination).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import errors
+from .settings import Settings
+from .storage import Conflict, Modified, Storage, hash_key
+
+MAX_RETRIES = 6
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str  # RowKey
+    limit: int
+    retry_after: int
+    what: str
+
+
+def _rules(settings: Settings, channel: str, to: str, ip: str | None, now: float) -> list[Rule]:
+    hour = time.strftime("%H", time.gmtime(now))
+    minute = time.strftime("%H%M", time.gmtime(now))
+    to_hash = hash_key(channel, to)[:32]
+    until_next_hour = 3600 - int(now) % 3600
+    until_next_day = 86400 - int(now) % 86400
+    if channel == "sms":
+        rules = [
+            Rule(f"h{hour}-dest-{to_hash}", settings.sms_per_destination_hour, until_next_hour, "destination hourly"),
+            Rule(f"d-dest-{to_hash}", settings.sms_per_destination_day, until_next_day, "destination daily"),
+            Rule(f"h{hour}-prefix-{hash_key('prefix', to[:-3])[:32]}", settings.sms_per_prefix_hour, until_next_hour,
+                 "number prefix hourly"),
+            Rule(f"h{hour}-sms-global", settings.sms_global_hour, until_next_hour, "global SMS budget"),
+        ]
+    else:
+        rules = [
+            Rule(f"h{hour}-dest-{to_hash}", settings.email_per_destination_hour, until_next_hour, "destination hourly"),
+            Rule(f"m{minute}-email-global", settings.email_global_minute, 60 - int(now) % 60, "global email per minute"),
+            Rule(f"h{hour}-email-global", settings.email_global_hour, until_next_hour, "global email per hour"),
+        ]
+    if ip:
+        rules.append(Rule(f"h{hour}-ip-{hash_key('ip', ip)[:32]}", settings.sends_per_ip_hour, until_next_hour, "IP hourly"))
+    return [r for r in rules if r.limit > 0]
+
+
+def check_and_count(storage: Storage, settings: Settings, channel: str, to: str, ip: str | None) -> None:
+    """Count one send, or raise ``slow_down`` when any counter is at its limit."""
+    now = time.time()
+    rules = _rules(settings, channel, to, ip, now)
+    if not rules:
+        return
+    pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
+    cooldown_key = f"d-dest-{hash_key(channel, to)[:32]}"
+    table = storage.table("limits")
+    # Spaces around the parentheses: the SDK substitutes @names between spaces.
+    flt = "PartitionKey eq @pk and ( " + " or ".join(f"RowKey eq @r{i}" for i in range(len(rules))) + " )"
+    params = {"pk": pk, **{f"r{i}": r.key for i, r in enumerate(rules)}}
+    expires = int(now) + 2 * 86400
+    for _ in range(MAX_RETRIES):
+        rows = {e["RowKey"]: e for e in table.query(flt, params)}
+        cooldown = settings.sms_cooldown_seconds if channel == "sms" else settings.email_cooldown_seconds
+        last = rows.get(cooldown_key, {}).get("last_sent", 0)
+        if cooldown and last and now - float(last) < cooldown:
+            wait = int(cooldown - (now - float(last))) + 1
+            raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
+        ops = []
+        for rule in rules:
+            row = rows.get(rule.key)
+            count = int(row.get("count", 0)) if row else 0
+            if count >= rule.limit:
+                raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
+            fields = {"PartitionKey": pk, "RowKey": rule.key, "count": count + 1, "expires_at": expires}
+            if rule.key == cooldown_key:
+                fields["last_sent"] = now
+            ops.append(("update", {**fields, "_etag": row["_etag"]}) if row else ("create", fields))
+        try:
+            table.batch(ops)
+            return
+        except (Conflict, Modified):
+            continue  # another send counted at the same time: read again and re-check
+    raise errors.SlowDown("Too many codes are being requested right now. Try again shortly.", retry_after=2)

@@ -1,0 +1,148 @@
+"""Send limits (security-baseline A13–A16): per destination, cooldown, per IP,
+per number prefix, global budgets; identical for unknown accounts; fail closed."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from shared import errors, limits, policy, storage as storage_mod
+from shared.settings import Settings
+
+from conftest import unique_email
+
+PW = "correct horse battery staple"
+CAPS = "mfa_required registration_required"
+
+
+def phone() -> str:
+    return "+49151" + "".join(random.choice("0123456789") for _ in range(8))
+
+
+@pytest.fixture
+def require_mfa(server):
+    policy.save(server.storage, {"name": "limits mfa", "grant": {"require_second_factor": True}})
+    yield
+    policy.delete(server.storage, "limits mfa")
+
+
+def sms_challenge(api, email: str, headers=None):
+    """Password first factor, then ask for an SMS code through the user's method."""
+    r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="password redirect", capabilities=CAPS)
+    r = api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="password redirect")
+    t = api.post("oauth2/v2.0/token", continuation_token=r["continuation_token"], grant_type="password", password=PW,
+                 scope="openid")
+    assert t.get("suberror") == "mfa_required", t.body
+    return api.post("oauth2/v2.0/challenge", continuation_token=t["continuation_token"], id="m", headers=headers)
+
+
+def email_challenge(api, email: str, headers=None):
+    r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="oob redirect", headers=headers)
+    return api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob redirect",
+                    headers=headers)
+
+
+def sms_user(make_user, number: str) -> str:
+    email, _ = make_user(methods=[{"id": "m", "channel": "sms", "target": number, "default": True, "created": 1}])
+    return email
+
+
+def test_sms_per_destination_hourly_cap(server, api, outbox, make_user, require_mfa):
+    number = phone()
+    email = sms_user(make_user, number)
+    with server.override(sms_per_destination_hour=3):
+        results = [sms_challenge(api, email) for _ in range(4)]
+    assert [r.status for r in results] == [200, 200, 200, 429]
+    assert results[-1]["error"] == "slow_down" and int(results[-1].headers["retry-after"]) > 0
+    assert outbox.count(number) == 3
+
+
+def test_sms_cooldown_across_flows(server, api, outbox, make_user, require_mfa):
+    number = phone()
+    email = sms_user(make_user, number)
+    with server.override(sms_cooldown_seconds=60):
+        first, second = sms_challenge(api, email), sms_challenge(api, email)
+    assert first.status == 200 and second.status == 429 and 0 < int(second.headers["retry-after"]) <= 61
+    assert outbox.count(number) == 1
+
+
+def test_sms_prefix_velocity(server, api, outbox, make_user, require_mfa):
+    prefix = phone()[:-3]
+    numbers = [prefix + f"{i:03d}" for i in range(4)]
+    emails = [sms_user(make_user, n) for n in numbers]
+    with server.override(sms_per_prefix_hour=3):
+        statuses = [sms_challenge(api, e).status for e in emails]
+    assert statuses == [200, 200, 200, 429]
+    assert outbox.count(numbers[-1]) == 0
+
+
+def test_global_sms_budget_is_a_circuit_breaker(server, api, outbox, make_user, require_mfa):
+    pk = "lim" + time.strftime("%Y%m%d", time.gmtime())
+    row = server.storage.table("limits").get(pk, "h" + time.strftime("%H", time.gmtime()) + "-sms-global")
+    used = int(row["count"]) if row else 0
+    emails = [sms_user(make_user, phone()) for _ in range(3)]
+    with server.override(sms_global_hour=used + 2):
+        statuses = [sms_challenge(api, e).status for e in emails]
+    assert statuses == [200, 200, 429]
+
+
+def test_per_ip_cap(server, api, outbox):
+    ip = f"198.51.100.{random.randint(1, 254)}"
+    headers = {"X-Forwarded-For": ip}
+    with server.override(trusted_proxy_hops=2, sends_per_ip_hour=2):
+        statuses = [email_challenge(api, unique_email("ip"), headers).status for _ in range(3)]
+        other = email_challenge(api, unique_email("ip"), {"X-Forwarded-For": "198.51.100.255" if ip != "198.51.100.255" else "198.51.100.254"})
+    assert statuses == [200, 200, 429] and other.status == 200
+
+
+def test_email_destination_cap_is_the_same_for_unknown_accounts(server, api, outbox, make_user):
+    known, _ = make_user(password=None)
+    ghost = unique_email("ghost")
+    with server.override(email_per_destination_hour=2):
+        k = [email_challenge(api, known) for _ in range(3)]
+        g = [email_challenge(api, ghost) for _ in range(3)]
+    assert [r.status for r in k] == [r.status for r in g] == [200, 200, 429]
+    strip = lambda b: {x: y for x, y in b.items() if x not in ("error_description", "timestamp", "trace_id", "correlation_id")}  # noqa: E731
+    assert strip(k[-1].body) == strip(g[-1].body)
+    assert outbox.count(known) == 2 and outbox.count(ghost) == 0
+
+
+def test_global_email_per_minute(server, api):
+    now = time.gmtime()
+    pk = "lim" + time.strftime("%Y%m%d", now)
+    row = server.storage.table("limits").get(pk, "m" + time.strftime("%H%M", now) + "-email-global")
+    used = int(row["count"]) if row else 0
+    with server.override(email_global_minute=used + 2, email_global_hour=10 ** 6):
+        statuses = [email_challenge(api, unique_email("g")).status for _ in range(3)]
+    # The minute may roll over during the test, which would only let more through.
+    assert statuses[:2] == [200, 200] and (statuses[2] == 429 or time.gmtime().tm_min != now.tm_min)
+
+
+def test_concurrent_sends_do_not_overshoot(server, api, outbox):
+    import threading
+
+    target = unique_email("burst")
+    results = []
+    with server.override(email_per_destination_hour=3):
+        def go():
+            results.append(email_challenge(api, target).status)
+        threads = [threading.Thread(target=go) for _ in range(8)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert results.count(200) == 0 or outbox.count(target) <= 3
+    assert sum(1 for s in results if s == 200) <= 3
+
+
+def test_limiter_fails_closed_when_storage_is_down():
+    from devhost.azurite import connection_string, free_port
+
+    settings = Settings.from_env({"AUTH_ENVIRONMENT": "local", "AUTH_STORAGE_CONNECTION_STRING": connection_string(free_port())})
+    with pytest.raises(storage_mod.StorageUnavailable):
+        limits.check_and_count(storage_mod.Storage(settings), settings, "sms", "+4915112345678", "198.51.100.1")
+
+
+def test_limit_errors_have_the_contract_shape():
+    exc = errors.SlowDown("x", retry_after=5)
+    assert exc.status == 429 and exc.error == "slow_down" and exc.retry_after == 5

@@ -1,5 +1,5 @@
 # Two commands: `make run` serves the API locally, `make test` runs the whole suite.
-# Both bootstrap a fresh clone first (venv + pip, npm ci for Azurite).
+# Both bootstrap a fresh clone first (venv + pip, npm ci); `make test` also installs Debian chromium.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,6 +10,11 @@ NODE_STAMP := node_modules/.installed
 .PHONY: run test bootstrap clean bench
 
 bootstrap: $(PY_STAMP) $(NODE_STAMP)
+
+# Debian chromium for the browser end-to-end tests (tests/e2e); silent when present.
+.PHONY: chromium
+chromium:
+	@sh scripts/install_chromium.sh
 
 $(PY_STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +29,7 @@ $(NODE_STAMP): package.json package-lock.json
 run: bootstrap
 	$(PY) -m devhost.local
 
-test: bootstrap
+test: bootstrap chromium
 	$(PY) -m pytest
 
 bench: bootstrap

@@ -79,7 +79,7 @@ class Azurite:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signal.SIGINT)  # Azurite saves its database on SIGINT
             except ProcessLookupError:
                 pass
             try:

@@ -42,6 +42,10 @@ from .storage import Conflict, Modified, Storage
 
 KEYS_PK = "signing"
 KEY_CACHE_SECONDS = 300
+# A new key signs only after it has been published this long, so every
+# instance's cache and every JWKS client (max-age 300) has it first.
+KEY_PUBLISH_DELAY_SECONDS = 2 * KEY_CACHE_SECONDS
+UNKNOWN_KID_RELOAD_SECONDS = 30
 OIDC_SCOPES = ("openid", "profile", "email", "offline_access")
 LEEWAY_SECONDS = 60
 ALGORITHM = "RS256"
@@ -133,13 +137,24 @@ class KeyRing:
             return list(self._keys)
 
     def active(self) -> SigningKey:
-        """The key that signs: the oldest key younger than one period, so all
-        instances converge on the same key after a rotation."""
+        """The key that signs: the newest key that has been published for
+        KEY_PUBLISH_DELAY_SECONDS (or the only key there is). After a
+        rotation the previous key keeps signing until the new one is known
+        everywhere; it stays in the JWKS for another period."""
         keys = self.keys()
-        period = self.settings.signing_key_rotation_days * 86400
         now = time.time()
-        current = [k for k in keys if now - k.created < period]
-        return min(current, key=lambda k: (k.created, k.kid)) if current else keys[0]
+        published = [k for k in keys if now - k.created >= KEY_PUBLISH_DELAY_SECONDS]
+        return max(published, key=lambda k: (k.created, k.kid)) if published else keys[-1]
+
+    def find(self, kid: str | None) -> SigningKey | None:
+        """A published key by kid; an unknown kid reloads the ring (at most
+        every UNKNOWN_KID_RELOAD_SECONDS) in case another instance rotated."""
+        key = next((k for k in self.keys() if k.kid == kid), None)
+        if key is None and kid and time.monotonic() - self._loaded_at > UNKNOWN_KID_RELOAD_SECONDS:
+            with self._lock:
+                self._load()
+            key = next((k for k in self._keys if k.kid == kid), None)
+        return key
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk for k in self.keys()]}
@@ -235,7 +250,7 @@ def client_info(settings: Settings, oid: str) -> str:
 
 
 def issue(storage: Storage, settings: Settings, client_id: str, subject: Subject, scopes: Scopes,
-          *, family: dict[str, Any] | None = None, refresh_token: str | None = None) -> dict[str, Any]:
+          *, refresh_token: str | None = None, refresh_expires_in: int | None = None) -> dict[str, Any]:
     """The token response (contract §3.6). A new refresh-token family is
     created unless the caller is rotating an existing one."""
     ring = keyring(storage, settings)
@@ -265,7 +280,7 @@ def issue(storage: Storage, settings: Settings, client_id: str, subject: Subject
         "access_token": _sign(ring, at_claims, "at+jwt"),
         "id_token": _sign(ring, id_claims, "JWT"),
         "refresh_token": refresh_token,
-        "refresh_token_expires_in": settings.refresh_idle_seconds,
+        "refresh_token_expires_in": refresh_expires_in or settings.refresh_idle_seconds,
         "client_info": client_info(settings, subject.oid),
     }
 
@@ -338,7 +353,9 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
             subject = Subject(user.pk, user.oid, user.email, user.display_name, tuple(json.loads(fam.get("amr") or "[]")),
                               fam.get("acr") or "1", int(fam.get("auth_time") or now),
                               tuple(json.loads(fam.get("acrs") or "[]")))
-            return issue(storage, settings, client_id, subject, scopes, refresh_token=f"{pk}.{family_id}.{new_secret}")
+            expires = min(now + settings.refresh_idle_seconds, int(fam["absolute_expires"]))
+            return issue(storage, settings, client_id, subject, scopes, refresh_token=f"{pk}.{family_id}.{new_secret}",
+                         refresh_expires_in=max(1, expires - now))
         if fam.get("previous_hash") and hmac.compare_digest(presented, fam["previous_hash"]) \
                 and time.time() - float(fam.get("rotated_at") or 0) < settings.refresh_grace_seconds:
             # A concurrent refresh within the grace: refuse this one, keep the family.
@@ -350,12 +367,16 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
 
 
 def _revoke(table, fam: dict[str, Any]) -> None:
-    try:
-        table.update({"PartitionKey": fam["PartitionKey"], "RowKey": fam["RowKey"], "revoked": True}, fam["_etag"])
-    except Modified:
-        fresh = table.get(fam["PartitionKey"], fam["RowKey"])
-        if fresh and not fresh.get("revoked"):
-            table.update({"PartitionKey": fam["PartitionKey"], "RowKey": fam["RowKey"], "revoked": True}, fresh["_etag"])
+    """Mark the family revoked, re-reading on races until it is."""
+    for _ in range(8):
+        if fam is None or fam.get("revoked"):
+            return
+        try:
+            table.update({"PartitionKey": fam["PartitionKey"], "RowKey": fam["RowKey"], "revoked": True}, fam["_etag"])
+            return
+        except Modified:
+            fam = table.get(fam["PartitionKey"], fam["RowKey"])
+    raise errors.ServiceUnavailable("The refresh token family is busy; retry.", retry_after=1)
 
 
 # ------------------------------------------------------------------ validation
@@ -377,8 +398,7 @@ def validate(storage: Storage, settings: Settings, token: str, *, audience: str,
     if not isinstance(header.get("typ"), str) or header["typ"].lower() != typ.lower():
         raise InvalidToken("wrong token type")
     kid = header.get("kid")
-    ring = keyring(storage, settings)
-    key = next((k for k in ring.keys() if k.kid == kid), None)
+    key = keyring(storage, settings).find(kid if isinstance(kid, str) else None)
     if key is None:
         raise InvalidToken("unknown key")
     public = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(key.public_jwk))
@@ -399,7 +419,7 @@ def openid_configuration(settings: Settings) -> dict[str, Any]:
         "token_endpoint": f"{base}/oauth2/v2.0/token",
         "jwks_uri": f"{base}/discovery/v2.0/keys",
         "response_types_supported": ["code"],
-        "subject_types_supported": ["pairwise"],
+        "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "token_endpoint_auth_methods_supported": ["none"],
         "grant_types_supported": ["password", "oob", "mfa_oob", "continuation_token", "refresh_token"],

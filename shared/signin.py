@@ -162,8 +162,9 @@ def token(request: Request, settings: Settings) -> Response:
         if grant == "continuation_token" and flow["state"] == "ready_for_token":
             return complete(storage, settings, flow, scopes, form, request)
     except (errors.InvalidCredentials, errors.InvalidOob, errors.PasswordResetRequired) as exc:
-        user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
-        signinlog.record(storage, flow, user, "failure", exc.suberror or exc.error_codes[0].__str__(), flow.steps, "none")
+        # The grant handlers attach the user they read (None for unknown users): no second read.
+        signinlog.record(storage, flow, getattr(exc, "log_user", None), "failure",
+                         exc.suberror or str(exc.error_codes[0]), flow.steps, "none")
         raise
     raise errors.InvalidGrant("The continuation_token is not valid for this grant_type.")
 
@@ -173,18 +174,35 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
     password = form.get("password")
     if password is None:
         raise errors.InvalidRequest("The request body must contain the 'password' parameter.")
-    user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
+    # Read the user even for an unknown name: the same storage work either way.
+    user = get_user_by_key(storage, flow["ident"])
     now = int(time.time())
     if user is None or user.disabled or user.locked_until() > now or not user.has_password:
-        # Same work and the same answer as a wrong password (no oracle).
+        # Same work and the same answer as a wrong password (no oracle): one
+        # argon2 verification and one write.
         passwords.dummy_verify(password)
-        raise errors.InvalidCredentials()
+        _record_unknown_failure(storage, flow["ident"])  # not counted against a locked account
+        raise _failed(errors.InvalidCredentials(), user)
     if not passwords.verify_password(user.password_hash, password):
         _record_password_failure(storage, settings, user)
-        raise errors.InvalidCredentials()
+        raise _failed(errors.InvalidCredentials(), user)
     if user.entity.get("password_reset_required"):
         raise errors.PasswordResetRequired()
     return issue_tokens(storage, settings, flow, user, flow.steps + ["pwd"], scopes, form=form, request=request)
+
+
+def _failed(exc: errors.AuthError, user: User | None) -> errors.AuthError:
+    exc.log_user = user  # for the sign-in log; never sent to the client
+    return exc
+
+
+def _record_unknown_failure(storage: Storage, ident: str) -> None:
+    """Failures for names without an account are counted per identifier too
+    (security-baseline §6.1: limits must not only count existing accounts),
+    which also gives the unknown path the same one write as the known one."""
+    now = int(time.time())
+    storage.table("limits").put({"PartitionKey": "pwfail-" + ident[:40], "RowKey": time.strftime("%Y%m%d%H", time.gmtime(now)),
+                                 "last_failed_at": now, "expires_at": now + 86400})
 
 
 def _record_password_failure(storage: Storage, settings: Settings, user: User) -> None:

@@ -28,6 +28,37 @@ from shared import directory, settings as settings_mod, storage as storage_mod  
 DEV_CLIENT = settings_mod.DEV_CLIENT_ID
 _functions_cache: list | None = None
 
+# ---------------------------------------------------------------- suite-wide log capture (A44)
+# Every log record of the whole run is kept, and every secret the tests send or
+# receive is remembered, so tests/test_zz_no_secrets_in_logs.py can check that
+# no code, password, continuation/refresh/access token or key ever reached a log.
+SECRET_FIELDS_SENT = ("password", "new_password", "oob", "refresh_token", "continuation_token")
+SECRET_FIELDS_RECEIVED = ("continuation_token", "refresh_token", "access_token", "id_token")
+SEEN_SECRETS: set[str] = set()
+LOG_LINES: list[str] = []
+
+
+class _KeepAll(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001
+            text = str(record.msg)
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+        LOG_LINES.append(f"{record.name}: {text}")
+
+
+_keep_all = _KeepAll(level=logging.DEBUG)
+logging.getLogger().addHandler(_keep_all)
+for _name in ("nativeauth", "devhost"):
+    logging.getLogger(_name).setLevel(logging.DEBUG)
+
+
+def remember_secret(value: Any) -> None:
+    if isinstance(value, str) and len(value) >= 6:
+        SEEN_SECRETS.add(value)
+
 
 def app_functions() -> list:
     """function_app.app.get_functions() may be called once per app instance."""
@@ -93,11 +124,16 @@ class Api:
             parsed = json.loads(raw) if raw else None
         except ValueError:
             parsed = raw.decode("utf-8", "replace")
+        if isinstance(parsed, dict):
+            for field in SECRET_FIELDS_RECEIVED:
+                remember_secret(parsed.get(field))
         return Resp(status, parsed, {k.lower(): v for k, v in hdrs.items()}, raw)
 
     def post(self, path: str, headers: dict[str, str] | None = None, **form: Any) -> Resp:
         form.setdefault("client_id", self.client_id)
         form = {k: v for k, v in form.items() if v is not None}
+        for field in SECRET_FIELDS_SENT:
+            remember_secret(form.get(field))
         body = urlencode(form).encode()
         h = {"Content-Type": "application/x-www-form-urlencoded"}
         h.update(headers or {})
@@ -130,6 +166,7 @@ class Outbox:
     def last_code(self, to: str) -> str:
         msgs = [m for m in self.messages(to) if m.get("code")]
         assert msgs, f"no code sent to {to}"
+        SEEN_SECRETS.add(msgs[-1]["code"])
         return msgs[-1]["code"]
 
     def count(self, to: str) -> int:

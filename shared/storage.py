@@ -261,9 +261,13 @@ class Storage:
         if settings.storage_connection_string:
             self._service = TableServiceClient.from_connection_string(settings.storage_connection_string, **kwargs)
         else:
-            from azure.identity import ManagedIdentityCredential  # lazy: only in Azure
+            # Lazy import: only without a connection string. The app in Azure uses its
+            # user-assigned identity; tools on a workstation (admin CLI) use the
+            # developer's sign-in (az login) through DefaultAzureCredential.
+            from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
-            credential = ManagedIdentityCredential(client_id=settings.storage_client_id)
+            credential = (ManagedIdentityCredential(client_id=settings.storage_client_id) if settings.storage_client_id
+                          else DefaultAzureCredential(exclude_interactive_browser_credential=True))
             self._service = TableServiceClient(endpoint=settings.storage_table_endpoint, credential=credential, **kwargs)
         self._tables: dict[str, Table] = {}
         self._lock = threading.Lock()

@@ -21,6 +21,7 @@ or not the account exists (unknown accounts are counted too, by destination).
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 
@@ -28,7 +29,10 @@ from . import errors
 from .settings import Settings
 from .storage import Conflict, Modified, Storage, hash_key
 
-MAX_RETRIES = 6
+MAX_RETRIES = 10
+# Global budgets are split over shards (one picked at random per send) so that
+# concurrent sends do not all race on one entity; each shard allows its share.
+GLOBAL_SHARDS = 8
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,13 @@ class Rule:
     limit: int
     retry_after: int
     what: str
+
+
+def _global(key: str, limit: int, retry_after: int, what: str) -> Rule:
+    """One shard of a global budget: ceil(limit / shards) each, so the total
+    never exceeds the budget by more than the rounding (at most shards - 1)."""
+    share = -(-limit // GLOBAL_SHARDS) if limit > 0 else 0
+    return Rule(f"{key}-{random.randrange(GLOBAL_SHARDS)}", share, retry_after, what)
 
 
 def _rules(settings: Settings, channel: str, to: str, ip: str | None, now: float) -> list[Rule]:
@@ -51,13 +62,13 @@ def _rules(settings: Settings, channel: str, to: str, ip: str | None, now: float
             Rule(f"d-dest-{to_hash}", settings.sms_per_destination_day, until_next_day, "destination daily"),
             Rule(f"h{hour}-prefix-{hash_key('prefix', to[:-3])[:32]}", settings.sms_per_prefix_hour, until_next_hour,
                  "number prefix hourly"),
-            Rule(f"h{hour}-sms-global", settings.sms_global_hour, until_next_hour, "global SMS budget"),
+            _global(f"h{hour}-sms-global", settings.sms_global_hour, until_next_hour, "global SMS budget"),
         ]
     else:
         rules = [
             Rule(f"h{hour}-dest-{to_hash}", settings.email_per_destination_hour, until_next_hour, "destination hourly"),
-            Rule(f"m{minute}-email-global", settings.email_global_minute, 60 - int(now) % 60, "global email per minute"),
-            Rule(f"h{hour}-email-global", settings.email_global_hour, until_next_hour, "global email per hour"),
+            _global(f"m{minute}-email-global", settings.email_global_minute, 60 - int(now) % 60, "global email per minute"),
+            _global(f"h{hour}-email-global", settings.email_global_hour, until_next_hour, "global email per hour"),
         ]
     if ip:
         rules.append(Rule(f"h{hour}-ip-{hash_key('ip', ip)[:32]}", settings.sends_per_ip_hour, until_next_hour, "IP hourly"))
@@ -98,5 +109,7 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
             table.batch(ops)
             return
         except (Conflict, Modified):
-            continue  # another send counted at the same time: read again and re-check
+            # Another send counted at the same time: back off a little, read again, re-check.
+            time.sleep(random.uniform(0.002, 0.02))
+            continue
     raise errors.SlowDown("Too many codes are being requested right now. Try again shortly.", retry_after=2)

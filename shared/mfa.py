@@ -80,7 +80,12 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, ste
     contexts = tuple(flow.json("acrs_requested", [])) or requested_contexts(form)
     ctx = current()
     ip = _client_ip(request, settings) if request is not None else flow.get("ip")
-    sig_risk, reasons = risk.assess(storage, settings, user, ip)
+    if flow.get("mfa_done") and flow.get("risk"):
+        # Second pass (the second factor is done): the risk was assessed at the
+        # first factor; policies are evaluated again (a block still wins).
+        sig_risk, reasons = flow["risk"], tuple(flow.json("risk_reasons", []))
+    else:
+        sig_risk, reasons = risk.assess(storage, settings, user, ip)
     signals = policy.Signals(
         user_oid=user.oid, user_email=user.email, groups=tuple(user.entity.get("groups", "").split(",")) if user.entity.get("groups") else (),
         client_id=flow["client_id"], ip=ip, country=_country(request, settings), risk=sig_risk,
@@ -101,7 +106,8 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, ste
             return None, flow, decision
     caps = flow.json("capabilities", [])
     methods = usable_methods(user, decision.methods, steps, flow["username"])
-    common = dict(steps=steps, acrs_requested=list(contexts), decision=decision.to_json(), ip=ip or "")
+    common = dict(steps=steps, acrs_requested=list(contexts), decision=decision.to_json(), ip=ip or "",
+                  risk=sig_risk, risk_reasons=list(reasons))
     if methods:
         if "mfa_required" not in caps:
             return redirect_response("Client is missing mfa_required capability"), flow, decision

@@ -15,7 +15,15 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 MAX_PASSWORD_CHARS = 256
 
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
-_DUMMY_HASH = _hasher.hash("dummy password for unknown users - never matches")
+_dummy_hash: str | None = None
+
+
+def _dummy() -> str:
+    """Made on first use, not at import (it costs one argon2 hash: cold start)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash("dummy password for unknown users - never matches")
+    return _dummy_hash
 
 
 def hash_password(password: str) -> str:
@@ -26,7 +34,7 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
     """True when the password matches. Always does one argon2 verification."""
     if len(password) > MAX_PASSWORD_CHARS:
         return False
-    target = stored_hash or _DUMMY_HASH
+    target = stored_hash or _dummy()
     try:
         ok = _hasher.verify(target, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):

@@ -275,7 +275,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
         changes.update(failed_logins=0, lockout_until=0)
     if user.entity.get("code_failures") and any(s in ("otp", "sms") for s in steps):
         changes.update(code_failures=0)
-    if flow.get("mfa_done"):
+    if flow.get("mfa_done") and decision.freshness_seconds:  # only when a policy uses freshness
         fresh = json.loads(user.entity.get("mfa_at") or "{}")
         fresh[flow["client_id"]] = now
         changes["mfa_at"] = json.dumps(fresh)

@@ -30,15 +30,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from . import errors
 from .settings import Settings
 from .storage import Conflict, Modified, Storage
+
+# PyJWT and cryptography are imported where they are used, not at module
+# import: they are a large part of the Functions cold start.
 
 KEYS_PK = "signing"
 KEY_CACHE_SECONDS = 300
@@ -71,10 +68,16 @@ class SigningKey:
 
     @property
     def private_key(self):
+        from cryptography.hazmat.primitives import serialization
+
         return serialization.load_pem_private_key(self.private_pem, password=None)
 
 
-def _aead(settings: Settings) -> AESGCM:
+def _aead(settings: Settings):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"nativeauth signing-key encryption").derive(
         settings.signing_key_secret)
     return AESGCM(key)
@@ -96,12 +99,17 @@ class KeyRing:
         self._loaded_at = 0.0
 
     def _decrypt(self, entity: dict[str, Any]) -> SigningKey:
+        from cryptography.hazmat.primitives import serialization
+
         blob = base64.b64decode(entity["private_key_enc"])
         pem = _aead(self.settings).decrypt(blob[:12], blob[12:], entity["RowKey"].encode())
         key = serialization.load_pem_private_key(pem, password=None)
         return SigningKey(entity["RowKey"], int(entity["created"]), pem, _public_jwk(entity["RowKey"], key))
 
     def _create(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         now = int(time.time())
@@ -241,6 +249,8 @@ class Subject:
 
 
 def _sign(ring: KeyRing, claims: dict[str, Any], typ: str) -> str:
+    import jwt
+
     key = ring.active()
     return jwt.encode(claims, key.private_pem, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ})
 
@@ -389,6 +399,8 @@ def validate(storage: Storage, settings: Settings, token: str, *, audience: str,
     """Validate a token we issued: RS256 only, our JWKS only (by ``kid``, no
     ``jku``/``x5u``/``jwk`` lookups), exact ``typ``, ``iss``, ``aud``,
     ``exp``/``nbf``/``iat`` with a small leeway, ``sub`` required."""
+    import jwt
+
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:

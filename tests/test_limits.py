@@ -78,9 +78,10 @@ def test_sms_prefix_velocity(server, api, outbox, make_user, require_mfa):
     assert outbox.count(numbers[-1]) == 0
 
 
-def test_global_sms_budget_is_a_circuit_breaker(server, api, outbox, make_user, require_mfa):
+def test_global_sms_budget_is_a_circuit_breaker(server, api, outbox, make_user, require_mfa, monkeypatch):
+    monkeypatch.setattr(limits, "GLOBAL_SHARDS", 1)  # one shard: the budget is exact
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime())
-    row = server.storage.table("limits").get(pk, "h" + time.strftime("%H", time.gmtime()) + "-sms-global")
+    row = server.storage.table("limits").get(pk, "h" + time.strftime("%H", time.gmtime()) + "-sms-global-0")
     used = int(row["count"]) if row else 0
     emails = [sms_user(make_user, phone()) for _ in range(3)]
     with server.override(sms_global_hour=used + 2):
@@ -109,10 +110,11 @@ def test_email_destination_cap_is_the_same_for_unknown_accounts(server, api, out
     assert outbox.count(known) == 2 and outbox.count(ghost) == 0
 
 
-def test_global_email_per_minute(server, api):
+def test_global_email_per_minute(server, api, monkeypatch):
+    monkeypatch.setattr(limits, "GLOBAL_SHARDS", 1)
     now = time.gmtime()
     pk = "lim" + time.strftime("%Y%m%d", now)
-    row = server.storage.table("limits").get(pk, "m" + time.strftime("%H%M", now) + "-email-global")
+    row = server.storage.table("limits").get(pk, "m" + time.strftime("%H%M", now) + "-email-global-0")
     used = int(row["count"]) if row else 0
     with server.override(email_global_minute=used + 2, email_global_hour=10 ** 6):
         statuses = [email_challenge(api, unique_email("g")).status for _ in range(3)]
@@ -146,3 +148,25 @@ def test_limiter_fails_closed_when_storage_is_down():
 def test_limit_errors_have_the_contract_shape():
     exc = errors.SlowDown("x", retry_after=5)
     assert exc.status == 429 and exc.error == "slow_down" and exc.retry_after == 5
+
+
+def test_sharded_global_budget_never_exceeds_the_budget(server):
+    """With shards, each holds ceil(budget / shards); the sum over shards stays within the budget
+    plus rounding, and the budget trips once every shard is full."""
+    settings = server.settings.__class__.from_env({"AUTH_ENVIRONMENT": "local",
+                                                   "AUTH_STORAGE_CONNECTION_STRING": server.settings.storage_connection_string,
+                                                   "AUTH_SMS_GLOBAL_HOUR": str(limits.GLOBAL_SHARDS * 2),
+                                                   "AUTH_SMS_COOLDOWN_SECONDS": "0", "AUTH_SMS_PER_DESTINATION_HOUR": "0",
+                                                   "AUTH_SMS_PER_DESTINATION_DAY": "0", "AUTH_SMS_PER_PREFIX_HOUR": "0",
+                                                   "AUTH_SENDS_PER_IP_HOUR": "0", "AUTH_TABLE_PREFIX": "shardtest"})
+    store = storage_mod.Storage(settings)
+    store.ensure_tables()
+    allowed = 0
+    for i in range(limits.GLOBAL_SHARDS * 6):
+        try:
+            limits.check_and_count(store, settings, "sms", phone(), None)
+            allowed += 1
+        except errors.SlowDown:
+            pass
+    assert allowed <= limits.GLOBAL_SHARDS * 2  # never more than the budget
+    assert allowed >= limits.GLOBAL_SHARDS  # and the shards did fill up

@@ -115,6 +115,31 @@ def update_user(storage: Storage, user: User, **changes: Any) -> User:
     return User(merged)
 
 
+def change_user(storage: Storage, user: User, compute, attempts: int = 5) -> User | None:
+    """Read-modify-write of a user under If-Match, retried on races.
+
+    ``compute(user)`` returns the changes for the user as currently stored
+    (or None for "nothing to change"); on a 412 the user is read again and
+    ``compute`` runs again, so no concurrent change is lost. Returns the
+    updated user, or None when the user is gone or nothing was changed."""
+    from .storage import Modified
+
+    for _ in range(attempts):
+        changes = compute(user)
+        if not changes:
+            return None
+        try:
+            return update_user(storage, user, **changes)
+        except Modified:
+            fresh = get_user_by_key(storage, user.pk)
+            if fresh is None:
+                return None
+            user = fresh
+    from .storage import StorageUnavailable
+
+    raise StorageUnavailable("the user record stayed contended")
+
+
 # ------------------------------------------------------------------ clients
 
 @dataclass(frozen=True)

@@ -193,13 +193,7 @@ def token(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, sc
     user = get_user_by_key(storage, flow["ident"])
     if user is None or user.disabled:
         raise errors.InvalidGrant("The continuation_token is not valid.")
-    if int(user.entity.get("code_failures") or 0) >= settings.account_max_code_failures:
-        raise errors.TooManyAttempts("Too many wrong codes for this account. Contact support.")
-    try:
-        flow = flows.check_code(storage, settings, flow, "mfa_code", form.get("oob"))
-    except errors.InvalidOob:
-        signin.record_code_failure(storage, user)
-        raise
+    flow = signin.verify_code(storage, settings, flow, "mfa_code", form.get("oob"), user)
     factor = "sms" if flow["code_channel"] == "sms" else "otp"
     steps = flow.steps + [factor]
     return signin.issue_tokens(storage, settings, flow, user, steps, scopes, mfa_done=True, request=request)

@@ -14,13 +14,12 @@ import secrets
 import time
 
 from . import errors, flows
-from .directory import get_user_by_key, update_user
+from .directory import change_user, get_user_by_key
 from .identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from .mfa import send_code
-from .protocol import Request, Response, ok, parse_form
+from .protocol import Request, Response, ok
 from .settings import Settings
-from .signin import require_client
-from .storage import Modified, get_storage
+from .signin import begin, verify_code
 
 FLOW_KINDS = ("signin", "signup", "reset")
 INVALID_CONTACT = (901001,)
@@ -36,10 +35,7 @@ class BlockedContact(errors.AuthError):
 
 def _load(request: Request, settings: Settings):
     # Contract §8 #4: the docs show query-string parameters; the SDKs send a form.
-    form = parse_form(request, settings, allow_query=True)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, FLOW_KINDS)
+    form, storage, client_id, flow = begin(request, settings, FLOW_KINDS, allow_query=True)
     return form, storage, flow
 
 
@@ -106,15 +102,7 @@ def continue_(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     grant = form.get("grant_type")
     if grant == "oob" and flow["state"] == "register_challenge":
-        user = get_user_by_key(storage, flow["ident"])
-        try:
-            flow = flows.check_code(storage, settings, flow, "register_code", form.get("oob"))
-        except errors.InvalidOob:
-            if user is not None:
-                from .signin import record_code_failure
-
-                record_code_failure(storage, user)
-            raise
+        flow = verify_code(storage, settings, flow, "register_code", form.get("oob"), get_user_by_key(storage, flow["ident"]))
     elif grant == "continuation_token" and flow["state"] == "register_preverified":
         pass
     elif grant not in ("oob", "continuation_token"):
@@ -134,18 +122,17 @@ def continue_(request: Request, settings: Settings) -> Response:
 
 
 def _add_method(storage, user_pk: str, channel: str, target: str) -> None:
-    for _ in range(5):
-        user = get_user_by_key(storage, user_pk)
-        if user is None:
-            raise errors.InvalidGrant("The continuation_token is not valid.")
-        methods = user.methods
+    """Add the verified method (idempotent: the same channel and target once)."""
+    user = get_user_by_key(storage, user_pk)
+    if user is None:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+
+    def compute(u) -> dict | None:
+        methods = u.methods
         if any(m["channel"] == channel and m["target"] == target for m in methods):
-            return
+            return None
         methods.append({"id": secrets.token_hex(8), "channel": channel, "target": target,
                         "default": not methods, "created": int(time.time())})
-        try:
-            update_user(storage, user, methods=json.dumps(methods))
-            return
-        except Modified:
-            continue
-    raise errors.ServiceUnavailable("The method could not be saved; retry.", retry_after=1)
+        return {"methods": json.dumps(methods)}
+
+    change_user(storage, user, compute)

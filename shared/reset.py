@@ -23,12 +23,11 @@ import json
 import time
 
 from . import errors, flows, notify, passwords
-from .directory import get_user, get_user_by_key, update_user, user_key
-from .protocol import Request, Response, ok, parse_form, redirect_response
+from .directory import change_user, get_user, get_user_by_key, user_key
+from .protocol import Request, Response, ok, redirect_response
 from .settings import Settings
-from .signin import capabilities, challenge_types, require_client, username
+from .signin import begin, capabilities, challenge_types, username, verify_code
 from .signup import _password_error
-from .storage import Modified, get_storage
 
 VERIFIED_LIFETIME = 600  # contract §3.13: expires_in at most 600 s
 POLL_INTERVAL = 1
@@ -41,17 +40,12 @@ class NoPassword(errors.InvalidRequest):
 
 
 def _load(request: Request, settings: Settings):
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("reset",))
+    form, storage, client_id, flow = begin(request, settings, ("reset",))
     return form, storage, flow
 
 
 def start(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
+    form, storage, client_id, _ = begin(request, settings)
     email = username(form)
     types = challenge_types(form)
     if "oob" not in types:
@@ -89,14 +83,7 @@ def continue_(request: Request, settings: Settings) -> Response:
     if flow["state"] != "code_sent":
         raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
     user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
-    try:
-        flow = flows.check_code(storage, settings, flow, "reset_code", form.get("oob"))
-    except errors.InvalidOob:
-        if user is not None:
-            from .signin import record_code_failure
-
-            record_code_failure(storage, user)
-        raise
+    flow = verify_code(storage, settings, flow, "reset_code", form.get("oob"), user)
     if user is None:
         raise errors.InvalidOob()  # unreachable: no code was sent
     expires = min(int(flow["expires_at"]), int(time.time()) + VERIFIED_LIFETIME)
@@ -132,18 +119,13 @@ def submit(request: Request, settings: Settings) -> Response:
     # Save the password first (If-Match on the user), then record the step
     # (If-Match on the flow). A failure in between leaves a saved password and
     # a flow that a retry of the same request completes (reset_by_flow).
-    for _ in range(5):
-        try:
-            update_user(storage, user, password_hash=new_hash, password_changed_at=now, password_reset_required=False,
-                        previous_passwords=json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
-                        rt_not_before=time.time(), failed_logins=0, lockout_until=0, code_failures=0, reset_by_flow=flow.id)
-            break
-        except Modified:
-            user = get_user_by_key(storage, flow["ident"])
-            if user is None:
-                raise errors.InvalidGrant("The continuation_token is not valid.")
-    else:
-        raise errors.ServiceUnavailable("The password could not be saved; retry.", retry_after=1)
+    saved = change_user(storage, user, lambda u: {
+        "password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
+        "previous_passwords": json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
+        "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, "code_failures": 0,
+        "reset_by_flow": flow.id})
+    if saved is None:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
     flow = flows.advance(storage, flow, state="reset_done")
     notify.send_notice(storage, settings, to=email, purpose="password_changed", request=request)
     return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from . import errors, flows, mfa, notify, passwords, risk, signinlog, tokens
-from .directory import User, get_client, get_user, get_user_by_key, update_user, user_key
+from .directory import User, change_user, get_client, get_user, get_user_by_key, update_user, user_key
 from .identifiers import InvalidIdentifier, mask_email, normalize_email
 from .protocol import Form, Request, Response, current, ok, parse_form, redirect_response, split_list
 from .settings import Settings
@@ -41,6 +41,18 @@ def require_client(storage: Storage, settings: Settings, form: Form) -> str:
     if not client.enabled:
         raise errors.InvalidClient(suberror="nativeauthapi_disabled")
     return client_id
+
+
+def begin(request: Request, settings: Settings, kinds: tuple[str, ...] | None = None, *,
+          allow_query: bool = False) -> tuple[Form, Storage, str, flows.Flow | None]:
+    """What every native-auth endpoint does first: parse the form, check the
+    client, and (given the flow kinds it accepts) load the flow of the
+    continuation token. Returns (form, storage, client_id, flow or None)."""
+    form = parse_form(request, settings, allow_query=allow_query)
+    storage = get_storage(settings)
+    client_id = require_client(storage, settings, form)
+    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, kinds) if kinds else None
+    return form, storage, client_id, flow
 
 
 def challenge_types(form: Form, *, required: bool = True) -> list[str]:
@@ -69,9 +81,7 @@ def username(form: Form) -> str:
 # ------------------------------------------------------------------ endpoints
 
 def initiate(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
+    form, storage, client_id, _ = begin(request, settings)
     email = username(form)
     types = challenge_types(form)
     caps = capabilities(form)
@@ -95,10 +105,7 @@ def _first_factor(types: list[str], has_password: bool) -> str | None:
 
 
 def challenge(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signin", "signup", "reset"))
+    form, storage, client_id, flow = begin(request, settings, ("signin", "signup", "reset"))
     if form.get("id") or flow["state"] in ("mfa_required", "mfa_challenge"):
         if not form.get("id"):
             raise errors.InvalidRequest("Choose a method: the request must contain the 'id' parameter.",
@@ -139,9 +146,7 @@ def send_email_code(storage: Storage, settings: Settings, flow: flows.Flow, purp
 
 
 def token(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
+    form, storage, client_id, _ = begin(request, settings)
     grant = form.get("grant_type")
     if not grant:
         raise errors.InvalidRequest("The request body must contain the 'grant_type' parameter.")
@@ -208,50 +213,41 @@ def _record_unknown_failure(storage: Storage, ident: str) -> None:
 def _record_password_failure(storage: Storage, settings: Settings, user: User) -> None:
     """Progressive lockout: after `lockout_threshold` failures, lock for
     base * 2^(n - threshold) seconds, capped; counts reset after 12 h idle."""
-    for _ in range(3):
+    def compute(u: User) -> dict[str, Any]:
         now = int(time.time())
-        last = int(user.entity.get("last_failed_at") or 0)
-        n = (0 if now - last > LOCKOUT_RESET_SECONDS else int(user.entity.get("failed_logins") or 0)) + 1
+        last = int(u.entity.get("last_failed_at") or 0)
+        n = (0 if now - last > LOCKOUT_RESET_SECONDS else int(u.entity.get("failed_logins") or 0)) + 1
         lock = 0
         if n >= settings.lockout_threshold:
             lock = now + min(settings.lockout_base_seconds * 2 ** (n - settings.lockout_threshold), settings.lockout_max_seconds)
-        try:
-            update_user(storage, user, failed_logins=n, last_failed_at=now, lockout_until=lock)
-            return
-        except Modified:
-            fresh = get_user_by_key(storage, user.pk)
-            if fresh is None:
-                return
-            user = fresh
+        return {"failed_logins": n, "last_failed_at": now, "lockout_until": lock}
+
+    change_user(storage, user, compute)
 
 
 def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes,
                request: Request) -> Response:
     user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
-    if user is not None and int(user.entity.get("code_failures") or 0) >= settings.account_max_code_failures:
-        raise errors.TooManyAttempts("Too many wrong codes for this account. Reset your password or contact support.")
-    try:
-        flow = flows.check_code(storage, settings, flow, "signin_code", form.get("oob"))
-    except errors.InvalidOob:
-        if user is not None:
-            record_code_failure(storage, user)
-        raise
+    flow = verify_code(storage, settings, flow, "signin_code", form.get("oob"), user)
     if user is None or user.disabled:
         raise errors.InvalidOob()  # unreachable in practice: no code was ever sent
     return issue_tokens(storage, settings, flow, user, flow.steps + ["otp"], scopes, form=form, request=request)
 
 
-def record_code_failure(storage: Storage, user: User) -> None:
-    """Account-level wrong-code counter: survives resends and new flows (NIST §3.1.3.2)."""
-    for _ in range(3):
-        try:
-            update_user(storage, user, code_failures=int(user.entity.get("code_failures") or 0) + 1)
-            return
-        except Modified:
-            fresh = get_user_by_key(storage, user.pk)
-            if fresh is None:
-                return
-            user = fresh
+def verify_code(storage: Storage, settings: Settings, flow: flows.Flow, purpose: str, code: str | None,
+                user: User | None) -> flows.Flow:
+    """Check a code for a flow, counting wrong codes per account as well as per
+    challenge: the account counter survives resends and new flows (NIST
+    §3.1.3.2) and, at its ceiling, refuses codes for that account."""
+    if user is not None and int(user.entity.get("code_failures") or 0) >= settings.account_max_code_failures:
+        raise errors.TooManyAttempts("Too many wrong codes for this account. Reset your password or contact support.")
+    try:
+        return flows.check_code(storage, settings, flow, purpose, code)
+    except errors.InvalidOob as exc:
+        if user is not None:
+            change_user(storage, user, lambda u: {"code_failures": int(u.entity.get("code_failures") or 0) + 1})
+        exc.log_user = user
+        raise
 
 
 def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: User, steps: list[str],
@@ -289,7 +285,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
         except Modified:
             pass  # a concurrent change won; counters are not lost by skipping this reset
     amr = list(dict.fromkeys(steps))
-    if len({s for s in amr if s in ("pwd", "otp", "sms")}) >= 2:
+    if flow.get("mfa_done"):  # only a verified second factor makes it multi-factor (not sign-up's code + new password)
         amr.append("mfa")
     acrs = decision.auth_contexts if (flow.get("mfa_done") or not decision.require_second_factor) else ()
     subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, tuple(amr),
@@ -317,8 +313,5 @@ def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tok
 
 def introspect(request: Request, settings: Settings) -> Response:
     """``/oauth2/v2.0/introspect``: the user's registered second-factor methods."""
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signin", "signup", "reset"))
+    form, storage, client_id, flow = begin(request, settings, ("signin", "signup", "reset"))
     return mfa.introspect(storage, settings, flow)

@@ -22,10 +22,10 @@ import time
 from . import attributes, errors, flows, notify, passwords
 from .directory import UserExists, create_user, get_user, get_user_by_key, user_key
 from .identifiers import mask_email
-from .protocol import Request, Response, ok, parse_form, redirect_response
+from .protocol import Request, Response, ok, redirect_response
 from .settings import Settings
-from .signin import capabilities, challenge_types, require_client, username
-from .storage import Storage, get_storage
+from .signin import begin, capabilities, challenge_types, username
+from .storage import Storage
 
 
 class UserAlreadyExists(errors.AuthError):
@@ -60,9 +60,7 @@ def hash_new_password(settings: Settings, password: str, email: str) -> str:
 
 
 def start(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
+    form, storage, client_id, _ = begin(request, settings)
     email = username(form)
     types = challenge_types(form)
     if "oob" not in types:
@@ -81,10 +79,7 @@ def start(request: Request, settings: Settings) -> Response:
 
 
 def challenge(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signup",))
+    form, storage, client_id, flow = begin(request, settings, ("signup",))
     if form.get("challenge_type"):
         challenge_types(form)  # validated like everywhere else
     if flow["state"] in ("credential_required", "password_prompt"):
@@ -117,10 +112,7 @@ def challenge(request: Request, settings: Settings) -> Response:
 
 
 def continue_(request: Request, settings: Settings) -> Response:
-    form = parse_form(request, settings)
-    storage = get_storage(settings)
-    client_id = require_client(storage, settings, form)
-    flow = flows.load(storage, settings, form.get("continuation_token"), client_id, ("signup",))
+    form, storage, client_id, flow = begin(request, settings, ("signup",))
     grant = form.get("grant_type")
     state = flow["state"]
     verified = bool(flow.get("email_verified"))

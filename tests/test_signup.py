@@ -64,7 +64,7 @@ def test_everything_at_start(server, api, outbox, schema):
     t = auto_sign_in(api, done["continuation_token"], email)
     assert t.status == 200
     idt = jwt.decode(t["id_token"], options={"verify_signature": False})
-    assert idt["name"] == "New User" and idt["amr"] == ["otp", "pwd", "mfa"]
+    assert idt["name"] == "New User" and idt["amr"] == ["otp", "pwd"] and idt["acr"] == "1"
     user = directory.get_user(server.storage, email)
     assert json.loads(user.entity["attributes"]) == {"displayName": "New User", "city": "Oslo"}
     assert api.signin_password(email, PW).status == 200

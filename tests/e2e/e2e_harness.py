@@ -399,3 +399,18 @@ def host_of(url: str) -> str:
 def wrong_code(code: str) -> str:
     """A code of the same length (the SDK checks the length) that differs in every position."""
     return "".join("1" if c != "1" else "2" for c in code)
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT, without checking anything (to read ``amr``/``acr`` in a test)."""
+    import base64
+
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def unique_mobile() -> str:
+    """A distinct valid German mobile number in E.164 (+49 151 and 8 digits)."""
+    import random
+
+    return "+49151" + "".join(random.choice("0123456789") for _ in range(8))

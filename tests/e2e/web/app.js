@@ -85,6 +85,7 @@ function describeError(error) {
         errorCodes: data?.errorCodes ?? [],
         subError: data?.subError ?? "",
         correlationId: data?.correlationId,
+        redirectReason: data?.redirectReason ?? null, // RedirectError (web fallback, contract §5.8)
     };
 }
 

@@ -115,7 +115,7 @@ def update_user(storage: Storage, user: User, **changes: Any) -> User:
     return User(merged)
 
 
-def change_user(storage: Storage, user: User, compute, attempts: int = 5) -> User | None:
+def change_user(storage: Storage, user: User, compute, attempts: int = 10) -> User | None:
     """Read-modify-write of a user under If-Match, retried on races.
 
     ``compute(user)`` returns the changes for the user as currently stored
@@ -131,6 +131,9 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 5) -> Use
         try:
             return update_user(storage, user, **changes)
         except Modified:
+            import random
+
+            time.sleep(random.uniform(0.002, 0.03))  # let the concurrent writer finish
             fresh = get_user_by_key(storage, user.pk)
             if fresh is None:
                 return None

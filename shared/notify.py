@@ -34,9 +34,13 @@ def sender(settings: Settings):
         return _sender
 
 
-def locale_of(request: Request | None, form_locale: str | None = None) -> str | None:
-    if form_locale:
-        return form_locale
+def locale_of(request: Request | None) -> str | None:
+    """``ui_locales`` from the form (kept on the request context), else Accept-Language."""
+    from .protocol import current
+
+    ctx = current()
+    if ctx is not None and ctx.locale:
+        return ctx.locale
     if request is not None:
         return request.header("accept-language")
     return None

@@ -139,6 +139,9 @@ def parse_form(request: Request, settings: Settings, *, allow_query: bool = Fals
     if allow_query:
         for name, value in request.query.items():
             fields.setdefault(name, value)
+    ctx = _context.get()
+    if ctx is not None and fields.get("ui_locales"):
+        ctx.locale = fields["ui_locales"][:100]  # the OIDC parameter wins over Accept-Language
     return Form(fields)
 
 

@@ -504,3 +504,23 @@ def test_purge_timer_runs_and_keeps_live_state(server, api, make_user):
     ct = start(api, email)
     server.host.invoke_timer("purge_expired")
     assert flow_entity(server, ct) is not None
+
+
+@pytest.mark.parametrize("how", ["ui_locales", "accept-language"])
+def test_codes_are_sent_in_the_requested_language(api, make_user, outbox, how):
+    email, _ = make_user(password=None)
+    r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="oob redirect")
+    extra = {"ui_locales": "de-DE"} if how == "ui_locales" else {}
+    headers = {"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"} if how == "accept-language" else None
+    api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob redirect",
+             headers=headers, **extra)
+    message = outbox.messages(email)[-1]
+    assert message["locale"] == "de", message
+    assert message["subject"] != outbox_english_subject(api, make_user, outbox)
+
+
+def outbox_english_subject(api, make_user, outbox) -> str:
+    email, _ = make_user(password=None)
+    r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="oob redirect")
+    api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob redirect")
+    return outbox.messages(email)[-1]["subject"]

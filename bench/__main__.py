@@ -217,6 +217,10 @@ def flow_signup_register(c: Client, outbox: Outbox, user: dict) -> None:
     s, r = c.post("oauth2/v2.0/token", client_id=MFA_CLIENT, continuation_token=r["continuation_token"],
                   grant_type="continuation_token", scope=SCOPE, client_info="1")
     expect(s == 200, "token(after registration)", r)
+    s, r2 = c.post("oauth2/v2.0/token", client_id=MFA_CLIENT, grant_type="refresh_token", refresh_token=r["refresh_token"],
+                   scope=SCOPE, client_info="1")
+    expect(s == 200, "refresh", r2)
+    user.setdefault("created", []).append(email)
 
 
 def flow_reset(c: Client, outbox: Outbox, user: dict) -> None:
@@ -417,7 +421,62 @@ def first_request(env: dict[str, str], runs: int, tmp: Path) -> float:
     return statistics.median(times)
 
 
+def soak(seconds: float, concurrency: int) -> dict:
+    """A bounded mixed load (sign-up with registration and refresh, sign-in with
+    SMS second factor) for `seconds`, then a consistency check: every account
+    made during the soak exists once and can sign in."""
+    tmp = Path(tempfile.mkdtemp(prefix="nativeauth-soak-"))
+    with Azurite() as azurite:
+        env = host_env(azurite, tmp / "outbox.jsonl")
+        users = seed(env, 200)
+        port = free_port()
+        host = start_host(env, port, tmp / "host.log")
+        outbox = Outbox(tmp / "outbox.jsonl")
+        try:
+            def mixed(c, ob, user):
+                (flow_signup_register if user.setdefault("turn", 0) % 3 == 0 else flow_password_sms)(c, ob, user)
+                user["turn"] += 1
+            run = run_flows(port, outbox, mixed, users, concurrency, duration=seconds)
+            created = [e for u in users for e in u.get("created", [])]
+            from shared import directory
+            from shared.settings import Settings
+            from shared.storage import Storage
+
+            storage = Storage(Settings.from_env(env))
+            missing = [e for e in created if directory.get_user(storage, e) is None]
+            c = Client(port)
+            failed = []
+            for e in created:
+                try:
+                    flow_password_plain(c, outbox, {"email": e})
+                except Exception as exc:  # noqa: BLE001
+                    failed.append(f"{e}: {exc}"[:120])
+            rss = rss_kb(host.pid)
+        finally:
+            host.terminate()
+            host.wait(10)
+    out = {"seconds": round(run["seconds"], 1), "concurrency": concurrency, "flows": run["flows"], "errors": run["errors"],
+           "error_samples": run["error_samples"], "flows_per_second": round(run["per_second"], 2),
+           "accounts_created": len(created), "accounts_missing": len(missing), "sign_in_after_soak_failures": len(failed),
+           "failure_samples": failed[:3], "host_rss_mib": round(rss / 1024, 1)}
+    print(json.dumps(out, indent=2))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["soak"]:
+        sp = argparse.ArgumentParser(prog="python -m bench soak")
+        sp.add_argument("--seconds", type=float, default=180.0)
+        sp.add_argument("--concurrency", type=int, default=4)
+        a = sp.parse_args(argv[1:])
+        out = soak(a.seconds, a.concurrency)
+        Path(ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+        (ROOT / "bench" / "results" / "soak.json").write_text(json.dumps(out, indent=2))
+        ok = out["errors"] == 0 and out["accounts_missing"] == 0 and out["sign_in_after_soak_failures"] == 0
+        print("soak passed" if ok else "soak FAILED")
+        return 0 if ok else 1
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short run (smoke test of the benchmark)")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per throughput level")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import conftest
 from shared import tokens
@@ -43,7 +44,9 @@ def test_no_secret_in_any_log_line(server):
     secrets.add(base64.b64encode(server.settings.signing_key_secret).decode())
     secrets.add(server.settings.code_hash_key.hex())
     blob = "\n".join(conftest.LOG_LINES)
-    leaked = sorted(s for s in secrets if s in blob)
+    # Whole-token matches: a 6-digit code must not be "found" inside a UUID or a number.
+    leaked = sorted(s for s in secrets
+                    if re.search(r"(?<![0-9A-Za-z_-])" + re.escape(s) + r"(?![0-9A-Za-z_-])", blob))
     assert not leaked, f"{len(leaked)} secrets found in logs, e.g. {json.dumps(leaked[:3])[:300]}"
 
 

@@ -1,0 +1,492 @@
+"""``python -m client`` (the CLI client) as a subprocess against the real app.
+
+Each test starts the CLI with ``sys.executable -m client`` from the repository
+root and talks to it like a person: it waits for a prompt on the CLI's output
+(read incrementally, with a timeout), then writes the answer to its stdin.
+One-time codes are read from the local outbox only after the CLI has said a
+code was sent, exactly as a person would read them from their phone or inbox.
+
+The http app (``server`` fixture) exercises the built-in token store; a second
+host serving the same app over TLS (throwaway CA, ``REQUESTS_CA_BUNDLE`` in the
+subprocess) exercises the MSAL Python path (contract §7.9).
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import http.server
+import json
+import os
+import queue
+import random
+import re
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT, app_functions, unique_email
+from devhost.server import LocalHost
+from shared import directory, policy
+from shared import settings as settings_mod
+
+PW = "correct horse battery staple"
+NEW_PW = "an entirely new passphrase 42"
+RESOURCE = "api://native-auth"
+RESOURCE_SCOPE = f"{RESOURCE}/access_as_user"
+TIMEOUT = 60
+
+
+def claims(token: str) -> dict:
+    part = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def header(token: str) -> dict:
+    part = token.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def wrong(code: str) -> str:
+    return str((int(code) + 1) % 10 ** len(code)).zfill(len(code))
+
+
+def random_phone() -> str:
+    return "+49151" + "".join(random.choice("0123456789") for _ in range(8))
+
+
+def sms_method(phone: str, mid: str = "m1", default: bool = True) -> dict:
+    return {"id": mid, "channel": "sms", "target": phone, "default": default, "created": 1}
+
+
+# ---------------------------------------------------------------------- driving the subprocess
+
+class Cli:
+    """An interactive CLI process: ``expect`` a prompt, then ``send`` a line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.argv = argv
+        self.proc = subprocess.Popen([sys.executable, "-m", "client", *argv], cwd=ROOT, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.output = ""
+        self.pos = 0
+        self.eof = False
+        self._chunks: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        fd = self.proc.stdout.fileno()
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                self._chunks.put(decoder.decode(b"", final=True))
+                self._chunks.put(None)
+                return
+            self._chunks.put(decoder.decode(chunk))
+
+    def _take(self, timeout: float) -> None:
+        try:
+            item = self._chunks.get(timeout=max(0.01, timeout))
+        except queue.Empty:
+            return
+        if item is None:
+            self.eof = True
+        else:
+            self.output += item
+
+    def expect(self, pattern: str, timeout: float = TIMEOUT) -> re.Match:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.output, self.pos)
+            if m:
+                self.pos = m.end()
+                return m
+            if self.eof:
+                pytest.fail(f"CLI ended (rc={self.proc.poll()}) before {pattern!r}. Output:\n{self.output}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                pytest.fail(f"Timed out waiting for {pattern!r}. Output:\n{self.output}")
+            self._take(left)
+
+    def send(self, line: str) -> None:
+        self.proc.stdin.write((line + "\n").encode())
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = TIMEOUT) -> int:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"CLI did not exit. Output:\n{self.output}")
+        deadline = time.monotonic() + 10
+        while not self.eof and time.monotonic() < deadline:
+            self._take(deadline - time.monotonic())
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATIVE_AUTH_")}
+    env.update(PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
+               HOME=str(tmp_path / "home"))
+    return env
+
+
+@pytest.fixture
+def cli(server, tmp_path, cli_env):
+    """Start the CLI against a base URL (the http app by default)."""
+    started: list[Cli] = []
+    cache = tmp_path / "cache" / "cache.json"
+
+    def start(*argv: str, base_url: str | None = None, env: dict[str, str] | None = None) -> Cli:
+        proc = Cli(["--base-url", base_url or server.host.base_url, "--cache", str(cache), *argv],
+                   {**cli_env, **(env or {})})
+        started.append(proc)
+        return proc
+
+    def run(*argv: str, base_url: str | None = None, env: dict[str, str] | None = None,
+            stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "client", "--base-url", base_url or server.host.base_url,
+                               "--cache", str(cache), *argv], cwd=ROOT, env={**cli_env, **(env or {})},
+                              input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+
+    start.run = run
+    start.cache = cache
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def require_mfa(server):
+    policy.save(server.storage, {"name": "cli: second factor for all",
+                                 "grant": {"require_second_factor": True, "methods": ["email", "sms"]}})
+    yield
+    policy.delete(server.storage, "cli: second factor for all")
+    policy.clear_cache()
+
+
+def assert_no_secrets(text: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in text, f"a secret was printed: {secret!r}"
+
+
+# ---------------------------------------------------------------------- http: built-in token store
+
+def test_signin_password_then_sms_mfa_then_token(server, outbox, make_user, require_mfa, cli):
+    phone = random_phone()
+    email, user = make_user(password=PW, methods=[
+        sms_method(phone),
+        {"id": "m2", "channel": "email", "target": unique_email("second"), "default": False, "created": 2}])
+
+    p = cli("signin", email)
+    p.expect(r"Password: ")
+    p.send(PW)
+    # The methods from /oauth2/v2.0/introspect: channel and masked login_hint.
+    menu = p.expect(r"Where should the verification code go\?\n(.*\n)+?Choose 1-2 \[1\]: ").group(0)
+    assert re.search(r"1\) SMS to \+49\*+\d{4}", menu) and phone not in menu, menu
+    assert re.search(r"2\) email to \S+\*+\S+", menu), menu
+    p.send("1")
+    p.expect(r"A 6-digit code was sent by SMS to \+49\*+" + phone[-4:] + r"\.")
+    p.expect(r"Enter the code \(or press Enter to get a new one\): ")
+    first = outbox.last_code(phone)
+    sends = outbox.count(phone)
+    p.send("")  # resend: a new code, the old one is dead
+    p.expect(r"A 6-digit code was sent by SMS")
+    p.expect(r"Enter the code")
+    assert outbox.count(phone) == sends + 1
+    code = outbox.last_code(phone)
+    p.send(first if first != code else wrong(code))
+    p.expect(r"! That code is not correct\.")
+    p.expect(r"Enter the code")
+    p.send(code)
+    p.expect(r"Signed in as " + re.escape(email) + r"\.")
+    p.expect(r"Tokens are kept by built-in refresh \(MSAL Python needs https, this base URL is http\)")
+    assert p.finish() == 0, p.output
+    assert_no_secrets(p.output, PW, code)
+
+    token_file = cli.cache.with_name("cache.builtin.json")
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert not cli.cache.exists(), "the http path must not write an MSAL cache"
+
+    r = cli.run("token")
+    assert r.returncode == 0, r.stderr
+    at = r.stdout.strip()
+    assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", at), r.stdout
+    assert header(at)["alg"] == "RS256" and header(at)["typ"] == "at+jwt"
+    c = claims(at)
+    assert c["oid"] == user.oid and c["iss"] == server.host.base_url
+    assert "mfa" in c["amr"] and "sms" in c["amr"]
+    assert "from the cache" in r.stderr and "built-in refresh" in r.stderr
+
+    forced = cli.run("token", "--force-refresh")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.strip() != at and "refreshed from the server" in forced.stderr
+    assert claims(forced.stdout.strip())["oid"] == user.oid
+
+    who = cli.run("whoami")
+    assert who.returncode == 0 and f"User:          {email}" in who.stdout, who.stdout
+
+    out = cli.run("signout")
+    assert out.returncode == 0 and not token_file.exists(), out.stdout
+    gone = cli.run("token")
+    assert gone.returncode == 1 and "Not signed in" in gone.stderr
+
+
+def test_wrong_password_is_a_clear_error(make_user, cli):
+    email, _ = make_user(password=PW)
+    r = cli.run("signin", email, stdin="not the password at all\n")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Error: Wrong email or password." in r.stderr
+    assert_no_secrets(r.stdout + r.stderr, "not the password at all")
+    assert not cli.cache.with_name("cache.builtin.json").exists()
+
+
+def test_unknown_user_is_named_when_enumeration_protection_is_off(server, cli):
+    with server.override(enumeration_protection=False):
+        r = cli.run("signin", unique_email("nobody"))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Error: No account exists for that email address." in r.stderr
+
+
+def test_signup_with_attributes_then_sign_in_and_registration(server, outbox, require_mfa, cli):
+    email = unique_email("cli-signup")
+    schema = settings_mod._attribute_schema(json.dumps([
+        {"name": "displayName", "type": "string", "required": False},
+        {"name": "city", "type": "string", "required": True, "regex": "[A-Za-z ]+"}]))
+    with server.override(signup_attributes=schema):
+        p = cli("signup", email, "-a", "displayName=Alice Example")
+        p.expect(r"Verify your email address\.")
+        p.expect(r"A 8-digit code was sent by email to \S+\*\S+\.")
+        p.expect(r"Enter the code")
+        code = outbox.last_code(email)
+        p.send(code)
+        # credential_required (55103) → /signup/v1.0/challenge → password
+        p.expect(r"Choose a password: ")
+        p.send("too short")
+        p.expect(r"Repeat the password: ")
+        p.send("too short")
+        p.expect(r"! The password is too short\. \(The password must have at least \d+ characters\.\)")
+        p.expect(r"Choose a password: ")
+        p.send(PW)
+        p.expect(r"Repeat the password: ")
+        p.send(PW)
+        # attributes_required (55106) with required_attributes
+        p.expect(r"A few more details are needed:")
+        p.expect(r"city \(string, matching \[A-Za-z \]\+\): ")
+        p.send("Oslo 42")
+        p.expect(r"! These attributes are not valid: city\.")
+        p.expect(r"city \(string")
+        p.send("Oslo")
+        p.expect(r"Account created for " + re.escape(email))
+        # automatic sign-in → registration_required → /register/v1.0/introspect
+        p.expect(r"none is registered for this account yet")
+        menu = p.expect(r"Choose a second factor to register:\n(.*\n)+?Choose 1-2 \[1\]: ").group(0)
+        assert "An email address" in menu and "A mobile phone (SMS)" in menu, menu
+        p.send("1")
+        p.expect(r"Email address for your codes \[Enter for " + re.escape(email) + r"\]: ")
+        p.send("")  # the address just verified: the preverified fast pass
+        p.expect(re.escape(email) + r" was verified a moment ago; no new code is needed\.")
+        p.expect(r"Your email second factor is registered\.")
+        p.expect(r"Signed in as " + re.escape(email) + r"\.")
+        assert p.finish() == 0, p.output
+        assert_no_secrets(p.output, PW, code)
+
+    user = directory.get_user(server.storage, email)
+    assert user is not None and user.display_name == "Alice Example"
+    assert json.loads(user.entity["attributes"])["city"] == "Oslo"
+    assert [(m["channel"], m["target"]) for m in user.methods] == [("email", email)]
+    who = cli.run("whoami", "--json")
+    assert who.returncode == 0, who.stderr
+    id_claims = json.loads(who.stdout)
+    assert id_claims["preferred_username"] == email and "mfa" in id_claims["amr"]
+
+
+def test_email_code_sign_in_then_sms_registration_with_slow_down(server, outbox, make_user, require_mfa, cli):
+    email, _ = make_user(password=None)
+    phone = random_phone()
+    with server.override(resend_interval_seconds=60):
+        p = cli("signin", email)
+        p.expect(r"This account signs in with a one-time code\.")
+        p.expect(r"A 8-digit code was sent by email to \S+\*\S+\.")
+        p.expect(r"Enter the code")
+        p.send("")  # too early for another code: slow_down with Retry-After
+        p.expect(r"! Too many requests\. Wait \d+ seconds and try again\.")
+        p.expect(r"Enter the code")
+        p.send("123")
+        p.expect(r"! The code has 8 digits\.")
+        p.send(outbox.last_code(email))
+        p.expect(r"none is registered for this account yet")
+        p.expect(r"Choose 1-2 \[1\]: ")
+        p.send("2")
+        p.expect(r"Mobile number in international format")
+        p.send("12")
+        p.expect(r"! That email address or phone number cannot be used")
+        p.expect(r"Choose 1-2 \[1\]: ")
+        p.send("2")
+        p.expect(r"Mobile number in international format")
+        p.send(phone)
+        p.expect(r"A 6-digit code was sent by SMS to " + re.escape(phone))
+        p.expect(r"Enter the code")
+        p.send(outbox.last_code(phone))
+        p.expect(r"Your SMS second factor is registered\.")
+        p.expect(r"Signed in as " + re.escape(email))
+        assert p.finish() == 0, p.output
+    user = directory.get_user(server.storage, email)
+    assert [(m["channel"], m["target"]) for m in user.methods] == [("sms", phone)]
+
+
+def test_reset_then_automatic_sign_in(server, api, outbox, make_user, cli):
+    email, user = make_user(password=PW)
+    p = cli("reset", email)
+    p.expect(r"A 8-digit code was sent by email to \S+\*\S+\.")
+    p.expect(r"Enter the code")
+    code = outbox.last_code(email)
+    p.send(wrong(code))
+    p.expect(r"! That code is not correct\.")
+    p.expect(r"Enter the code")
+    p.send(code)
+    p.expect(r"New password: ")
+    p.send(PW)
+    p.expect(r"Repeat the password: ")
+    p.send(PW)
+    p.expect(r"! That password was used recently; choose a new one\.")
+    p.expect(r"New password: ")
+    p.send(NEW_PW)
+    p.expect(r"Repeat the password: ")
+    started = time.monotonic()
+    p.send(NEW_PW)
+    p.expect(r"Your password was changed\. Signing you in")
+    assert time.monotonic() - started >= 0.9, "poll_completion must wait poll_interval (1 s) first"
+    p.expect(r"Signed in as " + re.escape(email))
+    assert p.finish() == 0, p.output
+    assert_no_secrets(p.output, PW, NEW_PW, code)
+
+    assert api.signin_password(email, NEW_PW).status == 200
+    old = api.signin_password(email, PW)
+    assert old.status == 400 and 50126 in old["error_codes"]
+    r = cli.run("token")
+    assert r.returncode == 0 and claims(r.stdout.strip())["oid"] == user.oid, r.stderr
+
+
+# ---------------------------------------------------------------------- web fallback
+
+class _RedirectingApi(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps({"challenge_type": "redirect", "redirect_reason": "Client is missing mfa_required capability"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def test_redirect_means_the_browser_is_needed(cli):
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RedirectingApi)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        r = cli.run("signin", "someone@example.com", base_url=f"http://127.0.0.1:{stub.server_address[1]}/api")
+    finally:
+        stub.shutdown()
+        stub.server_close()
+    assert r.returncode == 3, (r.stdout, r.stderr)
+    assert "the server asked for the browser" in r.stderr
+    assert "Client is missing mfa_required capability" in r.stderr
+
+
+# ---------------------------------------------------------------------- https: MSAL Python
+
+@pytest.fixture(scope="module")
+def tls_host(server, tmp_path_factory):
+    from test_msal_python import _make_ca_and_server_cert
+
+    ca_file, cert_file, key_file = _make_ca_and_server_cert(tmp_path_factory.mktemp("cli-tls"))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    host = LocalHost(None, functions=app_functions(), ssl_context=ctx).start()
+    try:
+        yield host, ca_file
+    finally:
+        host.stop()
+
+
+def _generation(server, refresh_token_family: tuple[str, str]) -> int:
+    return int(server.storage.table("refresh").get(*refresh_token_family)["generation"])
+
+
+def test_https_base_url_hands_tokens_to_msal_python(server, make_user, tls_host, cli):
+    host, ca_file = tls_host
+    base = host.base_url
+    assert base.startswith("https://127.0.0.1:")
+    env = {"REQUESTS_CA_BUNDLE": str(ca_file)}
+    email, user = make_user(password=PW)
+    scope = f"{RESOURCE_SCOPE} openid profile offline_access"
+    with server.override(issuer=base):
+        p = cli("--scope", scope, "signin", email, base_url=base, env=env)
+        p.expect(r"Password: ")
+        p.send(PW)
+        p.expect(r"Signed in as " + re.escape(email))
+        p.expect(r"Tokens are kept by MSAL Python 1\.39\.0 \(oidc_authority=" + re.escape(base) + r"\)")
+        assert p.finish() == 0, p.output
+
+        # MSAL's own serialization, private to the user.
+        assert stat.S_IMODE(cli.cache.stat().st_mode) == 0o600
+        cached = json.loads(cli.cache.read_text())
+        assert {"AccessToken", "RefreshToken", "IdToken", "Account"} <= set(cached)
+        assert not cli.cache.with_name("cache.builtin.json").exists()
+        (rt,) = cached["RefreshToken"].values()
+        family = tuple(rt["secret"].split(".")[:2])
+        # 1 = the native-auth sign-in, 2 = MSAL's acquire_token_by_refresh_token.
+        assert _generation(server, family) == 2
+
+        silent = cli.run("--scope", scope, "token", base_url=base, env=env)
+        assert silent.returncode == 0, silent.stderr
+        assert "from the cache" in silent.stderr and "MSAL Python" in silent.stderr
+        assert _generation(server, family) == 2
+
+        forced = cli.run("--scope", scope, "token", "--force-refresh", base_url=base, env=env)
+        assert forced.returncode == 0, forced.stderr
+        assert "refreshed from the server" in forced.stderr and "MSAL Python" in forced.stderr
+        at = forced.stdout.strip()
+        assert at != silent.stdout.strip()
+        c = claims(at)
+        assert c["aud"] == RESOURCE and c["scp"] == "access_as_user" and c["oid"] == user.oid and c["iss"] == base
+        assert _generation(server, family) == 3, "MSAL Python redeemed (and rotated) the refresh token"
+
+        who = cli.run("whoami", base_url=base, env=env)
+        assert who.returncode == 0 and email in who.stdout and "MSAL Python" in who.stdout, who.stdout
+
+        # Only OIDC scopes: MSAL adds them itself (and refuses to be given them), so it asks for none.
+        own = cli.run("token", "--force-refresh", base_url=base, env=env)
+        assert own.returncode == 0, own.stderr
+        assert claims(own.stdout.strip())["aud"] == server.settings.dev_client_id
+        assert _generation(server, family) == 4
+
+        # Without the CA, TLS fails with a clear hint.
+        no_ca = cli.run("token", "--force-refresh", base_url=base,
+                        env={"REQUESTS_CA_BUNDLE": "", "CURL_CA_BUNDLE": ""})
+        assert no_ca.returncode == 1 and "REQUESTS_CA_BUNDLE" in no_ca.stderr, no_ca.stderr
+        out = cli.run("signout", "--username", email, base_url=base, env=env)
+        assert out.returncode == 0 and f"Signed out {email}" in out.stdout, out.stdout
+        assert json.loads(cli.cache.read_text())["RefreshToken"] == {}

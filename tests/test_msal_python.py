@@ -42,7 +42,8 @@ def _claims(token: str) -> dict:
 
 
 def _make_ca_and_server_cert(directory):
-    """A CA (kept in memory only) and a server certificate for 127.0.0.1 and localhost."""
+    """A throwaway CA (its key never leaves memory) and a server certificate for
+    127.0.0.1 (IP SAN) and localhost, signed by it."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "native-auth test CA")])

@@ -53,6 +53,22 @@ def seed_default_policy(values: dict) -> None:
               "(python -m admin policies list|disable ...)")
 
 
+DEMO_PORT = 7072
+
+
+def start_demo():
+    """Build the demo page (esbuild, into .local/demo) and serve it on http://localhost:7072/."""
+    from demo.serve import DemoError, build, serve
+
+    out = LOCAL / "demo"
+    try:
+        build(out)
+        return serve(DEMO_PORT, f"http://127.0.0.1:{API_PORT}/api", out)
+    except (DemoError, OSError) as exc:
+        print(f"demo page not started: {exc}", file=sys.stderr)
+        return None
+
+
 def main() -> int:
     os.chdir(ROOT)
     LOCAL.mkdir(exist_ok=True)
@@ -67,15 +83,20 @@ def main() -> int:
         store = azurite.Azurite(AZURITE_PORT, location=LOCAL / "azurite", log_path=LOCAL / "azurite.log").start()
         print(f"started Azurite (Table) on 127.0.0.1:{AZURITE_PORT}, data in .local/azurite")
     seed_default_policy(values)
+    demo = start_demo()
     outbox = values.get("AUTH_OUTBOX_PATH", ".local/outbox.jsonl")
     print("\n  API base URL        http://127.0.0.1:%d/api" % API_PORT)
     print("  development client  %s" % values.get("AUTH_DEV_CLIENT_ID"))
+    if demo is not None:
+        print("  demo sign-in page   %s  (MSAL JS custom-auth)" % demo.url)
     print("  one-time codes      printed below and appended to %s\n" % outbox, flush=True)
     from devhost.__main__ import main as serve
 
     try:
         return serve(["--port", str(API_PORT)])
     finally:
+        if demo is not None:
+            demo.stop()
         if store is not None:
             store.stop()
             print("stopped Azurite")

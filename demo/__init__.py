@@ -1,0 +1,1 @@
+"""The demo web app (demo/web) and its build/serve helpers (demo/serve.py)."""

@@ -1,0 +1,458 @@
+"""The demo web app (demo/): built with esbuild, served on http://localhost:<port>/
+against the test server, and used in headless Debian Chromium like a person
+would (tests/demo_driver.mjs types and clicks; one-time codes come from the
+outbox): a password sign-in with an SMS second factor (a wrong code, a resend),
+the signed-in view with the ID token's claims, a token refresh and sign-out;
+a sign-up with a required attribute and just-in-time phone registration; a
+password reset with automatic sign-in.
+
+A screenshot of the signed-in view goes to the test's tmp path (and to
+$DEMO_SCREENSHOT when that is set). Missing Chromium, Node or node_modules
+make the test fail with the command that fixes it; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import ROOT, remember_secret, unique_email, wait_until
+from demo.serve import DemoError, build, serve
+from shared import directory, policy
+from shared.identifiers import mask_phone
+from shared.settings import _attribute_schema
+
+DRIVER = ROOT / "tests" / "demo_driver.mjs"
+NODE_MODULES = ROOT / "node_modules"
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+PASSWORD = "Lantern-Orchard-Velvet-5821"
+NEW_PASSWORD = "Harbor-Copper-Finch-4417"
+for _secret in (PASSWORD, "Not-" + PASSWORD, NEW_PASSWORD):
+    remember_secret(_secret)  # typed in the browser: tests/test_zz_no_secrets_in_logs.py checks no log has them
+
+
+# ------------------------------------------------------------------ prerequisites
+
+def missing_prerequisites() -> list[str]:
+    problems = []
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        problems.append(f"Chromium was not found at {CHROMIUM}: the demo app test drives it headless. Install Debian's "
+                        "package with `sh scripts/install_chromium.sh` (as root; `make test` does this), or set "
+                        "E2E_CHROMIUM to a Chromium binary.")
+    if shutil.which("node") is None:
+        problems.append("Node.js (`node`) is required for the demo app test and is not on PATH.")
+    for what in (NODE_MODULES / ".bin" / "esbuild", NODE_MODULES / "puppeteer-core" / "package.json",
+                 NODE_MODULES / "@azure" / "msal-browser" / "package.json"):
+        if not what.exists():
+            problems.append(f"{what.relative_to(ROOT)} is missing: run `npm ci` in the repository root "
+                            "(`make bootstrap` and `make test` do this).")
+    return problems
+
+
+# ------------------------------------------------------------------ the driver process
+
+class DriverError(RuntimeError):
+    pass
+
+
+class Browser:
+    """tests/demo_driver.mjs: one JSON request per line on stdin, one answer per line on stdout."""
+
+    def __init__(self, user_data_dir: Path, log_path: Path):
+        env = {**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1", "PUPPETEER_SKIP_CHROME_DOWNLOAD": "1",
+               "PUPPETEER_SKIP_CHROME_HEADLESS_SHELL_DOWNLOAD": "1"}
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self._proc = subprocess.Popen(
+            ["node", str(DRIVER), "--chromium", CHROMIUM, "--user-data-dir", str(user_data_dir)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+            text=True, encoding="utf-8", bufsize=1)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, name="demo-driver", daemon=True).start()
+        self._next_id = 0
+        try:
+            ready = self._receive(60, "Chromium start-up")
+        except BaseException:
+            self.close()
+            raise
+        if ready.get("event") != "ready":
+            self.close()
+            raise DriverError(f"unexpected first message from the driver: {ready}")
+        self.version = ready.get("version")
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def stderr_tail(self, limit: int = 3000) -> str:
+        try:
+            self._log.flush()
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise DriverError(f"no answer from the browser driver to {what} within {timeout:.0f} s\n"
+                                  f"{self.stderr_tail()}") from None
+            if line is None:
+                self._proc.wait(5)
+                raise DriverError(f"the browser driver exited ({self._proc.returncode}) during {what}\n"
+                                  f"{self.stderr_tail()}")
+            if line.strip():
+                return json.loads(line)
+
+    def __call__(self, op: str, timeout: float = 30, **params: Any) -> Any:
+        self._next_id += 1
+        msg_id = self._next_id
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"id": msg_id, "op": op, "timeoutMs": int(timeout * 1000), **params}) + "\n")
+        self._proc.stdin.flush()
+        while True:
+            reply = self._receive(timeout + 30, f"op {op}")
+            if reply.get("id") == msg_id:
+                break
+        if not reply.get("ok"):
+            raise DriverError(f"browser op {op} {params} failed: {reply.get('error')}")
+        return reply.get("result")
+
+    # what a person does
+    def type(self, selector: str, text: str) -> None:
+        assert self("type", selector=selector, text=text) == text
+
+    def click(self, selector: str) -> None:
+        self("click", selector=selector)
+
+    def wait_view(self, view: str) -> dict[str, Any]:
+        return self("waitView", view=view)
+
+    def close(self) -> None:
+        try:
+            if self._proc.poll() is None:
+                try:
+                    self("quit", timeout=10)
+                except (DriverError, OSError, ValueError):
+                    pass
+                try:
+                    self._proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()  # our own child, by its handle
+                    self._proc.wait(5)
+        finally:
+            for stream in (self._proc.stdin, self._proc.stdout):
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+            self._log.close()
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def demo_site(server, tmp_path_factory):
+    problems = missing_prerequisites()
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+    out = tmp_path_factory.mktemp("demo-site")
+    try:
+        build(out)  # esbuild, into pytest's tmp directory (never the work tree)
+    except DemoError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    site = serve(0, server.host.base_url, out)
+    yield site
+    site.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(demo_site, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo-chromium")
+    (tmp / "profile").mkdir()
+    try:
+        b = Browser(tmp / "profile", tmp / "driver.log")
+    except DriverError as exc:
+        pytest.fail(f"could not start headless Chromium ({CHROMIUM}) through puppeteer-core: {exc}", pytrace=False)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def second_factor_for(server):
+    """second_factor_for(email): a policy requiring a second factor for that user only, deleted afterwards."""
+    names: list[str] = []
+
+    def enable(email: str) -> None:
+        names.append(f"demo mfa {uuid.uuid4().hex[:12]}")
+        policy.save(server.storage, {"name": names[-1], "assignments": {"users": {"include": [email]}},
+                                     "grant": {"require_second_factor": True}})
+
+    try:
+        yield enable
+    finally:
+        for name in names:
+            policy.delete(server.storage, name)
+
+
+def unique_mobile() -> str:
+    return "+49151" + "".join(random.choice("0123456789") for _ in range(8))
+
+
+def code_sent(outbox, to: str, sent_before: int) -> str:
+    assert wait_until(lambda: outbox.count(to) > sent_before, timeout=10), f"no new code sent to {to}"
+    return outbox.last_code(to)
+
+
+def keep_screenshot(path: Path) -> None:
+    target = os.environ.get("DEMO_SCREENSHOT")
+    if target:
+        dest = Path(target)
+        if dest.is_dir():
+            dest = dest / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+
+
+def dump(browser: Browser, tmp_path: Path) -> None:
+    """What the page saw, printed when a test fails (pytest shows it with the failure)."""
+    try:
+        print("--- browser console ---\n" + "\n".join(browser("console")))
+        print("--- page network ---\n" + "\n".join(
+            f"{r['method']} {r['url']} -> {r['status']} {r['failure'] or ''}" for r in browser("network")))
+        browser("screenshot", path=str(tmp_path / "demo-failure.png"))
+        print(f"failure screenshot: {tmp_path / 'demo-failure.png'}")
+    except (DriverError, OSError):
+        print("--- driver stderr ---\n" + browser.stderr_tail())
+
+
+def close(browser: Browser) -> None:
+    try:
+        browser("close")
+    except (DriverError, OSError):
+        pass
+
+
+# ------------------------------------------------------------------ the tests
+
+def test_password_sign_in_with_sms_mfa_in_the_demo_app(demo_site, browser, make_user, second_factor_for, outbox,
+                                                       tmp_path):
+    """The email, then the password the server asks for, then the SMS second factor
+    (a wrong code, a resend, the new code); the claims; a refresh; sign-out."""
+    number = unique_mobile()
+    email, _ = make_user(password=PASSWORD, email=unique_email("demo"),
+                         methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
+    second_factor_for(email)
+    masked = mask_phone(number)
+    try:
+        screen = browser("open", url=demo_site.url)
+        assert screen["view"] == "signin" and screen["heading"] == "Sign in", screen
+        browser("screenshot", path=str(tmp_path / "demo-sign-in.png"))
+
+        # 1. the email; the server asks for the password
+        browser.type("#signin-email", email)
+        browser.click("#signin-submit")
+        screen = browser.wait_view("password")
+        assert screen["heading"] == "Enter your password" and not screen["alert"], screen
+        assert browser("texts", selector="#password-form .who-name") == [email]
+
+        # 2. a wrong password: a clear error, same screen; then the password. The policy
+        #    asks for a second factor, and the SMS method is offered (masked)
+        browser.type("#password-input", "Not-" + PASSWORD)
+        browser.click("#password-submit")
+        screen = browser("waitText", selector="#alert", text="email and password don't match")
+        assert screen["view"] == "password" and not screen["busy"], screen
+        browser.type("#password-input", PASSWORD)
+        browser.click("#password-submit")
+        screen = browser.wait_view("mfa")
+        assert screen["heading"] == "Verify it's you" and not screen["alert"], screen
+        assert browser("texts", selector="#mfa-methods .choice") == [f"Text message\n{masked}"]
+        browser("screenshot", path=str(tmp_path / "demo-mfa-choose.png"))
+
+        # 3. send a code by SMS
+        browser.click("#mfa-submit")
+        screen = browser.wait_view("code")
+        assert screen["heading"] == "Check your phone", screen
+        lead = browser("texts", selector="#code-lead")[0]
+        assert "6-digit" in lead and masked in lead, lead
+        first = code_sent(outbox, number, 0)
+
+        # 4. a wrong code: a clear error, same screen
+        wrong = "".join(str((int(d) + 1) % 10) for d in first)
+        browser.type("#code-input", wrong)
+        browser.click("#code-submit")
+        screen = browser("waitText", selector="#alert", text="code isn't right")
+        assert screen["view"] == "code" and not screen["busy"], screen
+        browser("screenshot", path=str(tmp_path / "demo-wrong-code.png"))
+
+        # 5. resend: a new code, the old one is dead
+        browser.click("#code-resend")
+        screen = browser("waitText", selector="#notice", text="new code")
+        assert screen["view"] == "code" and not screen["alert"], screen
+        second = code_sent(outbox, number, 1)
+
+        # 6. the right code: signed in
+        browser.type("#code-input", second)
+        browser.click("#code-submit")
+        screen = browser.wait_view("account")
+        assert not screen["alert"], screen
+        assert email in browser("texts", selector=".profile-text")[0]
+
+        claims = browser("claims")
+        assert claims["preferred_username"] == email, claims
+        amr = claims["amr"].split()
+        assert {"pwd", "sms", "mfa"} <= set(amr), claims
+        assert claims["aud"] == "00000000-0000-0000-0000-000000000001", claims
+        assert "Multi-factor" in browser("texts", selector="#account-facts")[0]
+        token = browser("texts", selector="#token-info")[0]
+        assert "openid" in token and "From the cache" in token, token
+
+        shot = tmp_path / "demo-signed-in.png"
+        browser("screenshot", path=str(shot))
+        assert shot.stat().st_size > 10_000
+        keep_screenshot(shot)
+        print(f"\nscreenshot: {shot}")
+
+        # 7. refresh (a refresh_token grant) and sign out
+        browser("network", clear=True)
+        browser.click("#refresh")
+        screen = browser("waitText", selector="#notice", text="Tokens refreshed")
+        assert screen["view"] == "account" and not screen["alert"], screen
+        assert "Refreshed" in browser("texts", selector="#token-info")[0]
+        posts = [r for r in browser("network") if r["method"] == "POST"]
+        assert [(urlsplit(r["url"]).path, r["status"]) for r in posts] == [("/api/oauth2/v2.0/token", 200)], posts
+
+        browser.click("#signout")
+        screen = browser.wait_view("signin")
+        assert screen["notice"] == "You're signed out." and not screen["alert"], screen
+        assert outbox.count(number) == 2  # the refresh asked for no new code
+        # no script error and no Content-Security-Policy violation (the API's 400s are expected)
+        problems = [line for line in browser("console") if line.startswith(("error:", "pageerror:"))
+                    and "the server responded with a status of 400" not in line]
+        assert not problems, problems
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)
+
+
+def test_sign_up_with_attributes_then_phone_registration_in_the_demo_app(demo_site, browser, server, outbox, tmp_path,
+                                                                         second_factor_for):
+    """Sign-up (name at start, a required attribute asked for after the code), automatic
+    sign-in, then just-in-time registration of a phone as the second factor."""
+    email, number = unique_email("demo-signup"), unique_mobile()
+    second_factor_for(email)
+    schema = _attribute_schema(json.dumps([{"name": "displayName", "type": "string", "required": False},
+                                           {"name": "city", "type": "string", "required": True}]))
+    try:
+        with server.override(signup_attributes=schema):
+            browser("open", url=demo_site.url)
+            browser.click("#signin-form [data-go=signup]")
+            screen = browser.wait_view("signup")
+            assert screen["heading"] == "Create your account", screen
+
+            browser.click("#signup-submit")  # empty form: the fields say what is missing
+            screen = browser("screen")
+            assert screen["view"] == "signup" and screen["fieldErrors"] == [
+                "Enter your email address.", "Enter a password."], screen
+
+            browser.type("#signup-email", email)
+            browser.type("#signup-name", "Ada Lovelace")
+            browser.type("#signup-password", PASSWORD)
+            browser.click("#signup-submit")
+            screen = browser.wait_view("code")
+            assert screen["heading"] == "Confirm your email", screen
+            browser.type("#code-input", code_sent(outbox, email, 0))
+            browser.click("#code-submit")
+
+            screen = browser.wait_view("attributes")
+            assert screen["heading"] == "A few more details", screen
+            assert browser("texts", selector="#attributes-fields label") == ["City"]
+            browser("screenshot", path=str(tmp_path / "demo-attributes.png"))
+            browser.type("#attr-city", "London")
+            browser.click("#attributes-submit")
+
+        # the account exists; the automatic sign-in meets the policy: register a method
+        screen = browser.wait_view("register")
+        assert screen["heading"] == "Add a second step", screen
+        assert screen["notice"] == "Your account is ready.", screen
+        assert browser("texts", selector="#register-methods .choice") == [
+            "Text message\nGet codes on your mobile phone", "Email\nGet codes by email"]
+        browser("screenshot", path=str(tmp_path / "demo-register.png"))
+        browser.type("#register-contact", number)
+        browser.click("#register-submit")
+
+        screen = browser.wait_view("code")
+        assert screen["heading"] == "Confirm your phone", screen
+        assert number in browser("texts", selector="#code-lead")[0]
+        browser.type("#code-input", code_sent(outbox, number, 0))
+        browser.click("#code-submit")
+
+        screen = browser.wait_view("account")
+        assert screen["notice"] == "Your second factor is set up, and you're signed in.", screen
+        claims = browser("claims")
+        assert claims["name"] == "Ada Lovelace" and claims["preferred_username"] == email, claims
+        assert {"sms", "mfa"} <= set(claims["amr"].split()), claims
+        assert browser("texts", selector="#account-name") == ["Ada Lovelace"]
+        browser("screenshot", path=str(tmp_path / "demo-registered.png"))
+        assert [(m["channel"], m["target"]) for m in directory.get_user(server.storage, email).methods] == \
+            [("sms", number)]
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)
+
+
+def test_password_reset_then_automatic_sign_in_in_the_demo_app(demo_site, browser, make_user, outbox, tmp_path):
+    """Forgot password: email, code, a new password (a reused one is refused), signed in."""
+    email, _ = make_user(password=PASSWORD, email=unique_email("demo-reset"))
+    try:
+        browser("open", url=demo_site.url)
+        browser.type("#signin-email", email)
+        browser.click("#signin-submit")
+        browser.wait_view("password")
+        browser.click("#password-forgot")
+        screen = browser.wait_view("reset")
+        assert screen["heading"] == "Reset your password", screen
+        browser.click("#reset-submit")  # the address is carried over
+        screen = browser.wait_view("code")
+        assert screen["heading"] == "Check your email", screen
+        browser.type("#code-input", code_sent(outbox, email, 0))
+        browser.click("#code-submit")
+
+        screen = browser.wait_view("password")
+        assert screen["heading"] == "Choose a new password", screen
+        browser.type("#password-input", PASSWORD)
+        browser.click("#password-submit")
+        screen = browser("waitText", selector="#alert", text="used that password recently")
+        assert screen["view"] == "password", screen
+        browser("screenshot", path=str(tmp_path / "demo-reset-reused.png"))
+        browser.type("#password-input", NEW_PASSWORD)
+        browser.click("#password-submit")
+
+        screen = browser.wait_view("account")
+        assert browser("claims")["preferred_username"] == email
+        assert "pwd" not in browser("claims")["amr"].split()  # the reset's email code was the factor
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)

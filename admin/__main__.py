@@ -191,7 +191,7 @@ def _users(args, storage) -> int:
         directory.update_user(storage, user, disabled=args.action == "disable")
         print(f"{args.action}d {user.email}")
     elif args.action == "unlock":
-        directory.update_user(storage, user, failed_logins=0, lockout_until=0, code_failures=0)
+        directory.update_user(storage, user, failed_logins=0, lockout_until=0, **directory.all_code_failures_cleared())
         print(f"unlocked {user.email}")
     elif args.action == "groups":
         directory.update_user(storage, user, groups=",".join(args.groups))

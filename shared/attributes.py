@@ -10,11 +10,11 @@ string). Attributes not in the schema are ignored, as Entra does.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from . import errors
+from .protocol import json_field
 
 MAX_VALUE_CHARS = 1024
 
@@ -22,10 +22,7 @@ MAX_VALUE_CHARS = 1024
 def parse(raw: str | None) -> dict[str, Any]:
     if not raw:
         return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise errors.InvalidRequest("The attributes parameter is not valid JSON.") from None
+    data = json_field(raw, "attributes")
     if not isinstance(data, dict):
         raise errors.InvalidRequest("The attributes parameter must be a JSON object.")
     return data

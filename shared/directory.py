@@ -27,6 +27,19 @@ class UserExists(Exception):
     pass
 
 
+CODE_CHANNELS = ("email", "sms")
+
+
+def code_failures_field(channel: str) -> str:
+    """Wrong codes are counted per channel (per factor, NIST §3.2.2): failing
+    email codes must not disable the SMS factor, and the reverse."""
+    return "code_failures_sms" if channel == "sms" else "code_failures_email"
+
+
+def all_code_failures_cleared() -> dict[str, int]:
+    return {code_failures_field(c): 0 for c in CODE_CHANNELS}
+
+
 def user_key(email: str) -> str:
     return hash_key("email", email)
 
@@ -95,7 +108,7 @@ def create_user(storage: Storage, email: str, *, password: str | None = None, pa
         "password_reset_required": password_reset_required,
         "attributes": json.dumps(attributes or {}),
         "methods": json.dumps(methods or []),
-        "created": now, "failed_logins": 0, "lockout_until": 0, "code_failures": 0,
+        "created": now, "failed_logins": 0, "lockout_until": 0, "code_failures_email": 0, "code_failures_sms": 0,
         "rt_not_before": 0.0, "disabled": False,
         **(extra or {}),
     }

@@ -151,3 +151,11 @@ class MethodNotAllowed(AuthError):
     error_codes = (90010,)
     status = 405
     description = "This endpoint only accepts POST."
+
+
+class BlockedContact(AuthError):
+    """SMS to this number is not allowed (country allow-list, line type)."""
+    error = "access_denied"
+    suberror = "provider_blocked_by_rep"
+    error_codes = (550024,)
+    description = "Configuring multi-factor authentication method is blocked."

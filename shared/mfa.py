@@ -20,7 +20,7 @@ from typing import Any
 from . import errors, flows, notify, policy, risk, signinlog
 from .directory import User, get_user_by_key
 from .identifiers import mask_email, mask_phone
-from .protocol import Form, Request, Response, current, ok, redirect_response
+from .protocol import Form, Request, Response, current, json_field, ok, redirect_response
 from .settings import Settings
 from .storage import Storage
 
@@ -40,11 +40,11 @@ def requested_contexts(form: Form | None) -> tuple[str, ...]:
     raw = form.get("claims") if form is not None else None
     if not raw:
         return ()
+    claims = json_field(raw, "claims")
     try:
-        claims = json.loads(raw)
         acrs = claims.get("access_token", {}).get("acrs", {})
-    except (ValueError, AttributeError):
-        raise errors.InvalidRequest("The claims parameter is not valid JSON.") from None
+    except AttributeError:
+        raise errors.InvalidRequest("The claims parameter is not a claims request object.") from None
     values: list[str] = []
     if isinstance(acrs, dict):
         if isinstance(acrs.get("value"), str):

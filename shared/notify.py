@@ -53,6 +53,15 @@ def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: s
     from . import limits
     from .protocol import current
 
+    if channel == "sms":
+        # Numbers registered earlier are checked again against today's allow-list
+        # and line-type rules, before anything is counted or sent (A13).
+        from .identifiers import BlockedNumber, InvalidIdentifier, normalize_phone
+
+        try:
+            normalize_phone(to, allowed_countries=settings.sms_allowed_countries)
+        except (BlockedNumber, InvalidIdentifier):
+            raise errors.BlockedContact() from None
     ctx = current()
     limits.check_and_count(storage, settings, channel, to, ctx.client_ip if ctx else None)
     if not real_recipient:

@@ -9,6 +9,8 @@ argon2 work on megabyte inputs, A36); nothing is truncated (A23).
 
 from __future__ import annotations
 
+import unicodedata
+
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
@@ -26,8 +28,13 @@ def _dummy() -> str:
     return _dummy_hash
 
 
+def _normalize(password: str) -> str:
+    """NFKC, so the same password typed on different keyboards matches (NIST §3.1.1.2)."""
+    return unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher.hash(_normalize(password))
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
@@ -36,7 +43,7 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
         return False
     target = stored_hash or _dummy()
     try:
-        ok = _hasher.verify(target, password)
+        ok = _hasher.verify(target, _normalize(password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return bool(ok) and bool(stored_hash)

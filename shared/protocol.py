@@ -145,6 +145,15 @@ def parse_form(request: Request, settings: Settings, *, allow_query: bool = Fals
     return Form(fields)
 
 
+def json_field(value: str, name: str) -> Any:
+    """A form field holding JSON (``attributes``, ``claims``). Malformed or
+    absurdly nested JSON is the client's mistake: ``invalid_request``."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise errors.InvalidRequest(f"The {name} parameter is not valid JSON.") from None
+
+
 def split_list(value: str | None) -> list[str]:
     """Space- or comma-separated list (capabilities come in both forms, §8 #1)."""
     if not value:

@@ -26,11 +26,7 @@ INVALID_CONTACT = (901001,)
 BLOCKED_CONTACT = (550024,)
 
 
-class BlockedContact(errors.AuthError):
-    error = "access_denied"
-    suberror = "provider_blocked_by_rep"
-    error_codes = BLOCKED_CONTACT
-    description = "Configuring multi-factor authentication method is blocked."
+BlockedContact = errors.BlockedContact
 
 
 def _load(request: Request, settings: Settings):

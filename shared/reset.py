@@ -23,7 +23,7 @@ import json
 import time
 
 from . import errors, flows, notify, passwords
-from .directory import change_user, get_user, get_user_by_key, user_key
+from .directory import all_code_failures_cleared, change_user, get_user, get_user_by_key, user_key
 from .protocol import Request, Response, ok, redirect_response
 from .settings import Settings
 from .signin import begin, capabilities, challenge_types, username, verify_code
@@ -122,7 +122,7 @@ def submit(request: Request, settings: Settings) -> Response:
     saved = change_user(storage, user, lambda u: {
         "password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
         "previous_passwords": json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
-        "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, "code_failures": 0,
+        "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, **all_code_failures_cleared(),
         "reset_by_flow": flow.id})
     if saved is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")

@@ -185,6 +185,8 @@ class Settings:
         delivery = (get("AUTH_DELIVERY", "outbox" if local else "acs") or "").lower()
         if delivery not in ("outbox", "acs"):
             raise SettingsError("AUTH_DELIVERY must be 'outbox' or 'acs'")
+        if delivery == "outbox" and not local:
+            raise SettingsError("AUTH_DELIVERY=outbox writes codes to a file and the console: local mode only")
 
         i = lambda name, default, lo, hi: _int(get(name, str(default)), name, lo, hi)  # noqa: E731
         return cls(

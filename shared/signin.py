@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from . import errors, flows, mfa, notify, passwords, risk, signinlog, tokens
-from .directory import User, change_user, get_client, get_user, get_user_by_key, update_user, user_key
+from .directory import User, change_user, code_failures_field, get_client, get_user, get_user_by_key, update_user, user_key
 from .identifiers import InvalidIdentifier, mask_email, normalize_email
 from .protocol import Form, Request, Response, current, ok, parse_form, redirect_response, split_list
 from .settings import Settings
@@ -239,13 +239,14 @@ def verify_code(storage: Storage, settings: Settings, flow: flows.Flow, purpose:
     """Check a code for a flow, counting wrong codes per account as well as per
     challenge: the account counter survives resends and new flows (NIST
     §3.1.3.2) and, at its ceiling, refuses codes for that account."""
-    if user is not None and int(user.entity.get("code_failures") or 0) >= settings.account_max_code_failures:
-        raise errors.TooManyAttempts("Too many wrong codes for this account. Reset your password or contact support.")
+    field = code_failures_field(flow.get("code_channel") or "email")
+    if user is not None and int(user.entity.get(field) or 0) >= settings.account_max_code_failures:
+        raise errors.TooManyAttempts("Too many wrong codes for this account on this channel. Contact support.")
     try:
         return flows.check_code(storage, settings, flow, purpose, code)
     except errors.InvalidOob as exc:
         if user is not None:
-            change_user(storage, user, lambda u: {"code_failures": int(u.entity.get("code_failures") or 0) + 1})
+            change_user(storage, user, lambda u: {field: int(u.entity.get(field) or 0) + 1})
         exc.log_user = user
         raise
 
@@ -269,8 +270,9 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     changes: dict[str, Any] = {}
     if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
         changes.update(failed_logins=0, lockout_until=0)
-    if user.entity.get("code_failures") and any(s in ("otp", "sms") for s in steps):
-        changes.update(code_failures=0)
+    for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
+        if step in steps and user.entity.get(code_failures_field(channel)):
+            changes[code_failures_field(channel)] = 0
     if flow.get("mfa_done") and decision.freshness_seconds:  # only when a policy uses freshness
         fresh = json.loads(user.entity.get("mfa_at") or "{}")
         fresh[flow["client_id"]] = now

@@ -317,15 +317,15 @@ def test_wrong_codes_count_per_account_across_resends(server, api, make_user, ou
     ct = challenge(api, ct, "oob redirect")["continuation_token"]  # resend
     for _ in range(2):
         redeem(api, ct, "00000000" if outbox.last_code(email) != "00000000" else "11111111")
-    assert directory.get_user(server.storage, email).entity["code_failures"] == 5
+    assert directory.get_user(server.storage, email).entity["code_failures_email"] == 5
     # A brand-new flow does not reset it either.
     email_code_flow(api, email)
-    assert directory.get_user(server.storage, email).entity["code_failures"] == 5
+    assert directory.get_user(server.storage, email).entity["code_failures_email"] == 5
 
 
 def test_account_code_failure_ceiling_disables_email_codes(server, api, make_user, outbox):
     email, user = make_user(password=None)
-    directory.update_user(server.storage, user, code_failures=server.settings.account_max_code_failures)
+    directory.update_user(server.storage, user, code_failures_email=server.settings.account_max_code_failures)
     r = email_code_flow(api, email)
     denied = redeem(api, r["continuation_token"], outbox.last_code(email))
     assert denied.status == 400 and denied["error_codes"] == [50053]

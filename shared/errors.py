@@ -152,6 +152,10 @@ class MethodNotAllowed(AuthError):
     status = 405
     description = "This endpoint only accepts POST."
 
+    def __init__(self, description: str | None = None, *, allow: str = "POST, OPTIONS", **kwargs):
+        super().__init__(description, **kwargs)
+        self.allow = allow  # the Allow header of the 405
+
 
 class BlockedContact(AuthError):
     """SMS to this number is not allowed (country allow-list, line type)."""

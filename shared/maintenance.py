@@ -18,6 +18,9 @@ ENDPOINTS = (
     "resetpassword/v1.0/start", "resetpassword/v1.0/challenge", "resetpassword/v1.0/continue",
     "resetpassword/v1.0/submit", "resetpassword/v1.0/poll_completion",
 )
+# The GET endpoints (discovery, health, the sample API, the OpenAPI document).
+GET_ENDPOINTS = (".well-known/openid-configuration", "discovery/v2.0/keys", "health", "sample/sensitive",
+                 "openapi.json")
 PURGE_BATCH = 500
 
 
@@ -32,9 +35,11 @@ def health(request: Request, settings: Settings) -> Response:
 def not_found(request: Request, settings: Settings) -> Response:
     path = urlsplit(request.url).path
     rel = path.split("/api/", 1)[1] if "/api/" in path else path.lstrip("/")
-    if rel.rstrip("/") in ENDPOINTS:
-        exc = errors.MethodNotAllowed()
-        raise exc
+    rel = rel.rstrip("/")
+    if rel in ENDPOINTS:
+        raise errors.MethodNotAllowed()
+    if rel in GET_ENDPOINTS:
+        raise errors.MethodNotAllowed("This endpoint only accepts GET.", allow="GET, OPTIONS")
     raise errors.NotFound(f"No endpoint at /{path.lstrip('/')[:200]}.")
 
 

@@ -290,8 +290,9 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
             response = preflight(request, settings, methods + ", OPTIONS")
             ctx.outcome = "preflight"
         elif request.method not in methods.split(", "):
-            response = error_response(errors.MethodNotAllowed(f"This endpoint only accepts {methods}."), ctx)
-            response.headers["Allow"] = methods + ", OPTIONS"
+            exc = errors.MethodNotAllowed(f"This endpoint only accepts {methods}.", allow=methods + ", OPTIONS")
+            response = error_response(exc, ctx)
+            response.headers["Allow"] = exc.allow
             ctx.outcome = "method_not_allowed"
         else:
             try:
@@ -301,7 +302,7 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
                 response = error_response(exc, ctx)
                 ctx.outcome = exc.suberror or exc.error
                 if isinstance(exc, errors.MethodNotAllowed):
-                    response.headers["Allow"] = "POST, OPTIONS"
+                    response.headers["Allow"] = exc.allow
     except Exception:  # noqa: BLE001 - the client gets a generic error, the log gets the type
         from .storage import StorageUnavailable  # local import: storage imports protocol
 

@@ -18,6 +18,7 @@ A thin layer over ``azure-data-tables``. It exists for four reasons:
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from typing import Any, Iterable, Mapping
@@ -36,6 +37,12 @@ from azure.data.tables import TableServiceClient, UpdateMode
 
 from . import protocol
 from .settings import Settings
+
+# The Azure SDKs log every request and response (headers included) at INFO, and
+# the Functions host ships INFO: that is a log line per storage operation and a
+# measurable CPU cost. Only their warnings and errors are kept.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+logging.getLogger("azure.identity").setLevel(logging.WARNING)
 
 # Table name suffixes; the full name is settings.table_prefix + suffix.
 TABLES = ("flows", "users", "refresh", "keys", "limits", "clients", "policies", "signinlog")

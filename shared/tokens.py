@@ -59,6 +59,9 @@ def _int_b64(n: int) -> str:
 
 # ------------------------------------------------------------------ keys
 
+_loaded_keys: dict[str, Any] = {}
+
+
 @dataclass(frozen=True)
 class SigningKey:
     kid: str
@@ -68,9 +71,19 @@ class SigningKey:
 
     @property
     def private_key(self):
-        from cryptography.hazmat.primitives import serialization
+        """The loaded key object, made once per key and process: loading a PEM
+        validates the RSA key, which costs far more than signing with it."""
+        key = _loaded_keys.get(self.kid)
+        if key is None:
+            from cryptography.hazmat.primitives import serialization
 
-        return serialization.load_pem_private_key(self.private_pem, password=None)
+            key = serialization.load_pem_private_key(self.private_pem, password=None)
+            _loaded_keys[self.kid] = key
+        return key
+
+    @property
+    def public_key(self):
+        return self.private_key.public_key()
 
 
 def _aead(settings: Settings):
@@ -252,7 +265,7 @@ def _sign(ring: KeyRing, claims: dict[str, Any], typ: str) -> str:
     import jwt
 
     key = ring.active()
-    return jwt.encode(claims, key.private_pem, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ})
+    return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ})
 
 
 def client_info(settings: Settings, oid: str) -> str:
@@ -413,7 +426,7 @@ def validate(storage: Storage, settings: Settings, token: str, *, audience: str,
     key = keyring(storage, settings).find(kid if isinstance(kid, str) else None)
     if key is None:
         raise InvalidToken("unknown key")
-    public = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(key.public_jwk))
+    public = key.public_key
     try:
         return jwt.decode(token, public, algorithms=[ALGORITHM], audience=audience, issuer=settings.issuer,
                           leeway=LEEWAY_SECONDS, options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]})

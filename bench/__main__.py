@@ -192,7 +192,7 @@ _signup_seq = iter(range(10 ** 9))
 
 def flow_signup_register(c: Client, outbox: Outbox, user: dict) -> None:
     n = next(_signup_seq)
-    email, phone = f"signup-{os.getpid()}-{n}@bench.example.com", f"+49152{n:08d}"
+    email, phone = f"signup-{os.getpid()}-{n}@bench.example.com", f"+49152{(n * 7919 + 104729) % 10 ** 8:08d}"
     s, r = c.post("signup/v1.0/start", client_id=MFA_CLIENT, username=email, password=PW,
                   challenge_type="oob password redirect", capabilities=CAPS)
     expect(s == 200, "signup start", r)
@@ -295,8 +295,11 @@ def seed(env: dict[str, str], users: int) -> list[dict]:
                           "grant": {"require_second_factor": True, "methods": ["email", "sms"]}})
     h = passwords.hash_password(PW)
     out = []
+    rng = __import__("random").Random(7)
     for i in range(users):
-        email, phone = f"user{i}@bench.example.com", f"+49151{i:08d}"
+        # Numbers spread over many prefixes, like real users (sequential numbers
+        # share one prefix counter, which real traffic does not; A14 limits it).
+        email, phone = f"user{i}@bench.example.com", f"+49151{rng.randrange(10 ** 8):08d}"
         directory.create_user(storage, email, password_hash=h, methods=[
             {"id": "m1", "channel": "sms", "target": phone, "default": True, "created": 1}])
         twin = f"reset{i}@bench.example.com"

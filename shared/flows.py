@@ -175,6 +175,16 @@ def new_code(settings: Settings, flow: Flow, purpose: str, channel: str, length:
     })
 
 
+def check_can_send(settings: Settings, flow: Flow, *, same_target: bool = True) -> None:
+    """The per-flow send rules: the resend interval (for the same target) and at
+    most MAX_SENDS_PER_FLOW codes per flow. Raises ``slow_down`` (429)."""
+    wait = resend_wait(settings, flow)
+    if wait and same_target:
+        raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
+    if int(flow.get("code_sends", 0)) >= MAX_SENDS_PER_FLOW:
+        raise errors.SlowDown("Too many codes were requested in this flow. Start again later.", retry_after=60)
+
+
 def resend_wait(settings: Settings, flow: Flow) -> int:
     """Seconds until another code may be sent in this flow (0 = now)."""
     last = int(flow.get("code_sent_at", 0))

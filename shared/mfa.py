@@ -170,11 +170,7 @@ def challenge(storage: Storage, settings: Settings, flow: flows.Flow, method_id:
 def send_code(storage: Storage, settings: Settings, flow: flows.Flow, request: Request, channel: str, target: str,
               purpose: str, *, state: str, label_key: str = "challenge_target_label", label: str | None = None,
               **changes: Any) -> Response:
-    wait = flows.resend_wait(settings, flow)
-    if wait and flow.get("code_target") == target and flow.get("code_purpose") == purpose:
-        raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
-    if int(flow.get("code_sends", 0)) >= flows.MAX_SENDS_PER_FLOW:
-        raise errors.SlowDown("Too many codes were requested in this flow. Start again later.", retry_after=60)
+    flows.check_can_send(settings, flow, same_target=flow.get("code_target") == target and flow.get("code_purpose") == purpose)
     length = settings.sms_code_length if channel == "sms" else settings.email_code_length
     code = flows.new_code(settings, flow, purpose, channel, length, target)
     notify.send_code(storage, settings, flow, channel=channel, to=target, purpose=purpose, code=code.value,

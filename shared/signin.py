@@ -127,11 +127,7 @@ def send_email_code(storage: Storage, settings: Settings, flow: flows.Flow, purp
                     *, state: str = "oob_challenge") -> Response:
     """Send (or resend) an email code for this flow and answer the oob challenge."""
     email = flow["username"]
-    wait = flows.resend_wait(settings, flow)
-    if wait:
-        raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
-    if int(flow.get("code_sends", 0)) >= flows.MAX_SENDS_PER_FLOW:
-        raise errors.SlowDown("Too many codes were requested in this flow. Start again later.", retry_after=60)
+    flows.check_can_send(settings, flow)
     code = flows.new_code(settings, flow, purpose, "email", settings.email_code_length, email)
     # Send first, then record: a failed send leaves no state behind and can be
     # retried at once; a recorded-but-unsent code would block the resend.

@@ -88,11 +88,7 @@ def challenge(request: Request, settings: Settings) -> Response:
     if flow["state"] not in ("started", "code_sent"):
         raise errors.InvalidGrant("This flow does not expect a challenge now.")
     email = flow["username"]
-    wait = flows.resend_wait(settings, flow)
-    if wait:
-        raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
-    if int(flow.get("code_sends", 0)) >= flows.MAX_SENDS_PER_FLOW:
-        raise errors.SlowDown("Too many codes were requested in this flow. Start again later.", retry_after=60)
+    flows.check_can_send(settings, flow)
     code = flows.new_code(settings, flow, "signup_code", "email", settings.email_code_length, email)
     if flow["user_exists"]:
         # The address is taken: tell its owner, send no code (the flow cannot complete).

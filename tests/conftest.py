@@ -215,6 +215,25 @@ def server(azurite, tmp_path_factory):
     settings_mod.use_settings(None)
 
 
+@pytest.fixture(scope="module")
+def tls_host(server):
+    """The same app served over https by a second LocalHost in this process, with
+    a throwaway CA (tests/fakeacs.py makes it); yields (host, ca_file)."""
+    import ssl
+
+    from devhost.server import LocalHost
+    from fakeacs import _make_certs
+
+    ca_file, cert_file, key_file = _make_certs()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    host = LocalHost(None, functions=app_functions(), ssl_context=ctx).start()
+    try:
+        yield host, ca_file
+    finally:
+        host.stop()
+
+
 @pytest.fixture
 def api(server) -> Api:
     return server.api

@@ -21,7 +21,6 @@ import os
 import queue
 import random
 import re
-import ssl
 import stat
 import subprocess
 import sys
@@ -30,8 +29,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, app_functions, unique_email
-from devhost.server import LocalHost
+from conftest import ROOT, unique_email
 from shared import directory, policy
 from shared import settings as settings_mod
 
@@ -416,20 +414,6 @@ def test_redirect_means_the_browser_is_needed(cli):
 
 
 # ---------------------------------------------------------------------- https: MSAL Python
-
-@pytest.fixture(scope="module")
-def tls_host(server, tmp_path_factory):
-    from test_msal_python import _make_ca_and_server_cert
-
-    ca_file, cert_file, key_file = _make_ca_and_server_cert(tmp_path_factory.mktemp("cli-tls"))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_file, key_file)
-    host = LocalHost(None, functions=app_functions(), ssl_context=ctx).start()
-    try:
-        yield host, ca_file
-    finally:
-        host.stop()
-
 
 def _generation(server, refresh_token_family: tuple[str, str]) -> int:
     return int(server.storage.table("refresh").get(*refresh_token_family)["generation"])

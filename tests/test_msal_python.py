@@ -10,22 +10,14 @@ a throwaway CA, and the issuer is switched to that host's URL for the test.
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
-import ipaddress
 import json
-import ssl
 
 import msal
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import DEV_CLIENT, app_functions
-from devhost.server import LocalHost
+from conftest import DEV_CLIENT
 from shared import tokens
 
 PASSWORD = "correct horse battery staple"
@@ -39,68 +31,6 @@ def _b64url_json(part: str) -> dict:
 
 def _claims(token: str) -> dict:
     return _b64url_json(token.split(".")[1])
-
-
-def _make_ca_and_server_cert(directory):
-    """A throwaway CA (its key never leaves memory) and a server certificate for
-    127.0.0.1 (IP SAN) and localhost, signed by it."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "native-auth test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=False,
-                                     crl_sign=False, content_commitment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file = directory / "ca.pem"
-    cert_file = directory / "server.pem"
-    key_file = directory / "server.key"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return ca_file, cert_file, key_file
-
-
-@pytest.fixture(scope="module")
-def tls_host(server, tmp_path_factory):
-    """The same app, served over https by a second LocalHost in this process."""
-    ca_file, cert_file, key_file = _make_ca_and_server_cert(tmp_path_factory.mktemp("tls"))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert_file, key_file)
-    host = LocalHost(None, functions=app_functions(), ssl_context=ctx).start()
-    try:
-        yield host, ca_file
-    finally:
-        host.stop()
 
 
 def _family(server, refresh_token: str) -> dict:

@@ -41,7 +41,6 @@ import re
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import jwt
@@ -54,7 +53,7 @@ from shared import directory, flows, policy, signin, signinlog, tokens
 from shared.settings import Settings, SettingsError, get_settings
 from shared.storage import hash_key
 
-from conftest import DEV_CLIENT, unique_email
+from conftest import Canary, DEV_CLIENT, unique_email
 
 PW = "correct horse battery staple"
 NEW_PW = "an entirely new passphrase, thanks"
@@ -1530,36 +1529,6 @@ def test_A28_hmac_signed_with_the_public_key_is_rejected(api, bearer, alg):
         assert_401(sensitive(api, token))
 
 
-class Canary:
-    """A local HTTP server standing in for an attacker's key host: records every hit."""
-
-    def __init__(self, body: dict):
-        hits = self.hits = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                hits.append(self.path)
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def test_A29_kid_jku_x5u_jwk_header_injection(api, bearer):

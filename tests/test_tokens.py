@@ -20,7 +20,6 @@ import threading
 import time
 import types
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
-from conftest import DEV_CLIENT, unique_email
+from conftest import Canary, DEV_CLIENT, unique_email
 from shared import directory, tokens
 
 PASSWORD = "correct horse battery staple"
@@ -325,36 +324,6 @@ def test_validate_rejects_hmac_with_public_key(server, api, signed_in, form, alg
 
 # ------------------------------------------------------------------ A29 kid / jku / x5u / jwk headers
 
-class _Canary:
-    """A local HTTP server that records every request (an attacker's key host)."""
-
-    def __init__(self, jwks: dict):
-        hits = self.hits = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                hits.append(self.path)
-                body = json.dumps(jwks).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _attacker_jwk(attacker_key, kid: str) -> dict:
@@ -393,7 +362,7 @@ def test_validate_ignores_key_pointers_in_header(server, signed_in, attacker_key
     real_kid = header_of(signed_in.access)["kid"]
     kid = "attacker-kid" if kid_choice == "attacker" else real_kid
     jwk = _attacker_jwk(attacker_key, kid)
-    with _Canary({"keys": [jwk]}) as canary:
+    with Canary({"keys": [jwk]}) as canary:
         headers = {"typ": "at+jwt", "kid": kid}
         if pointer in ("jku", "x5c+jku"):
             headers["jku"] = canary.url + "/jwks.json"
@@ -413,7 +382,7 @@ def test_validate_ignores_key_pointers_in_header(server, signed_in, attacker_key
 def test_validate_never_fetches_header_urls_even_for_a_real_token(server, signed_in, pointer):
     """A correctly signed token carrying jku/x5u: those headers are ignored (no fetch)."""
     key = real_key(server, signed_in.access)
-    with _Canary({"keys": []}) as canary:
+    with Canary({"keys": []}) as canary:
         token = sign_rs256(claims_of(signed_in.access), key.private_key,
                            {"typ": "at+jwt", "kid": key.kid, pointer: canary.url + "/k"})
         try:

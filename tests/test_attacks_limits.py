@@ -1,0 +1,182 @@
+"""SMS pumping and send floods: catalogue rows A13-A16.
+
+Shared fixtures and helpers: tests/attack_kit.py (see its docstring for the
+conventions). SECURITY.md §7 maps every row to its tests.
+"""
+
+from __future__ import annotations
+
+from attack_kit import *  # noqa: F401,F403 - the kit's fixtures and helpers
+from attack_kit import _QUIET  # noqa: F401
+
+
+# ====================================================================== A13-A16: SMS pumping and send floods
+
+def _blocked_numbers() -> dict[str, str]:
+    import phonenumbers
+    from phonenumbers import PhoneNumberType as T
+
+    def example(region: str, kind) -> str:
+        n = phonenumbers.example_number_for_type(region, kind)
+        return phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164)
+
+    return {
+        "premium-us": "+19002345678",
+        "premium-gb": example("GB", T.PREMIUM_RATE),
+        "toll-free": "+18005550199",
+        "voip-gb": example("GB", T.VOIP),
+        "uan-gb": example("GB", T.UAN),
+        "pager-gb": example("GB", T.PAGER),
+        "country-cn": "+8613812345678",
+        "country-ru": "+79161234567",
+    }
+
+
+def test_A13_premium_and_foreign_numbers_are_blocked_before_any_send(server, api, outbox, make_user, require_mfa):
+    email, _ = make_user()
+    require_mfa(email)
+    t = password_first_factor(api, email)
+    assert t["suberror"] == "registration_required"
+    ct = t["continuation_token"]
+    shapes = set()
+    for name, number in _blocked_numbers().items():
+        r = api.post("register/v1.0/challenge", continuation_token=ct, challenge_type="oob", challenge_channel="sms",
+                     challenge_target=number)
+        assert r.status == 400 and r["error"] == "access_denied" and r["suberror"] == "provider_blocked_by_rep", (name, r.body)
+        assert r["error_codes"] == [550024]
+        shapes.add(json.dumps(shape(r), sort_keys=True))
+        assert outbox.count(number) == 0, name                 # nothing was sent ...
+        assert limit_row(server, "sms", number) is None, name  # ... or even counted against a send budget
+    assert len(shapes) == 1, "every blocked number gets the same generic answer"
+    # The flow is still usable with an allowed mobile number.
+    ok = random_phone()
+    r = api.post("register/v1.0/challenge", continuation_token=ct, challenge_type="oob", challenge_channel="sms",
+                 challenge_target=ok)
+    assert r.status == 200 and outbox.count(ok) == 1
+
+
+def test_A13_allow_list_also_applies_to_numbers_registered_earlier(server, api, outbox, make_user, require_mfa):
+    number = random_phone()                                  # Germany: allowed when it was registered
+    email, _ = make_user(password=None, methods=[sms_method(number)])
+    require_mfa(email)
+    t = email_first_factor(api, outbox, email)
+    assert t["suberror"] == "mfa_required"
+    with server.override(sms_allowed_countries=("US", "CA")):   # the operator narrows the allow-list
+        c = mfa_challenge(api, t["continuation_token"])
+    assert c.status == 400 and outbox.count(number) == 0, c.body
+
+
+def test_A14_sms_volume_prefix_velocity_and_global_budget(server, api, outbox, make_user, require_mfa):
+    """Sequential numbers of one prefix, each request from another IP: the
+    per-prefix velocity trips; the global hourly SMS budget is a circuit
+    breaker. (No CAPTCHA/bot signal exists yet: see SECURITY.md.)"""
+    email, _ = make_user()
+    require_mfa(email)
+    base = random_phone()[:-3]
+    numbers = [f"{base}{i:03d}" for i in range(4)]
+    with server.override(sms_per_prefix_hour=3, trusted_proxy_hops=2):
+        t = password_first_factor(api, email)
+        ct = t["continuation_token"]
+        statuses = []
+        for number in numbers:
+            r = api.post("register/v1.0/challenge", {"X-Forwarded-For": random_ip()}, continuation_token=ct,
+                         challenge_type="oob", challenge_channel="sms", challenge_target=number)
+            statuses.append(r.status)
+            if r.status == 200:
+                ct = r["continuation_token"]
+            else:
+                assert r["error"] == "slow_down" and int(r.headers["retry-after"]) > 0
+    assert statuses == [200, 200, 200, 429]
+    assert outbox.count(numbers[-1]) == 0
+    # Global hourly SMS budget (a circuit breaker, sharded in 8 counters): with a
+    # budget of 8, at most 8 SMS go out this hour whatever the numbers and IPs.
+    sent, refused = _global_budget_run(server, api, outbox, make_user, require_mfa, flows_=3)
+    assert sent <= 8 and refused >= 4
+
+
+def _global_budget_run(server, api, outbox, make_user, require_mfa, flows_: int) -> tuple[int, int]:
+    sent = refused = 0
+    with server.override(sms_global_hour=8, trusted_proxy_hops=2):
+        for _ in range(flows_):
+            email, _ = make_user(password=None)
+            require_mfa(email)
+            ct = email_first_factor(api, outbox, email)["continuation_token"]
+            for _ in range(4):
+                number = random_phone()
+                r = api.post("register/v1.0/challenge", {"X-Forwarded-For": random_ip()}, continuation_token=ct,
+                             challenge_type="oob", challenge_channel="sms", challenge_target=number)
+                if r.status == 200:
+                    sent += 1
+                    ct = r["continuation_token"]
+                else:
+                    assert r.status == 429 and r["error"] == "slow_down" and outbox.count(number) == 0, r.body
+                    refused += 1
+    return sent, refused
+
+
+def test_A15_resend_flooding_one_victim(server, api, outbox, make_user):
+    email, _ = make_user(password=None)
+    # Per-flow cooldown (interval) with Retry-After.
+    with server.override(resend_interval_seconds=60):
+        c = email_code_challenge(api, email)
+        assert c.status == 200 and c["interval"] == 60
+        again = api.post("oauth2/v2.0/challenge", continuation_token=c["continuation_token"], challenge_type="oob redirect")
+    assert again.status == 429 and again["error"] == "slow_down" and 0 < int(again.headers["retry-after"]) <= 60
+    assert outbox.count(email) == 1
+    # At most 5 codes per challenge (flow), even without a cooldown.
+    victim, _ = make_user(password=None)
+    c = email_code_challenge(api, victim)
+    ct, statuses = c["continuation_token"], [c.status]
+    for _ in range(19):
+        r = api.post("oauth2/v2.0/challenge", continuation_token=ct, challenge_type="oob redirect")
+        statuses.append(r.status)
+        if r.status == 200:
+            ct = r["continuation_token"]
+    assert statuses[:5] == [200] * 5 and set(statuses[5:]) == {429}
+    assert outbox.count(victim) == 5
+    # At most 10 per hour per destination, across flows.
+    target, _ = make_user(password=None)
+    with server.override(email_per_destination_hour=10):
+        statuses = [email_code_challenge(api, target).status for _ in range(12)]
+    assert statuses == [200] * 10 + [429] * 2 and outbox.count(target) == 10
+
+
+def test_A15_sms_cooldown_across_flows(server, api, outbox, make_user, require_mfa):
+    phone = random_phone()
+    email, _ = make_user(methods=[sms_method(phone)])
+    require_mfa(email)
+    with server.override(sms_cooldown_seconds=60):
+        first = mfa_challenge(api, password_first_factor(api, email)["continuation_token"])
+        second = mfa_challenge(api, password_first_factor(api, email)["continuation_token"])
+    assert first.status == 200 and second.status == 429 and 0 < int(second.headers["retry-after"]) <= 61
+    assert outbox.count(phone) == 1
+
+
+def test_A16_email_quota_exhaustion_is_stopped_by_own_limits(server, api, outbox, make_user):
+    """A reset flood over many addresses from one IP trips the per-IP limit,
+    identically for existing and unknown addresses; the global email caps sit
+    below ACS's default quota (30/min, 100/h), so the provider never has to
+    throttle (its 429 is handled as a retryable 503: tests/test_faults.py)."""
+    defaults = Settings.from_env({"AUTH_ENVIRONMENT": "local"})
+    assert defaults.email_global_minute < 30 and defaults.email_global_hour < 100
+    assert defaults.sends_per_ip_hour > 0 and defaults.email_per_destination_hour <= 10
+    known = [make_user()[0] for _ in range(2)]
+    ghosts = [unique_email("ghost") for _ in range(3)]
+    ip = {"X-Forwarded-For": random_ip()}
+    with server.override(sends_per_ip_hour=3, trusted_proxy_hops=2):
+        answers = [reset_challenge(api, a, ip) for a in (known[0], ghosts[0], ghosts[1], known[1], ghosts[2])]
+    assert [r.status for r in answers] == [200, 200, 200, 429, 429]
+    assert shape(answers[3]) == shape(answers[4])          # known and unknown look the same at the limit
+    assert answers[3]["error"] == "slow_down" and int(answers[3].headers["retry-after"]) > 0
+    assert outbox.count(known[0]) == 1 and outbox.count(known[1]) == 0
+    assert all(outbox.count(g) == 0 for g in ghosts)
+    # The global hourly email budget (sharded in 8 counters) holds for unknown
+    # addresses too: with a budget of 8, at most 8 of 12 go through.
+    with server.override(email_global_hour=8):
+        answers = [reset_challenge(api, unique_email("flood") if i % 2 else make_user()[0]) for i in range(12)]
+    assert sum(1 for r in answers if r.status == 200) <= 8
+    refused = [r for r in answers if r.status != 200]
+    assert len(refused) >= 4 and {shape(r)[1]["error"] for r in refused} == {"slow_down"}
+
+
+# ====================================================================== A17-A21: enumeration and brute force

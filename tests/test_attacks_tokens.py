@@ -1,0 +1,221 @@
+"""JWTs, refresh tokens, JWKS and discovery: catalogue rows A27-A35.
+
+Shared fixtures and helpers: tests/attack_kit.py (see its docstring for the
+conventions). SECURITY.md §7 maps every row to its tests.
+"""
+
+from __future__ import annotations
+
+from attack_kit import *  # noqa: F401,F403 - the kit's fixtures and helpers
+from attack_kit import _QUIET  # noqa: F401
+
+
+def test_A27_to_A31_positive_control(api, bearer):
+    ok = sensitive(api, bearer.forge())
+    assert ok.status == 200, ok.body
+    r = sensitive(api, bearer.access)            # genuine, but without the context: a claims challenge, not 'invalid'
+    assert r.status == 401 and r["error"] == "insufficient_claims"
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "noNE"])
+def test_A27_alg_none_is_rejected(api, bearer, alg):
+    header = {"alg": alg, "typ": "at+jwt", "kid": bearer.kid}
+    unsigned = f"{b64json(header)}.{b64json(bearer.claims)}."
+    assert_401(sensitive(api, unsigned))
+    real_sig = bearer.forge().split(".")[2]
+    assert_401(sensitive(api, f"{b64json(header)}.{b64json(bearer.claims)}.{real_sig}"))
+
+
+def _public_key_forms(api, kid: str) -> dict[str, bytes]:
+    jwk = next(k for k in api.get("discovery/v2.0/keys").body["keys"] if k["kid"] == kid)
+    pub = RSAAlgorithm.from_jwk(json.dumps(jwk))
+    return {
+        "pem-spki": pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "pem-pkcs1": pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.PKCS1),
+        "der": pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+        "jwk-json": json.dumps(jwk).encode(),
+        "jwk-json-compact": json.dumps(jwk, separators=(",", ":")).encode(),
+        "openssh": pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH),
+    }
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+def test_A28_hmac_signed_with_the_public_key_is_rejected(api, bearer, alg):
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
+    for form, secret in _public_key_forms(api, bearer.kid).items():
+        signing_input = f"{b64json({'alg': alg, 'typ': 'at+jwt', 'kid': bearer.kid})}.{b64json(bearer.claims)}"
+        token = f"{signing_input}.{b64url(hmac.new(secret, signing_input.encode(), digest).digest())}"
+        assert_401(sensitive(api, token))
+
+
+
+
+def test_A29_kid_jku_x5u_jwk_header_injection(api, bearer):
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    attacker_jwk = {**json.loads(RSAAlgorithm.to_jwk(attacker.public_key())), "use": "sig", "alg": "RS256"}
+    with Canary({"keys": [{**attacker_jwk, "kid": "attacker"}, {**attacker_jwk, "kid": bearer.kid}]}) as canary:
+        for kid in ("attacker", "../../../../etc/passwd", "' or '1'='1", "", None, bearer.kid):
+            header = {"alg": "RS256", "typ": "at+jwt"}
+            if kid is not None:
+                header["kid"] = kid
+            for pointer in (None, "jku", "x5u", "jwk"):
+                h = dict(header)
+                if pointer == "jku":
+                    h["jku"] = canary.url + "/jwks.json"
+                elif pointer == "x5u":
+                    h["x5u"] = canary.url + "/cert.pem"
+                elif pointer == "jwk":
+                    h["jwk"] = {**attacker_jwk, "kid": kid or "x"}
+                assert_401(sensitive(api, sign_raw(h, bearer.claims, attacker)))
+        # The app's own key with an unknown kid: keys are found by kid in our JWKS only.
+        assert_401(sensitive(api, bearer.forge(header={"alg": "RS256", "typ": "at+jwt", "kid": "no-such-kid"})))
+        # A genuine token that carries a jku: the header is ignored, never fetched.
+        sensitive(api, bearer.forge(header={"alg": "RS256", "typ": "at+jwt", "kid": bearer.kid,
+                                            "jku": canary.url + "/real"}))
+        assert canary.hits == [], "the app fetched a key from a URL named in a token header"
+
+
+def test_A30_token_type_confusion(api, bearer, make_user):
+    assert_401(sensitive(api, bearer.id))                           # ID token as a bearer token
+    assert_401(sensitive(api, bearer.refresh))                      # refresh token as an access token
+    assert_401(sensitive(api, bearer.forge(header={"alg": "RS256", "typ": "JWT", "kid": bearer.kid})))  # id typ
+    assert_401(sensitive(api, bearer.forge(header={"alg": "RS256", "kid": bearer.kid})))                # no typ
+    email, _ = make_user()
+    ct = password_challenge_ct(api, email)
+    assert_401(sensitive(api, ct))                                  # continuation token as a bearer token
+    for other in (bearer.access, bearer.id, bearer.refresh):        # tokens as continuation tokens
+        for path, form in (("oauth2/v2.0/challenge", {"challenge_type": "password redirect"}),
+                           ("oauth2/v2.0/token", {"grant_type": "continuation_token", "scope": SCOPE}),
+                           ("register/v1.0/continue", {"grant_type": "continuation_token"})):
+            r = api.post(path, continuation_token=other, **form)
+            assert r.status == 400 and r["error"] == "invalid_grant", (path, r.body)
+            assert_no_tokens(r)
+    for other in (bearer.access, bearer.id, ct):                    # and as refresh tokens
+        r = refresh(api, other)
+        assert r.status == 400 and r["error"] == "invalid_grant", r.body
+        assert_no_tokens(r)
+
+
+def _claim_attacks(issuer: str, client_id: str) -> dict[str, dict]:
+    now = int(time.time())
+    beyond = tokens.LEEWAY_SECONDS + 60
+    return {
+        "expired": {"exp": now - beyond},
+        "nbf-future": {"nbf": now + beyond},
+        "iat-future": {"iat": now + 86400, "exp": now + 90000},
+        "aud-other": {"aud": "api://other"},
+        "aud-prefix": {"aud": RESOURCE[:-2]},
+        "aud-suffix": {"aud": RESOURCE + "-evil"},
+        "aud-client": {"aud": client_id},
+        "iss-prefix": {"iss": issuer[:-1]},
+        "iss-suffix": {"iss": issuer + "x"},
+        "iss-subpath": {"iss": issuer + "/evil"},
+        "iss-embedded": {"iss": "https://evil.example/?" + issuer},
+        "iss-host-suffix": {"iss": issuer.replace("127.0.0.1", "127.0.0.1.evil.example")},
+        "iss-case": {"iss": issuer.upper()},
+        "sub-missing": {"sub": None},
+        "exp-missing": {"exp": None},
+        "iss-missing": {"iss": None},
+        "aud-missing": {"aud": None},
+    }
+
+
+@pytest.mark.parametrize("case", list(_claim_attacks("http://127.0.0.1:1/api", DEV_CLIENT)))
+def test_A31_bad_claims_are_rejected(api, server, bearer, case):
+    changes = _claim_attacks(server.settings.issuer, DEV_CLIENT)[case]
+    assert_401(sensitive(api, bearer.forge(**changes)))
+
+
+def test_A31_leeway_is_small(api, bearer):
+    now = int(time.time())
+    assert 0 < tokens.LEEWAY_SECONDS <= 60
+    assert sensitive(api, bearer.forge(exp=now - 5, nbf=now + 5)).status == 200
+    assert_401(sensitive(api, bearer.forge(exp=now - tokens.LEEWAY_SECONDS - 5)))
+
+
+# ====================================================================== A32-A35: refresh tokens, keys, discovery
+
+def test_A32_refresh_token_reuse_revokes_the_family(server, api, make_user, shift):
+    email, _ = make_user()
+    rt1 = password_first_factor(api, email)["refresh_token"]
+    r2 = refresh(api, rt1)
+    assert r2.status == 200
+    rt2 = r2["refresh_token"]
+    assert rt2 != rt1
+    clock = shift(tokens)
+    clock.offset = get_settings().refresh_grace_seconds + 1          # the reuse comes after the grace
+    reuse = refresh(api, rt1)
+    assert reuse.status == 400 and reuse["error"] == "invalid_grant"
+    assert_no_tokens(reuse)
+    dead = refresh(api, rt2)                                          # the family is gone: re-authenticate
+    assert dead.status == 400 and dead["error"] == "invalid_grant"
+    pk, rk, _ = rt2.split(".")
+    assert server.storage.table("refresh").get(pk, rk)["revoked"] is True
+
+
+def test_A33_concurrent_refresh_within_the_grace(server, api, make_user):
+    email, _ = make_user()
+    rt1 = password_first_factor(api, email)["refresh_token"]
+    results = parallel(2, lambda i: refresh(api, rt1))
+    assert sorted(r.status for r in results) == [200, 400], [r.body for r in results]
+    winner = next(r for r in results if r.status == 200)
+    pk, rk, _ = rt1.split(".")
+    assert server.storage.table("refresh").get(pk, rk)["revoked"] is False      # no family revocation
+    late = refresh(api, rt1)                                                       # still within the grace
+    assert late.status == 400 and server.storage.table("refresh").get(pk, rk)["revoked"] is False
+    assert refresh(api, winner["refresh_token"]).status == 200                    # the successor works
+
+
+def test_A34_refresh_token_idle_and_absolute_lifetime(server, api, make_user, shift):
+    email, _ = make_user()
+    clock = shift(tokens)
+    with server.override(refresh_idle_seconds=60, refresh_absolute_seconds=120):
+        rt = password_first_factor(api, email)["refresh_token"]
+        idle_rt = password_first_factor(api, email)["refresh_token"]
+        clock.offset = 50
+        r = refresh(api, rt)
+        assert r.status == 200 and r["refresh_token_expires_in"] <= 60
+        rt = r["refresh_token"]
+        clock.offset = 100
+        r = refresh(api, rt)                                # used 50 s ago: within the idle window
+        assert r.status == 200 and r["refresh_token_expires_in"] <= 20
+        rt = r["refresh_token"]
+        clock.offset = 121                                  # past the absolute lifetime, though used 21 s ago
+        r = refresh(api, rt)
+        assert r.status == 400 and r["error"] == "invalid_grant" and r["error_codes"] == [700082], r.body
+        r = refresh(api, idle_rt)                           # never used for 121 s > 60 s idle
+        assert r.status == 400 and r["error"] == "invalid_grant" and r["error_codes"] == [700082], r.body
+    defaults = Settings.from_env({"AUTH_ENVIRONMENT": "local"})
+    assert defaults.refresh_idle_seconds == 14 * 86400 and defaults.refresh_absolute_seconds == 90 * 86400
+    assert defaults.refresh_grace_seconds <= 10
+
+
+def test_A35_discovery_and_jwks(server, api, bearer):
+    doc = api.get(".well-known/openid-configuration")
+    assert doc.status == 200
+    issuer = doc["issuer"]
+    assert issuer == server.settings.issuer == claims_of(bearer.access)["iss"] == claims_of(bearer.id)["iss"]
+    assert api.base_url.startswith(issuer)
+    assert doc["jwks_uri"].startswith(issuer + "/") and doc["token_endpoint"].startswith(issuer + "/")
+    assert "RS256" in doc["id_token_signing_alg_values_supported"]
+    jwks = api.get(doc["jwks_uri"][len(api.base_url):])
+    assert jwks.status == 200 and jwks.body == api.get("discovery/v2.0/keys").body
+    keys = jwks["keys"]
+    assert keys and len({k["kid"] for k in keys}) == len(keys)
+    for k in keys:
+        assert set(k) == {"kty", "use", "alg", "kid", "n", "e"}, k      # public parameters only
+        assert k["kty"] == "RSA" and k["use"] == "sig" and k["alg"] == "RS256"
+    assert bearer.kid in {k["kid"] for k in keys}
+
+
+def test_A35_old_key_stays_published_across_a_rotation(server, api, bearer, make_user):
+    before = {k["kid"] for k in api.get("discovery/v2.0/keys")["keys"]}
+    tokens.keyring(server.storage, server.settings).force_rotation()
+    after = {k["kid"] for k in api.get("discovery/v2.0/keys")["keys"]}
+    assert before < after and len(after) == len(before) + 1
+    new_kid = (after - before).pop()
+    assert sensitive(api, bearer.forge()).status == 200         # tokens signed before the rotation still validate
+    email, _ = make_user()
+    fresh = password_first_factor(api, email, scope=FULL_SCOPE)
+    kid = header_of(fresh["access_token"])["kid"]
+    assert kid in after and kid != new_kid                       # a new key signs only after its publish delay

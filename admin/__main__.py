@@ -154,8 +154,22 @@ def _run(args, storage) -> int:
         return _users(args, storage)
     elif args.area == "log":
         rows = signinlog.tail(storage, days=args.days, limit=args.limit)
-        _print(rows, ["time", "result", "reason", "flow", "user", "client_id", "ip", "factors", "risk", "correlation_id"])
+        for r in rows:
+            r["policies"] = _policy_results(r.get("policies"))
+        _print(rows, ["time", "result", "reason", "flow", "user", "user_oid", "client_id", "ip", "factors", "risk",
+                      "policies", "correlation_id"])
     return 0
+
+
+def _policy_results(raw) -> str:
+    """Each evaluated policy as ``name=result`` (``[report-only]`` marked), so
+    report-only policies can be judged from the log."""
+    try:
+        results = json.loads(raw or "[]")
+    except ValueError:
+        return ""
+    return "; ".join(f"{p.get('name')}={p.get('result')}" + (" [report-only]" if p.get("state") == "report-only" else "")
+                     for p in results if p.get("result") not in (None, "not_applied", "not_evaluated")) or "-"
 
 
 def _users(args, storage) -> int:
@@ -180,13 +194,12 @@ def _users(args, storage) -> int:
         print(f"{user.email}  oid={user.oid}  disabled={user.disabled}  password={'yes' if user.has_password else 'no'}")
         _print([{**m, "target": m["target"]} for m in user.methods], ["id", "channel", "target", "default"])
     elif args.action == "remove-method":
-        methods = [m for m in user.methods if m["id"] != args.method_id]
-        if len(methods) == len(user.methods):
+        from shared import methods
+        from shared.settings import get_settings
+
+        if not methods.remove_method(storage, get_settings(), user, args.method_id):
             raise SystemExit(f"no method {args.method_id}")
-        if methods and not any(m.get("default") for m in methods):
-            methods[0]["default"] = True
-        directory.update_user(storage, user, methods=json.dumps(methods))
-        print(f"removed method {args.method_id}")
+        print(f"removed method {args.method_id} (the account was notified)")
     elif args.action in ("disable", "enable"):
         directory.update_user(storage, user, disabled=args.action == "disable")
         print(f"{args.action}d {user.email}")

@@ -87,17 +87,24 @@ def code_loop(ctx: Context, challenge: dict[str, Any], *, resend: Callable[[str]
 
 # ---------------------------------------------------------------------- after a first factor
 
-def complete_sign_in(ctx: Context, obtain: Callable[[], dict[str, Any]], username: str | None) -> dict[str, Any]:
+def complete_sign_in(ctx: Context, obtain: Callable[[], dict[str, Any]], username: str | None, *,
+                     proved: bool = False) -> dict[str, Any]:
     """Run ``obtain`` (a call ending at ``/token``); follow ``mfa_required``
-    and ``registration_required`` (contract §3.6) to the token response."""
+    and ``registration_required`` (contract §3.6) to the token response.
+
+    They can follow each other: when the sign-in needs a kind of method the
+    account does not have, the server first asks to verify an existing one
+    (``mfa_required``), then to register the needed one (``registration_required``)."""
     try:
         return obtain()
     except ApiError as exc:
         if exc.suberror == "mfa_required" and exc.continuation_token:
+            ct = exc.continuation_token
             ctx.io.say("A second factor is required.")
-            return second_factor(ctx, exc.continuation_token)
+            return complete_sign_in(ctx, lambda: second_factor(ctx, ct), username, proved=True)
         if exc.suberror == "registration_required" and exc.continuation_token:
-            ctx.io.say("A second factor is required, and none is registered for this account yet.")
+            ctx.io.say("Now register the kind of second factor this sign-in needs." if proved
+                       else "A second factor is required, and none is registered for this account yet.")
             return register_method(ctx, exc.continuation_token, username)
         raise
 

@@ -89,6 +89,7 @@ class Message:
     ``channel="sms"``. ``code`` is required for the ``*_code`` purposes.
     ``locale`` is a ``ui_locales`` value or an ``Accept-Language`` header.
     ``origin_domain`` (SMS) adds the ``@domain #code`` WebOTP line.
+    ``detail`` is an already masked value a notice names (``+49*******5678``).
     """
 
     channel: str
@@ -97,6 +98,7 @@ class Message:
     code: str | None = None
     locale: str | None = None
     origin_domain: str | None = None
+    detail: str | None = None  # a masked value a notice names (the method added or removed)
 
     def __post_init__(self) -> None:
         if self.channel not in CHANNELS:

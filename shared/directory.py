@@ -128,15 +128,23 @@ def update_user(storage: Storage, user: User, **changes: Any) -> User:
     return User(merged)
 
 
-def change_user(storage: Storage, user: User, compute, attempts: int = 10) -> User | None:
+def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, counter: bool = False) -> User | None:
     """Read-modify-write of a user under If-Match, retried on races.
 
     ``compute(user)`` returns the changes for the user as currently stored
     (or None for "nothing to change"); on a 412 the user is read again and
     ``compute`` runs again, so no concurrent change is lost. Returns the
-    updated user, or None when the user is gone or nothing was changed."""
-    from .storage import Modified
+    updated user, or None when the user is gone or nothing was changed.
 
+    ``counter=True`` is for failure counters only (wrong passwords, wrong
+    codes): when the record stays contended through every attempt, the last
+    computed changes are merged without If-Match instead of failing the
+    request. An increment can then be lost under a burst of dozens of
+    parallel failures, but the answer never differs from a quiet one (no 503
+    that an unknown name never gets: an enumeration oracle)."""
+    from .storage import Modified, NotFound, StorageUnavailable
+
+    changes = None
     for _ in range(attempts):
         changes = compute(user)
         if not changes:
@@ -151,8 +159,12 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10) -> Us
             if fresh is None:
                 return None
             user = fresh
-    from .storage import StorageUnavailable
-
+    if counter and changes:
+        try:
+            storage.table("users").merge({"PartitionKey": user.pk, "RowKey": USER_RK, **changes})
+        except NotFound:
+            return None
+        return User({**user.entity, **changes})
     raise StorageUnavailable("the user record stayed contended")
 
 

@@ -163,3 +163,38 @@ class BlockedContact(AuthError):
     suberror = "provider_blocked_by_rep"
     error_codes = (550024,)
     description = "Configuring multi-factor authentication method is blocked."
+
+
+class Blocked(AuthError):
+    """A conditional-access policy blocks this sign-in."""
+    error = "access_denied"
+    error_codes = (53003,)
+    description = "Access has been blocked by conditional access policies."
+
+
+class CannotSatisfy(AuthError):
+    """A second factor is required, and this account has no method that can
+    serve as one in this sign-in, nor one it could prove before registering
+    another (AADSTS53004: the user must complete registration elsewhere)."""
+    error = "access_denied"
+    error_codes = (53004,)
+    description = ("This sign-in needs a second factor this account cannot provide here. "
+                   "Sign in with your password, or ask support to add a sign-in method.")
+
+
+class InteractionRequired(InvalidGrant):
+    """A refresh the session cannot satisfy: a second factor (or a fresher
+    one) is required. ``basic_action`` is a suberror every MSAL treats as
+    "interaction required" (msal-common InteractionRequiredAuthSubErrorMessage),
+    so the app signs in again, passing the claims it asked for."""
+    suberror = "basic_action"
+    error_codes = (50076,)
+    description = "A fresh second factor is required for this request. Sign in again."
+
+
+class RefreshBlocked(InvalidGrant):
+    """A refresh blocked by a conditional-access policy (``message_only`` is
+    also an "interaction required" suberror for MSAL)."""
+    suberror = "message_only"
+    error_codes = (53003,)
+    description = "Access has been blocked by conditional access policies."

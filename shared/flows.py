@@ -171,7 +171,7 @@ def new_code(settings: Settings, flow: Flow, purpose: str, channel: str, length:
         "code_hash": otp.digest(settings.code_hash_key, challenge_id, purpose, value),
         "code_purpose": purpose, "code_channel": channel, "code_target": target,
         "code_length": length, "code_attempts": 0, "code_sends": sends, "code_sent_at": now,
-        "code_expires": now + settings.code_ttl_seconds,
+        "code_expires": now + settings.code_ttl_seconds, "code_used": False,
     })
 
 
@@ -198,30 +198,69 @@ def code_matches(settings: Settings, flow: Flow, purpose: str, code: str) -> boo
     return otp.matches(settings.code_hash_key, challenge_id, purpose, code, flow.get("code_hash"))
 
 
-def check_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, code: str | None) -> Flow:
-    """Verify a submitted code against the flow's open challenge.
+def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, code: str | None,
+                user=None, *, ident: str | None = None) -> Flow:
+    """Verify a submitted code against the flow's open challenge and consume
+    it, in one If-Match write; the only place codes are judged.
 
-    Returns the (unchanged) flow when the code matches; the caller consumes it
-    with :func:`advance`, whose If-Match makes the code single-use. A wrong
-    code is counted first (If-Match, retried on races) and then answered with
-    ``invalid_oob_value``; after ``code_max_attempts`` the challenge is dead.
-    """
+    * The comparison takes effect only through a write conditioned on the
+      flow record it was made against: a right code marks the code used
+      (``code_used``), a wrong one counts the attempt. If any other request
+      changed the flow in between (another guess), the write fails, the flow
+      is read again and judged again. So a right code that arrives in a burst
+      after the attempt limit was reached gets the answer every wrong code
+      gets (``TooManyAttempts``), never a distinct one (A03, A55).
+    * Side effects (an account, a method) happen only after this returns, so
+      never before the code is consumed (A55). The code stays readable by
+      the flow: a retry of the same request with the same right code, after
+      a later step failed, continues instead of being refused; any other
+      code is refused once the code is used.
+    * Wrong codes are also counted per account and channel (NIST §3.1.3.2:
+      the count survives resends and flows). For a name without an account
+      (``user`` None, ``ident`` given) the same work is done on a counter of
+      its own, so a wrong code costs the same storage work either way (A52).
+
+    Returns the flow (with its new ETag) when the code is right."""
+    from .directory import change_user, code_failures_field
+
     if not code:
         raise errors.InvalidRequest("The request body must contain the 'oob' parameter.")
+    field = code_failures_field(flow.get("code_channel") or "email")
+    if user is not None and int(user.entity.get(field) or 0) >= settings.account_max_code_failures:
+        raise errors.TooManyAttempts("Too many wrong codes for this account on this channel. Contact support.")
+    well_formed = len(code) <= 16 and code.isdigit()
     for _ in range(MAX_CAS_RETRIES):
         if flow.get("code_purpose") != purpose or not flow.get("code_hash"):
+            raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
+        if flow.get("code_used"):
+            if well_formed and code_matches(settings, flow, purpose, code):
+                return flow  # the same request again, after a later step failed
             raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
         attempts = int(flow.get("code_attempts", 0))
         if attempts >= settings.code_max_attempts:
             raise errors.TooManyAttempts()
         if time.time() >= int(flow.get("code_expires", 0)):
             raise errors.InvalidOob("The code has expired. Request a new code.")
-        if len(code) <= 16 and code.isdigit() and code_matches(settings, flow, purpose, code):
-            return flow
+        right = well_formed and code_matches(settings, flow, purpose, code)
         try:
+            if right:
+                return advance(storage, flow, rotate=False, code_used=True)
             flow = advance(storage, flow, rotate=False, code_attempts=attempts + 1)
         except errors.InvalidGrant:
             flow = reload(storage, flow)
             continue
-        raise errors.InvalidOob()
+        exc = errors.InvalidOob()
+        if user is not None:
+            change_user(storage, user, lambda u: {field: int(u.entity.get(field) or 0) + 1}, counter=True)
+        elif ident:
+            _count_unknown_code_failure(storage, ident, field)
+        exc.log_user = user
+        raise exc
     raise errors.InvalidGrant("The flow is busy; retry.")
+
+
+def _count_unknown_code_failure(storage: Storage, ident: str, field: str) -> None:
+    """The one write a known account's wrong code costs, for a name without one."""
+    now = int(time.time())
+    storage.table("limits").put({"PartitionKey": "codefail-" + ident[:40], "RowKey": time.strftime("%Y%m%d%H", time.gmtime(now)),
+                                 "channel": field, "last_failed_at": now, "expires_at": now + 86400})

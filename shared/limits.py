@@ -75,8 +75,14 @@ def _rules(settings: Settings, channel: str, to: str, ip: str | None, now: float
     return [r for r in rules if r.limit > 0]
 
 
-def check_and_count(storage: Storage, settings: Settings, channel: str, to: str, ip: str | None) -> None:
-    """Count one send, or raise ``slow_down`` when any counter is at its limit."""
+def check_and_count(storage: Storage, settings: Settings, channel: str, to: str, ip: str | None, *,
+                    enforce: bool = True) -> None:
+    """Count one send, or raise ``slow_down`` when any counter is at its limit.
+
+    ``enforce=False`` counts without refusing: for security notices (a method
+    was added or removed), which only an authenticated change can cause and
+    which an attacker must not be able to suppress by exhausting the
+    account's address limits first."""
     now = time.time()
     rules = _rules(settings, channel, to, ip, now)
     if not rules:
@@ -92,14 +98,14 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
         rows = {e["RowKey"]: e for e in table.query(flt, params)}
         cooldown = settings.sms_cooldown_seconds if channel == "sms" else settings.email_cooldown_seconds
         last = rows.get(cooldown_key, {}).get("last_sent", 0)
-        if cooldown and last and now - float(last) < cooldown:
+        if enforce and cooldown and last and now - float(last) < cooldown:
             wait = int(cooldown - (now - float(last))) + 1
             raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
         ops = []
         for rule in rules:
             row = rows.get(rule.key)
             count = int(row.get("count", 0)) if row else 0
-            if count >= rule.limit:
+            if enforce and count >= rule.limit:
                 raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
             fields = {"PartitionKey": pk, "RowKey": rule.key, "count": count + 1, "expires_at": expires}
             if rule.key == cooldown_key:
@@ -113,3 +119,30 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
             time.sleep(random.uniform(0.002, 0.02))
             continue
     raise errors.SlowDown("Too many codes are being requested right now. Try again shortly.", retry_after=2)
+
+
+def check_and_count_action(storage: Storage, settings: Settings, action: str, ip: str | None, limit: int) -> None:
+    """Count one request of ``action`` (for example ``signup_start``) from this
+    client IP in the current hour, or raise ``slow_down`` past ``limit``.
+    One read and one conditional write in the day's partition; 0 disables."""
+    if not ip or limit <= 0:
+        return
+    now = time.time()
+    pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
+    rk = f"h{time.strftime('%H', time.gmtime(now))}-{action}-{hash_key('ip', ip)[:32]}"
+    table = storage.table("limits")
+    for _ in range(MAX_RETRIES):
+        row = table.get(pk, rk)
+        count = int(row.get("count", 0)) if row else 0
+        if count >= limit:
+            raise errors.SlowDown("Too many requests from this network. Try again later.",
+                                  retry_after=3600 - int(now) % 3600)
+        try:
+            if row is None:
+                table.insert({"PartitionKey": pk, "RowKey": rk, "count": 1, "expires_at": int(now) + 2 * 86400})
+            else:
+                table.update({"PartitionKey": pk, "RowKey": rk, "count": count + 1}, row["_etag"])
+            return
+        except (Conflict, Modified):
+            time.sleep(random.uniform(0.002, 0.02))
+    raise errors.SlowDown("Too many requests right now. Try again shortly.", retry_after=2)

@@ -83,12 +83,26 @@ def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: s
         raise errors.InvalidRequest("The code could not be sent to this address.", error_codes=(901001,)) from None
 
 
-def send_notice(storage: Storage, settings: Settings, *, to: str, purpose: str, request: Request | None) -> None:
-    """A notice without a code (password changed, someone tried to sign up).
-    Best effort: a failed notice never fails the user's request."""
+def send_notice(storage: Storage, settings: Settings, *, to: str, purpose: str, request: Request | None,
+                detail: str | None = None, count: bool = False) -> None:
+    """A notice without a code (password changed, someone tried to sign up, a
+    method added or removed). Best effort: a failed notice never fails the
+    user's request. ``count`` puts it in the send limits (counted, never
+    refused: see ``limits.check_and_count``); ``detail`` is a masked value
+    the text names (the method)."""
     from .delivery import DeliveryError, Message
 
+    if count:
+        from . import limits
+        from .protocol import current
+        from .storage import StorageError
+
+        ctx = current()
+        try:
+            limits.check_and_count(storage, settings, "email", to, ctx.client_ip if ctx else None, enforce=False)
+        except StorageError as exc:
+            log.warning("notice not counted: %s (purpose=%s)", type(exc).__name__, purpose)
     try:
-        sender(settings).send(Message(channel="email", to=to, purpose=purpose, locale=locale_of(request)))
+        sender(settings).send(Message(channel="email", to=to, purpose=purpose, locale=locale_of(request), detail=detail))
     except (DeliveryError, ValueError) as exc:
         log.warning("notice not sent: %s (purpose=%s)", getattr(exc, "reason", type(exc).__name__), purpose)

@@ -5,16 +5,33 @@ salt. Unknown users are verified against a dummy hash with the same
 parameters so that "no such user" costs the same time as "wrong password".
 Passwords longer than MAX_PASSWORD_CHARS are refused before hashing (no
 argon2 work on megabyte inputs, A36); nothing is truncated (A23).
+
+Bounded work (A53, A54): at most ARGON2_CONCURRENCY hashes run at once per
+process (19 MiB each: a memory ceiling of 4 x 19 MiB for hashing), the rest
+wait their turn in a queue (up to ARGON2_QUEUE_SECONDS, then 503 with
+Retry-After); the strength estimator (zxcvbn, pure Python, holding the GIL)
+sees at most STRENGTH_CHECK_MAX_CHARS characters and runs one at a time, so
+a crafted password costs a bounded ~0.3 s of one core and cannot stall the
+other requests of the instance.
 """
 
 from __future__ import annotations
 
+import threading
 import unicodedata
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 MAX_PASSWORD_CHARS = 256
+ARGON2_CONCURRENCY = 4
+ARGON2_QUEUE_SECONDS = 10.0
+STRENGTH_CHECK_MAX_CHARS = 32
+
+_slots = threading.BoundedSemaphore(ARGON2_CONCURRENCY)
+_stats_lock = threading.Lock()
+_stats = {"running": 0, "peak": 0, "operations": 0}
+_strength_lock = threading.Lock()
 
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
 _dummy_hash: str | None = None
@@ -24,7 +41,7 @@ def _dummy() -> str:
     """Made on first use, not at import (it costs one argon2 hash: cold start)."""
     global _dummy_hash
     if _dummy_hash is None:
-        _dummy_hash = _hasher.hash("dummy password for unknown users - never matches")
+        _dummy_hash = hash_password("dummy password for unknown users - never matches")
     return _dummy_hash
 
 
@@ -33,8 +50,43 @@ def _normalize(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+class _Slot:
+    """One of the ARGON2_CONCURRENCY hashing slots (a queue, not an error, for normal bursts)."""
+
+    def __enter__(self):
+        if not _slots.acquire(timeout=ARGON2_QUEUE_SECONDS):
+            from .errors import ServiceUnavailable
+
+            raise ServiceUnavailable("Too many sign-ins at once. Retry shortly.", retry_after=2)
+        with _stats_lock:
+            _stats["running"] += 1
+            _stats["operations"] += 1
+            _stats["peak"] = max(_stats["peak"], _stats["running"])
+        return self
+
+    def __exit__(self, *exc):
+        with _stats_lock:
+            _stats["running"] -= 1
+        _slots.release()
+
+
+def argon2_operations() -> int:
+    """Argon2 hashes and verifications done by this process (for tests and the benchmark)."""
+    return _stats["operations"]
+
+
+def peak_concurrency() -> int:
+    return _stats["peak"]
+
+
+def reset_peak_concurrency() -> None:
+    with _stats_lock:
+        _stats["peak"] = _stats["running"]
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(_normalize(password))
+    with _Slot():
+        return _hasher.hash(_normalize(password))
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
@@ -43,7 +95,8 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
         return False
     target = stored_hash or _dummy()
     try:
-        ok = _hasher.verify(target, _normalize(password))
+        with _Slot():
+            ok = _hasher.verify(target, _normalize(password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return bool(ok) and bool(stored_hash)
@@ -86,10 +139,25 @@ def _core(password: str) -> str:
     return password.lower().rstrip("0123456789!@#$%^&*()_+-=.,?~ ")
 
 
+def _strength_score(password: str, user_inputs: list[str]) -> int:
+    """zxcvbn's score of the first STRENGTH_CHECK_MAX_CHARS characters, one
+    estimate at a time per process. zxcvbn's cost grows steeply with length
+    and with l33t characters (72 of them took 1.6-2.4 s of CPU); 32 keep
+    the worst case near 0.3 s. A longer password is judged by its first 32
+    characters: a weak start is refused even if more follows (rare, and on
+    the safe side)."""
+    import zxcvbn as _zxcvbn
+
+    with _strength_lock:
+        return int(_zxcvbn.zxcvbn(password[:STRENGTH_CHECK_MAX_CHARS], user_inputs)["score"])
+
+
 def check_policy(password: str, *, min_length: int, context: tuple[str, ...] = (),
                  previous_hashes: tuple[str, ...] = ()) -> None:
     """NIST 800-63B §3.1.1.2: length, blocklist, context words; no composition rules.
-    Length counts Unicode code points. Raises PasswordRejected."""
+    Checked on the NFKC form, the form that is hashed (A59): length counts its
+    Unicode code points. Raises PasswordRejected."""
+    password = _normalize(password)
     n = len(password)
     if n < min_length:
         raise PasswordRejected("password_too_short", f"The password must have at least {min_length} characters.")
@@ -99,10 +167,7 @@ def check_policy(password: str, *, min_length: int, context: tuple[str, ...] = (
     banned = banned_passwords()
     if lowered in banned or _core(password) in banned or any(w and len(w) >= 4 and w in lowered for w in context):
         raise PasswordRejected("password_banned", "This password is too common or too easy to guess.")
-    from zxcvbn import zxcvbn
-
-    # zxcvbn analyses at most 72 characters; a longer password is judged by its first 72.
-    if zxcvbn(password[:72], user_inputs=[w for w in context if w])["score"] < 2:
+    if _strength_score(password, [w for w in context if w]) < 2:
         raise PasswordRejected("password_too_weak", "This password is too easy to guess.")
     for old in previous_hashes:
         if old and verify_password(old, password):

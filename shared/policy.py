@@ -63,7 +63,10 @@ class Decision:
     block: bool = False
     require_second_factor: bool = False
     methods: tuple[str, ...] = ALL_METHODS
-    freshness_seconds: int | None = None  # None: no applying policy set one
+    # The strictest age limit for a session's second factor among the applying
+    # policies that require one (None: no limit). Judged at refresh; a new
+    # sign-in always does its own second factor.
+    freshness_seconds: int | None = None
     auth_contexts: tuple[str, ...] = ()  # contexts a satisfied sign-in may claim in `acrs`
     results: list[dict[str, str]] = field(default_factory=list)  # per policy: name, state, result
 
@@ -99,6 +102,14 @@ def validate(policy: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
         return out
 
+    users = inc_exc(a.get("users"), "assignments.users", ["all"])
+    users = {k: [_user_ref(x, f"assignments.users.{k}") for x in v] for k, v in users.items()}
+    clients = inc_exc(a.get("clients"), "assignments.clients", ["all"])
+    countries = inc_exc(c.get("countries"), "conditions.countries", [])
+    for k, v in countries.items():
+        if any(not (len(x.strip()) == 2 and x.strip().isalpha() and x.strip().isascii()) for x in v):
+            raise PolicyError(f"conditions.countries.{k}: two-letter country codes (ISO 3166-1 alpha-2)")
+        countries[k] = [x.strip().upper() for x in v]
     methods = g.get("methods", list(ALL_METHODS))
     if not isinstance(methods, list) or not methods or any(m not in ALL_METHODS for m in methods):
         raise PolicyError(f"grant.methods: a non-empty list of {', '.join(ALL_METHODS)}")
@@ -113,19 +124,40 @@ def validate(policy: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name.strip(), "state": state,
         "assignments": {
-            "users": inc_exc(a.get("users"), "assignments.users", ["all"]),
+            "users": users,
             "groups": inc_exc(a.get("groups"), "assignments.groups", []),
-            "clients": inc_exc(a.get("clients"), "assignments.clients", ["all"]),
+            "clients": clients,
         },
         "conditions": {
             "risk_levels": list(risk_levels),
             "locations": inc_exc(c.get("locations"), "conditions.locations", []),
-            "countries": inc_exc(c.get("countries"), "conditions.countries", []),
+            "countries": countries,
             "auth_contexts": [str(x) for x in c.get("auth_contexts", [])],
         },
         "grant": {"block": block, "require_second_factor": mfa and not block, "methods": methods},
         "session": {"second_factor_freshness_seconds": fresh},
     }
+
+
+def _user_ref(value: str, where: str) -> str:
+    """A user in an assignment, in the form the directory stores: ``all``, an
+    object id (lower-case UUID) or a normalized email address. Anything else
+    is refused: an entry that can never match would silently fail open."""
+    import uuid
+
+    from .identifiers import InvalidIdentifier, normalize_email
+
+    text = value.strip()
+    if text.lower() == "all":
+        return "all"
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        pass
+    try:
+        return normalize_email(text)
+    except InvalidIdentifier:
+        raise PolicyError(f"{where}: {value!r} is neither 'all', an object id nor an email address") from None
 
 
 # ------------------------------------------------------------------ matching
@@ -201,7 +233,8 @@ def evaluate(policies: Iterable[dict[str, Any]], s: Signals, locations: dict[str
         if grant["require_second_factor"]:
             d.require_second_factor = True
             methods &= set(grant["methods"])
-            fresh.append(int(p["session"]["second_factor_freshness_seconds"]))
+            if p["session"]["second_factor_freshness_seconds"]:  # 0: no age limit
+                fresh.append(int(p["session"]["second_factor_freshness_seconds"]))
             contexts |= set(p["conditions"]["auth_contexts"])
     d.methods = tuple(m for m in ALL_METHODS if m in methods)
     d.freshness_seconds = min(fresh) if fresh else None
@@ -226,12 +259,27 @@ def load(storage: Storage) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
         if hit and hit[0] > now:
             return hit[1], hit[2]
     rows = storage.table("policies").query("PartitionKey eq @a or PartitionKey eq @b", {"a": POLICY_PK, "b": LOCATION_PK})
-    policies = [validate(json.loads(r["definition"])) for r in rows if r["PartitionKey"] == POLICY_PK]
+    policies = [_load_one(r) for r in rows if r["PartitionKey"] == POLICY_PK]
     policies.sort(key=lambda p: p["name"])
     locations = {r["RowKey"]: json.loads(r["cidrs"]) for r in rows if r["PartitionKey"] == LOCATION_PK}
     with _lock:
         _cache[id(storage)] = (now + CACHE_SECONDS, policies, locations)
     return policies, locations
+
+
+def _load_one(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored policy, validated again (the rules may be stricter than when it
+    was saved). One that no longer validates fails closed: it becomes a
+    policy that blocks every sign-in, under its own name, so the sign-in log
+    and ``python -m admin policies list`` show which one to fix."""
+    try:
+        return validate(json.loads(row["definition"]))
+    except (PolicyError, ValueError, TypeError) as exc:
+        import logging
+
+        name = str(row.get("name") or row["RowKey"])
+        logging.getLogger("nativeauth.policy").error("stored policy %r is invalid (%s): blocking until fixed", name, exc)
+        return validate({"name": f"{name[:90]} (invalid: blocks all)", "state": "on", "grant": {"block": True}})
 
 
 def clear_cache() -> None:
@@ -254,6 +302,9 @@ def save(storage: Storage, policy: dict[str, Any]) -> dict[str, Any]:
 
 
 def delete(storage: Storage, name: str) -> None:
+    """Delete a policy by name; PolicyError when there is none."""
+    if storage.table("policies").get(POLICY_PK, _row_key(name)) is None:
+        raise PolicyError(f"no policy named {name!r}")
     storage.table("policies").delete(POLICY_PK, _row_key(name))
     clear_cache()
 

@@ -9,7 +9,6 @@ CORS, request/correlation ids and the one log line per request.
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import datetime as _dt
 import json
@@ -21,7 +20,9 @@ from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
 from . import errors
+from .context import Context, count_storage_op, current, enter, leave  # noqa: F401 - current/count re-exported
 from .settings import Settings, get_settings
+from .storage import StorageUnavailable
 
 log = logging.getLogger("nativeauth.request")
 
@@ -60,31 +61,6 @@ class Response:
         if isinstance(self.body, str):
             return self.body.encode("utf-8")
         return json.dumps(self.body, separators=(",", ":")).encode("utf-8")
-
-
-@dataclasses.dataclass
-class Context:
-    """Per-request facts shared down the call stack (through a contextvar)."""
-    request_id: str
-    correlation_id: str
-    client_ip: str | None
-    locale: str | None
-    storage_ops: int = 0
-    outcome: str = ""
-    extra: dict = dataclasses.field(default_factory=dict)
-
-
-_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar("nativeauth_request", default=None)
-
-
-def current() -> Context | None:
-    return _context.get()
-
-
-def count_storage_op(n: int = 1) -> None:
-    ctx = _context.get()
-    if ctx is not None:
-        ctx.storage_ops += n
 
 
 class Form:
@@ -139,7 +115,7 @@ def parse_form(request: Request, settings: Settings, *, allow_query: bool = Fals
     if allow_query:
         for name, value in request.query.items():
             fields.setdefault(name, value)
-    ctx = _context.get()
+    ctx = current()
     if ctx is not None and fields.get("ui_locales"):
         ctx.locale = fields["ui_locales"][:100]  # the OIDC parameter wins over Accept-Language
     return Form(fields)
@@ -283,7 +259,7 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
     settings = settings or get_settings()
     request.client_ip = client_ip_of(request, settings)
     ctx = _new_context(request)
-    token = _context.set(ctx)
+    token = enter(ctx)
     started = time.perf_counter()
     try:
         if request.method == "OPTIONS":
@@ -304,8 +280,6 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
                 if isinstance(exc, errors.MethodNotAllowed):
                     response.headers["Allow"] = exc.allow
     except Exception:  # noqa: BLE001 - the client gets a generic error, the log gets the type
-        from .storage import StorageUnavailable  # local import: storage imports protocol
-
         import sys
         exc = sys.exc_info()[1]
         if isinstance(exc, StorageUnavailable):
@@ -317,7 +291,7 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
             response = error_response(errors.ServerError(), ctx)
             ctx.outcome = "server_error"
     finally:
-        _context.reset(token)
+        leave(token)
     response.headers.setdefault("x-ms-request-id", ctx.request_id)
     response.headers.setdefault("client-request-id", ctx.correlation_id)
     response.headers.update(cors_headers(request, settings))

@@ -1,25 +1,25 @@
-"""Just-in-time registration of a second-factor method:
+"""Registration of a second-factor method:
 ``/register/v1.0/introspect``, ``/challenge`` and ``/continue`` (contract §3.8–3.10, §5.4).
 
-The method is stored on the user only after its code was verified (or, for
-the ``preverified`` fast pass, when the address is the one this flow already
-verified by code alongside a password). Then ``/token`` with
+The policy gate answers ``registration_required`` only when the
+method-registration rule allows it (``methods.may_register``: the account
+has no method yet, or this flow proved one of its existing methods); the
+rule is checked again before a code is sent and inside the write that saves
+the method. The method is saved only after its code was consumed (or, for
+the ``preverified`` fast pass, when the address is the one this flow
+verified by code alongside a password); then ``/token`` with
 ``grant_type=continuation_token`` issues tokens, after the policy gate.
 """
 
 from __future__ import annotations
 
-import json
-import secrets
-import time
-
-from . import errors, flows
-from .directory import change_user, get_user_by_key
+from . import errors, flows, methods
+from .directory import get_user_by_key
 from .identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from .mfa import send_code
 from .protocol import Request, Response, ok
 from .settings import Settings
-from .signin import begin, verify_code
+from .signin import begin
 
 FLOW_KINDS = ("signin", "signup", "reset")
 INVALID_CONTACT = (901001,)
@@ -47,14 +47,14 @@ def introspect(request: Request, settings: Settings) -> Response:
     if flow["state"] not in ("registration_required", "register_challenge"):
         raise errors.InvalidGrant("This flow does not expect a method registration now.")
     allowed = flow.json("allowed_methods", ["email", "sms"])
-    methods = []
+    offered = []
     if "email" in allowed:
-        methods.append({"id": "email", "challenge_type": "oob", "challenge_channel": "email",
+        offered.append({"id": "email", "challenge_type": "oob", "challenge_channel": "email",
                         "login_hint": mask_email(flow["username"])})
     if "sms" in allowed:
-        methods.append({"id": "sms", "challenge_type": "oob", "challenge_channel": "sms", "login_hint": ""})
+        offered.append({"id": "sms", "challenge_type": "oob", "challenge_channel": "sms", "login_hint": ""})
     flow = flows.advance(storage, flow, state="registration_required")
-    return ok({"continuation_token": flow.token, "methods": methods})
+    return ok({"continuation_token": flow.token, "methods": offered})
 
 
 def challenge(request: Request, settings: Settings) -> Response:
@@ -63,6 +63,9 @@ def challenge(request: Request, settings: Settings) -> Response:
         raise errors.InvalidGrant("This flow does not expect a method registration now.")
     if (form.get("challenge_type") or "oob").split()[0] != "oob":
         raise errors.UnsupportedChallengeType()
+    user = get_user_by_key(storage, flow["ident"])
+    if user is None or not methods.may_register(user, flow):
+        raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
     raw_target = form.get("challenge_target")
     if not raw_target:
         raise errors.InvalidRequest("The request body must contain the 'challenge_target' parameter.",
@@ -81,14 +84,15 @@ def challenge(request: Request, settings: Settings) -> Response:
         raise errors.InvalidRequest("The verification contact is not valid.", error_codes=INVALID_CONTACT) from None
     except BlockedNumber:
         raise BlockedContact() from None
-    if channel == "email" and target == flow["username"]:
+    if channel == "email" and methods.mailbox_key(target) == methods.mailbox_key(flow["username"]):
         if _preverified_ok(flow, target):
             flow = flows.advance(storage, flow, state="register_preverified", register_channel="email",
                                  register_target=target)
             return ok({"continuation_token": flow.token, "challenge_type": "preverified"})
-        # Same channel twice is not two factors.
-        raise errors.InvalidRequest("This address is already your first factor; choose another method.",
-                                    error_codes=INVALID_CONTACT)
+        if methods.first_factor_mailbox(flow):
+            # Same channel twice is not two factors (a plus or case variant is the same mailbox).
+            raise errors.InvalidRequest("This mailbox is already your first factor; choose another method.",
+                                        error_codes=INVALID_CONTACT)
     return send_code(storage, settings, flow, request, channel, target, "register_code", state="register_challenge",
                      label_key="challenge_target", label=raw_target.strip(), register_channel=channel,
                      register_target=target)
@@ -98,7 +102,8 @@ def continue_(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     grant = form.get("grant_type")
     if grant == "oob" and flow["state"] == "register_challenge":
-        flow = verify_code(storage, settings, flow, "register_code", form.get("oob"), get_user_by_key(storage, flow["ident"]))
+        user = get_user_by_key(storage, flow["ident"])
+        flow = flows.redeem_code(storage, settings, flow, "register_code", form.get("oob"), user)
     elif grant == "continuation_token" and flow["state"] == "register_preverified":
         pass
     elif grant not in ("oob", "continuation_token"):
@@ -107,28 +112,11 @@ def continue_(request: Request, settings: Settings) -> Response:
     else:
         raise errors.InvalidGrant("The continuation_token is not valid for this grant_type.")
     channel, target = flow["register_channel"], flow["register_target"]
-    # Save the verified method first, then consume the code (If-Match). If the
-    # second write loses a race or fails, the method is saved (idempotently)
-    # and the flow is unchanged, so nothing verified is lost and no step is skipped.
-    _add_method(storage, flow["ident"], channel, target)
-    factor = "sms" if channel == "sms" else "otp"
-    flow = flows.advance(storage, flow, state="ready_for_token", steps=flow.steps + [factor], mfa_done=True,
-                         code_hash="")
+    # The code is consumed; now the method is saved (idempotently: a retry of
+    # this request after a failure below finds it and continues).
+    method_id = methods.add_method(storage, settings, flow, channel, target, request)
+    done = [f for f in flow.json("second_factors", []) if f["id"] != method_id]
+    flow = flows.advance(storage, flow, state="ready_for_token", steps=flow.steps + ["sms" if channel == "sms" else "otp"],
+                         second_factors=done + [{"channel": channel, "id": method_id, "existing": False}],
+                         code_hash="", code_used=False)
     return ok({"continuation_token": flow.token})
-
-
-def _add_method(storage, user_pk: str, channel: str, target: str) -> None:
-    """Add the verified method (idempotent: the same channel and target once)."""
-    user = get_user_by_key(storage, user_pk)
-    if user is None:
-        raise errors.InvalidGrant("The continuation_token is not valid.")
-
-    def compute(u) -> dict | None:
-        methods = u.methods
-        if any(m["channel"] == channel and m["target"] == target for m in methods):
-            return None
-        methods.append({"id": secrets.token_hex(8), "channel": channel, "target": target,
-                        "default": not methods, "created": int(time.time())})
-        return {"methods": json.dumps(methods)}
-
-    change_user(storage, user, compute)

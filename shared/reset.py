@@ -26,7 +26,7 @@ from . import errors, flows, notify, passwords
 from .directory import all_code_failures_cleared, change_user, get_user, get_user_by_key, user_key
 from .protocol import Request, Response, ok, redirect_response
 from .settings import Settings
-from .signin import begin, capabilities, challenge_types, username, verify_code
+from .signin import begin, capabilities, challenge_types, username
 from .signup import _password_error
 
 VERIFIED_LIFETIME = 600  # contract §3.13: expires_in at most 600 s
@@ -82,13 +82,15 @@ def continue_(request: Request, settings: Settings) -> Response:
             "The request body must contain the 'grant_type' parameter.")
     if flow["state"] != "code_sent":
         raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
-    user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
-    flow = verify_code(storage, settings, flow, "reset_code", form.get("oob"), user)
+    # Read the user even for an unknown address: the same storage work either way (A52).
+    found = get_user_by_key(storage, flow["ident"])
+    user = found if flow["user_exists"] else None
+    flow = flows.redeem_code(storage, settings, flow, "reset_code", form.get("oob"), user, ident=flow["ident"])
     if user is None:
         raise errors.InvalidOob()  # unreachable: no code was sent
     expires = min(int(flow["expires_at"]), int(time.time()) + VERIFIED_LIFETIME)
     flow = flows.advance(storage, flow, state="code_verified", steps=["otp"], email_verified=True, code_hash="",
-                         expires_at=expires)
+                         code_used=False, expires_at=expires)
     return ok({"continuation_token": flow.token, "expires_in": max(0, expires - int(time.time()))})
 
 

@@ -36,7 +36,10 @@ def _max(a: str, b: str) -> str:
     return a if LEVELS.index(a) >= LEVELS.index(b) else b
 
 
-def assess(storage: Storage, settings: Settings, user: User, ip: str | None) -> tuple[str, tuple[str, ...]]:
+def assess(storage: Storage, settings: Settings, user: User, ip: str | None, *,
+           record: bool = True) -> tuple[str, tuple[str, ...]]:
+    """The risk of this sign-in (``record``: count the account for the IP's
+    velocity; a refresh only reads it)."""
     level, reasons = "none", []
     now = int(time.time())
     if int(user.entity.get("failed_logins") or 0) >= 3 and now - int(user.entity.get("last_failed_at") or 0) < 12 * 3600:
@@ -49,12 +52,12 @@ def assess(storage: Storage, settings: Settings, user: User, ip: str | None) -> 
         addr = ipaddress.ip_address(ip)
         if any(addr in ipaddress.ip_network(r, strict=False) for r in settings.anonymizer_ranges):
             level, reasons = _max(level, "high"), reasons + ["anonymizer"]
-    if ip and settings.risk_ip_accounts_per_hour and _ip_velocity(storage, settings, ip, user.pk):
+    if ip and settings.risk_ip_accounts_per_hour and _ip_velocity(storage, settings, ip, user.pk, record):
         level, reasons = _max(level, "high"), reasons + ["ip_velocity"]
     return level, tuple(reasons)
 
 
-def _ip_velocity(storage: Storage, settings: Settings, ip: str, user_pk: str) -> bool:
+def _ip_velocity(storage: Storage, settings: Settings, ip: str, user_pk: str, record: bool = True) -> bool:
     """Record this account for this IP and hour; True when the IP has carried
     more distinct accounts than the threshold this hour."""
     table = storage.table("limits")
@@ -64,7 +67,7 @@ def _ip_velocity(storage: Storage, settings: Settings, ip: str, user_pk: str) ->
         row = table.get(pk, rk)
         accounts = json.loads(row["accounts"]) if row else []
         tag = user_pk[:12]
-        if tag in accounts:
+        if tag in accounts or not record:
             return len(accounts) > settings.risk_ip_accounts_per_hour
         accounts = (accounts + [tag])[-200:]
         try:

@@ -135,6 +135,7 @@ class Settings:
     email_global_hour: int
     email_cooldown_seconds: int
     sends_per_ip_hour: int
+    signup_starts_per_ip_hour: int
 
     @property
     def is_local(self) -> bool:
@@ -248,6 +249,8 @@ class Settings:
             email_global_hour=i("AUTH_EMAIL_GLOBAL_HOUR", 90, 0, 10000000),
             email_cooldown_seconds=i("AUTH_EMAIL_COOLDOWN_SECONDS", 30, 0, 3600),
             sends_per_ip_hour=i("AUTH_SENDS_PER_IP_HOUR", 30, 0, 10000000),
+            # Sign-up starts run the password policy (zxcvbn): bounded per source. Local: one developer, generous.
+            signup_starts_per_ip_hour=i("AUTH_SIGNUP_STARTS_PER_IP_HOUR", 1000 if local else 30, 0, 10000000),
         )
 
 
@@ -355,6 +358,7 @@ SETTING_NAMES = (
     "AUTH_EMAIL_GLOBAL_HOUR",
     "AUTH_EMAIL_COOLDOWN_SECONDS",
     "AUTH_SENDS_PER_IP_HOUR",
+    "AUTH_SIGNUP_STARTS_PER_IP_HOUR",
 )
 
 _current: Settings | None = None

@@ -18,12 +18,12 @@ import json
 import time
 from typing import Any
 
-from . import errors, flows, mfa, notify, passwords, risk, signinlog, tokens
-from .directory import User, change_user, code_failures_field, get_client, get_user, get_user_by_key, update_user, user_key
+from . import errors, flows, gate, mfa, notify, passwords, signinlog, tokens
+from .directory import User, change_user, get_client, get_user, get_user_by_key, user_key
 from .identifiers import InvalidIdentifier, mask_email, normalize_email
-from .protocol import Form, Request, Response, current, ok, parse_form, redirect_response, split_list
+from .protocol import Form, Request, Response, ok, parse_form, redirect_response, split_list
 from .settings import Settings
-from .storage import Modified, Storage, get_storage
+from .storage import Storage, get_storage
 
 KNOWN_CHALLENGE_TYPES = ("password", "oob", "redirect")
 LOCKOUT_RESET_SECONDS = 12 * 3600
@@ -147,7 +147,9 @@ def token(request: Request, settings: Settings) -> Response:
     if not grant:
         raise errors.InvalidRequest("The request body must contain the 'grant_type' parameter.")
     if grant == "refresh_token":
-        return ok(tokens.redeem_refresh_token(storage, settings, client_id, form.get("refresh_token"), form.get("scope")))
+        return ok(tokens.redeem_refresh_token(
+            storage, settings, client_id, form.get("refresh_token"), form.get("scope"),
+            judge=lambda family, user: gate.refresh_subject(storage, settings, family, user, form, request)))
     if grant not in ("password", "oob", "mfa_oob", "continuation_token"):
         raise errors.UnsupportedGrantType()
     scopes = tokens.parse_scopes(settings, form.get("scope"))
@@ -175,6 +177,10 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
     password = form.get("password")
     if password is None:
         raise errors.InvalidRequest("The request body must contain the 'password' parameter.")
+    if len(password) > passwords.MAX_PASSWORD_CHARS:
+        # No stored password is that long, so it cannot match: the same
+        # answer at once for every name, known or not (A51), with no hashing.
+        raise _failed(errors.InvalidCredentials(), None)
     # Read the user even for an unknown name: the same storage work either way.
     user = get_user_by_key(storage, flow["ident"])
     now = int(time.time())
@@ -189,7 +195,8 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         raise _failed(errors.InvalidCredentials(), user)
     if user.entity.get("password_reset_required"):
         raise errors.PasswordResetRequired()
-    return issue_tokens(storage, settings, flow, user, flow.steps + ["pwd"], scopes, form=form, request=request)
+    flow.entity["steps"] = json.dumps(flow.steps + ["pwd"])
+    return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
 
 
 def _failed(exc: errors.AuthError, user: User | None) -> errors.AuthError:
@@ -218,79 +225,19 @@ def _record_password_failure(storage: Storage, settings: Settings, user: User) -
             lock = now + min(settings.lockout_base_seconds * 2 ** (n - settings.lockout_threshold), settings.lockout_max_seconds)
         return {"failed_logins": n, "last_failed_at": now, "lockout_until": lock}
 
-    change_user(storage, user, compute)
+    change_user(storage, user, compute, counter=True)
 
 
 def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes,
                request: Request) -> Response:
-    user = get_user_by_key(storage, flow["ident"]) if flow["user_exists"] else None
-    flow = verify_code(storage, settings, flow, "signin_code", form.get("oob"), user)
-    if user is None or user.disabled:
+    # Read the user even for an unknown name: the same storage work either way (A52).
+    user = get_user_by_key(storage, flow["ident"])
+    account = user if flow["user_exists"] else None
+    flow = flows.redeem_code(storage, settings, flow, "signin_code", form.get("oob"), account, ident=flow["ident"])
+    if account is None or account.disabled:
         raise errors.InvalidOob()  # unreachable in practice: no code was ever sent
-    return issue_tokens(storage, settings, flow, user, flow.steps + ["otp"], scopes, form=form, request=request)
-
-
-def verify_code(storage: Storage, settings: Settings, flow: flows.Flow, purpose: str, code: str | None,
-                user: User | None) -> flows.Flow:
-    """Check a code for a flow, counting wrong codes per account as well as per
-    challenge: the account counter survives resends and new flows (NIST
-    §3.1.3.2) and, at its ceiling, refuses codes for that account."""
-    field = code_failures_field(flow.get("code_channel") or "email")
-    if user is not None and int(user.entity.get(field) or 0) >= settings.account_max_code_failures:
-        raise errors.TooManyAttempts("Too many wrong codes for this account on this channel. Contact support.")
-    try:
-        return flows.check_code(storage, settings, flow, purpose, code)
-    except errors.InvalidOob as exc:
-        if user is not None:
-            change_user(storage, user, lambda u: {field: int(u.entity.get(field) or 0) + 1})
-        exc.log_user = user
-        raise
-
-
-def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: User, steps: list[str],
-                 scopes: tokens.Scopes, *, mfa_done: bool = False, form: Form | None = None,
-                 request: Request | None = None) -> Response:
-    """The only way tokens leave the server: the policy gate, then the end of
-    the flow (single use, If-Match), then the token set.
-
-    ``mfa_done`` is passed only by code paths that have just verified a
-    second-factor code in this flow; everything else relies on what the flow
-    record says, so nothing the client sends can skip a step."""
-    if mfa_done:
-        flow.entity["mfa_done"] = True
-    response, flow, decision = mfa.gate(storage, settings, flow, user, steps, form, request)
-    if response is not None:
-        return response
-    flows.finish(storage, flow)
-    now = int(time.time())
-    changes: dict[str, Any] = {}
-    if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
-        changes.update(failed_logins=0, lockout_until=0)
-    for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
-        if step in steps and user.entity.get(code_failures_field(channel)):
-            changes[code_failures_field(channel)] = 0
-    if flow.get("mfa_done") and decision.freshness_seconds:  # only when a policy uses freshness
-        fresh = json.loads(user.entity.get("mfa_at") or "{}")
-        fresh[flow["client_id"]] = now
-        changes["mfa_at"] = json.dumps(fresh)
-    ip = flow.get("ip") or (mfa._client_ip(request, settings) if request is not None else None)
-    networks = risk.remember_network(user, ip)
-    if networks:
-        changes["known_networks"] = networks
-    if changes:
-        try:
-            update_user(storage, user, **changes)
-        except Modified:
-            pass  # a concurrent change won; counters are not lost by skipping this reset
-    amr = list(dict.fromkeys(steps))
-    if flow.get("mfa_done"):  # only a verified second factor makes it multi-factor (not sign-up's code + new password)
-        amr.append("mfa")
-    acrs = decision.auth_contexts if (flow.get("mfa_done") or not decision.require_second_factor) else ()
-    subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, tuple(amr),
-                             "2" if "mfa" in amr else "1", now, tuple(acrs))
-    signinlog.record(storage, flow, user, "success", "", amr, (current().extra.get("risk") if current() else "") or "none",
-                     decision, ip)
-    return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
+    flow.entity["steps"] = json.dumps(flow.steps + ["otp"])
+    return gate.issue_tokens(storage, settings, flow, account, scopes, form=form, request=request)
 
 
 def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tokens.Scopes, form: Form,
@@ -306,7 +253,7 @@ def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tok
             same = False
         if not same:
             raise errors.InvalidGrant("The username does not match this flow.")
-    return issue_tokens(storage, settings, flow, user, flow.steps, scopes, form=form, request=request)
+    return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
 
 
 def introspect(request: Request, settings: Settings) -> Response:

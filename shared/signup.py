@@ -65,6 +65,9 @@ def start(request: Request, settings: Settings) -> Response:
     types = challenge_types(form)
     if "oob" not in types:
         return redirect_response("Sign-up needs an email code; the client does not support oob.")
+    from . import limits
+
+    limits.check_and_count_action(storage, settings, "signup_start", request.client_ip, settings.signup_starts_per_ip_hour)
     collected = attributes.accept(settings.signup_attributes, attributes.parse(form.get("attributes")))
     password = form.get("password")
     password_hash = hash_new_password(settings, password, email) if password else ""
@@ -115,10 +118,11 @@ def continue_(request: Request, settings: Settings) -> Response:
     if grant == "oob":
         if state != "code_sent":
             raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
-        flow = flows.check_code(storage, settings, flow, "signup_code", form.get("oob"))
+        flow = flows.redeem_code(storage, settings, flow, "signup_code", form.get("oob"))
         if flow["user_exists"]:
             raise errors.InvalidOob()  # unreachable: no code was sent to an existing address
-        flow.changes.update(email_verified=True, steps=["otp"], code_hash="")
+        # The code is consumed; only now may the account be created (A55).
+        flow.changes.update(email_verified=True, steps=["otp"], code_hash="", code_used=False)
     elif grant == "password":
         if state not in ("credential_required", "password_prompt"):
             raise errors.InvalidGrant("This flow does not expect a password now.")

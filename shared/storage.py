@@ -9,7 +9,7 @@ A thin layer over ``azure-data-tables``. It exists for four reasons:
   15 comparisons per filter, more than 252 properties, more than 100
   operations per batch); this layer refuses them itself so that code passing
   locally passes in Azure;
-* every call is counted per request (``protocol.count_storage_op``) for the
+* every call is counted per request (``context.count_storage_op``) for the
   request log line and the benchmark;
 * outages surface as one exception type, :class:`StorageUnavailable`, which the
   protocol layer turns into a 503 with ``Retry-After``.
@@ -35,7 +35,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from . import protocol
+from . import context
 from .settings import Settings
 
 # The Azure SDKs log every request and response (headers included) at INFO, and
@@ -155,7 +155,7 @@ class Table:
         self.name = name
 
     def _call(self, fn, *args, **kwargs):
-        protocol.count_storage_op()
+        context.count_storage_op()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - translated into our small set
@@ -189,6 +189,16 @@ class Table:
         )
         return meta.get("etag", "")
 
+    def merge(self, entity: Mapping[str, Any]) -> str:
+        """Merge into an existing entity whatever its ETag (If-Match: *); NotFound
+        if it is gone. Only for counters that may lose an increment under heavy
+        contention (see ``directory.change_user``), never for state transitions."""
+        data = _strip(entity)
+        check_entity(data)
+        meta = self._call(self._client.update_entity, data, mode=UpdateMode.MERGE,
+                          match_condition=MatchConditions.Unconditionally)
+        return meta.get("etag", "")
+
     def put(self, entity: Mapping[str, Any]) -> str:
         """Unconditional write, for data that is not a state transition
         (log records, idempotent seeds). Never use it for flow state."""
@@ -215,7 +225,7 @@ class Table:
               select: list[str] | None = None, limit: int | None = None) -> list[Entity]:
         """Filtered query; values always go through ``parameters`` (never concatenated)."""
         check_filter(query_filter)
-        protocol.count_storage_op()
+        context.count_storage_op()
         out: list[Entity] = []
         try:
             pages = self._client.query_entities(query_filter, parameters=dict(parameters or {}), select=select,
@@ -225,7 +235,7 @@ class Table:
                     out.append(_plain(entity))
                     if limit is not None and len(out) >= limit:
                         return out
-                protocol.count_storage_op()  # each further page is another round trip
+                context.count_storage_op()  # each further page is another round trip
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
         return out

@@ -42,6 +42,8 @@ PURPOSES = (
     "reset_code",
     "password_changed",
     "signup_attempt_notice",
+    "method_added",
+    "method_removed",
 )
 # Purposes whose message carries a one-time code.
 CODE_PURPOSES = frozenset({"signup_code", "signin_code", "mfa_code", "register_code", "reset_code"})
@@ -72,6 +74,7 @@ _COMMON: dict[str, dict[str, str]] = {
         "sms_do_not_share": "Do not share it with anyone.",
         "signoff": "{app}",
         "code_label": "Your code",
+        "a_method": "A sign-in method",
     },
     "de": {
         "do_not_share": "Geben Sie diesen Code an niemanden weiter. {app} wird Sie nie danach fragen.",
@@ -79,6 +82,7 @@ _COMMON: dict[str, dict[str, str]] = {
         "sms_do_not_share": "Geben Sie ihn an niemanden weiter.",
         "signoff": "{app}",
         "code_label": "Ihr Code",
+        "a_method": "Eine Anmeldemethode",
     },
     "fr": {
         "do_not_share": "Ne communiquez ce code à personne. {app} ne vous le demandera jamais.",
@@ -86,6 +90,7 @@ _COMMON: dict[str, dict[str, str]] = {
         "sms_do_not_share": "Ne le partagez avec personne.",
         "signoff": "{app}",
         "code_label": "Votre code",
+        "a_method": "Une méthode de connexion",
     },
 }
 
@@ -130,6 +135,18 @@ _TEXTS: dict[str, dict[str, dict[str, str]]] = {
             "detail": "If this was you, sign in instead, or reset your password if you forgot it. If it was not you, you can ignore this message; your account has not changed.",
             "sms": "Someone tried to sign up for {app} with this number, which already has an account. If it was not you, ignore this.",
         },
+        "method_added": {
+            "subject": "A sign-in method was added to your {app} account",
+            "intro": "{target} was just added to your {app} account as a way to confirm it is you.",
+            "detail": "If you made this change, there is nothing else to do. If you did not, reset your password right away and contact support: someone else may be able to sign in as you.",
+            "sms": "{target} was added to your {app} account. If this was not you, reset your password now.",
+        },
+        "method_removed": {
+            "subject": "A sign-in method was removed from your {app} account",
+            "intro": "{target} was just removed from your {app} account.",
+            "detail": "If you made this change, there is nothing else to do. If you did not, reset your password right away and contact support.",
+            "sms": "{target} was removed from your {app} account. If this was not you, reset your password now.",
+        },
     },
     "de": {
         "signup_code": {
@@ -169,6 +186,18 @@ _TEXTS: dict[str, dict[str, dict[str, str]]] = {
             "detail": "Wenn Sie das waren, melden Sie sich stattdessen an oder setzen Sie Ihr Passwort zurück. Falls nicht, können Sie diese Nachricht ignorieren; Ihr Konto wurde nicht verändert.",
             "sms": "Jemand wollte sich mit dieser Nummer bei {app} registrieren, es gibt aber schon ein Konto. Falls nicht Sie, bitte ignorieren.",
         },
+        "method_added": {
+            "subject": "Ihrem {app}-Konto wurde eine Anmeldemethode hinzugefügt",
+            "intro": "{target} wurde soeben Ihrem {app}-Konto als Methode zur Bestätigung Ihrer Identität hinzugefügt.",
+            "detail": "Wenn Sie das waren, ist nichts weiter zu tun. Falls nicht, setzen Sie Ihr Passwort sofort zurück und wenden Sie sich an den Support: Jemand anderes könnte sich als Sie anmelden.",
+            "sms": "{target} wurde Ihrem {app}-Konto hinzugefuegt. Falls nicht Sie, setzen Sie Ihr Passwort sofort zurueck.",
+        },
+        "method_removed": {
+            "subject": "Aus Ihrem {app}-Konto wurde eine Anmeldemethode entfernt",
+            "intro": "{target} wurde soeben aus Ihrem {app}-Konto entfernt.",
+            "detail": "Wenn Sie das waren, ist nichts weiter zu tun. Falls nicht, setzen Sie Ihr Passwort sofort zurück und wenden Sie sich an den Support.",
+            "sms": "{target} wurde aus Ihrem {app}-Konto entfernt. Falls nicht Sie, setzen Sie Ihr Passwort sofort zurueck.",
+        },
     },
     "fr": {
         "signup_code": {
@@ -207,6 +236,18 @@ _TEXTS: dict[str, dict[str, dict[str, str]]] = {
             "intro": "Quelqu'un a essayé de créer un compte {app} avec cette adresse, mais un compte existe déjà.",
             "detail": "Si c'était vous, connectez-vous ou réinitialisez votre mot de passe. Sinon, ignorez ce message ; votre compte n'a pas été modifié.",
             "sms": "Quelqu'un a voulu s'inscrire à {app} avec ce numéro, qui a déjà un compte. Si ce n'était pas vous, ignorez ce message.",
+        },
+        "method_added": {
+            "subject": "Une méthode de connexion a été ajoutée à votre compte {app}",
+            "intro": "{target} vient d'être ajouté à votre compte {app} comme moyen de confirmer votre identité.",
+            "detail": "Si vous êtes à l'origine de ce changement, vous n'avez rien à faire. Sinon, réinitialisez immédiatement votre mot de passe et contactez le support : quelqu'un d'autre pourrait se connecter à votre place.",
+            "sms": "{target} a ete ajoute a votre compte {app}. Si ce n'etait pas vous, reinitialisez votre mot de passe.",
+        },
+        "method_removed": {
+            "subject": "Une méthode de connexion a été retirée de votre compte {app}",
+            "intro": "{target} vient d'être retiré de votre compte {app}.",
+            "detail": "Si vous êtes à l'origine de ce changement, vous n'avez rien à faire. Sinon, réinitialisez immédiatement votre mot de passe et contactez le support.",
+            "sms": "{target} a ete retire de votre compte {app}. Si ce n'etait pas vous, reinitialisez votre mot de passe.",
         },
     },
 }
@@ -358,7 +399,7 @@ def render(message: Any, app_name: str) -> Rendered:
     common = _COMMON[lang]
 
     app = one_line(app_name, MAX_APP_NAME) or "Native Auth"
-    values = {"app": app, "code": ""}
+    values = {"app": app, "code": "", "target": one_line(getattr(message, "detail", None) or "", 64) or common["a_method"]}
     has_code = purpose in CODE_PURPOSES
     if has_code:
         code = one_line(getattr(message, "code", None) or "", MAX_CODE).replace(" ", "")

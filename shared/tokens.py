@@ -248,6 +248,49 @@ def parse_scopes(settings: Settings, raw: str | None) -> Scopes:
 
 # ------------------------------------------------------------------ issuance
 
+AMR_OF_CHANNEL = {"sms": "sms", "email": "otp"}
+
+
+@dataclass(frozen=True)
+class Session:
+    """How a session authenticated: the first factors' ``amr`` values, the
+    second factors verified (method id and channel) and when. A refresh-token
+    family keeps it, so a refresh can judge the session as the sign-in was
+    judged (``gate.refresh_subject``)."""
+    first_amr: tuple[str, ...] = ()
+    second_factors: tuple[dict[str, str], ...] = ()
+    mfa_at: int = 0
+
+    @property
+    def amr(self) -> tuple[str, ...]:
+        values = list(self.first_amr) + [AMR_OF_CHANNEL.get(f["channel"], "otp") for f in self.second_factors]
+        if self.second_factors:  # only a verified second factor makes it multi-factor
+            values.append("mfa")
+        return tuple(dict.fromkeys(values))
+
+    @property
+    def acr(self) -> str:
+        return "2" if self.second_factors else "1"
+
+    def keeping(self, method_ids) -> "Session":
+        """The session with only the second factors whose methods are still registered."""
+        kept = tuple(f for f in self.second_factors if f["id"] in method_ids)
+        return self if kept == self.second_factors else Session(self.first_amr, kept, self.mfa_at if kept else 0)
+
+    @classmethod
+    def of_family(cls, fam: dict[str, Any]) -> "Session":
+        if fam.get("session"):
+            raw = json.loads(fam["session"])
+            return cls(tuple(raw.get("first_amr", [])), tuple(raw.get("second_factors", [])), int(raw.get("mfa_at", 0)))
+        # Families written before sessions were recorded: their amr without a
+        # second factor to vouch for it (a policy that needs one asks again).
+        return cls(tuple(a for a in json.loads(fam.get("amr") or "[]") if a != "mfa"), (), 0)
+
+    def to_json(self) -> str:
+        return json.dumps({"first_amr": list(self.first_amr), "second_factors": list(self.second_factors),
+                           "mfa_at": self.mfa_at}, separators=(",", ":"))
+
+
 @dataclass(frozen=True)
 class Subject:
     """What the tokens say about the user and how they signed in."""
@@ -259,6 +302,7 @@ class Subject:
     acr: str
     auth_time: int
     acrs: tuple[str, ...] = ()
+    session: Session | None = None
 
 
 def _sign(ring: KeyRing, claims: dict[str, Any], typ: str) -> str:
@@ -331,14 +375,18 @@ def create_family(storage: Storage, settings: Settings, client_id: str, subject:
         "absolute_expires": now + settings.refresh_absolute_seconds,
         "expires_at": min(now + settings.refresh_idle_seconds, now + settings.refresh_absolute_seconds),
         "amr": json.dumps(list(subject.amr)), "acr": subject.acr, "acrs": json.dumps(list(subject.acrs)),
-        "auth_time": subject.auth_time,
+        "auth_time": subject.auth_time, "session": (subject.session or Session(subject.amr)).to_json(),
     })
     return f"{pk}.{family}.{secret}"
 
 
 def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, token: str | None,
-                         scope_raw: str | None) -> dict[str, Any]:
-    """``grant_type=refresh_token``: rotate, detect reuse, re-check the user."""
+                         scope_raw: str | None, judge=None) -> dict[str, Any]:
+    """``grant_type=refresh_token``: rotate, detect reuse, re-check the user.
+
+    ``judge(family, user)`` returns the new tokens' Subject or raises (the
+    conditional-access check at refresh, ``gate.refresh_subject``); it runs
+    before the rotation, so a refused refresh changes nothing."""
     from .directory import get_user_by_key  # local import: directory does not need tokens
 
     if not token:
@@ -363,19 +411,22 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
             if user is None or user.disabled or float(user.entity.get("rt_not_before") or 0) >= float(fam.get("issued_at") or fam["created"]):
                 _revoke(table, fam)
                 raise invalid
+            if judge is not None:
+                subject = judge(fam, user)
+            else:
+                session = Session.of_family(fam)
+                subject = Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr,
+                                  int(fam.get("auth_time") or now), tuple(json.loads(fam.get("acrs") or "[]")), session)
             new_secret = secrets.token_urlsafe(32)
             try:
                 table.update({
                     "PartitionKey": pk, "RowKey": family_id, "current_hash": _rt_hash(new_secret),
                     "previous_hash": fam["current_hash"], "rotated_at": time.time(), "last_used": now,
-                    "generation": int(fam.get("generation", 1)) + 1,
+                    "generation": int(fam.get("generation", 1)) + 1, "acrs": json.dumps(list(subject.acrs)),
                     "expires_at": min(now + settings.refresh_idle_seconds, int(fam["absolute_expires"])),
                 }, fam["_etag"])
             except Modified:
                 continue  # a concurrent refresh won; re-read and judge again
-            subject = Subject(user.pk, user.oid, user.email, user.display_name, tuple(json.loads(fam.get("amr") or "[]")),
-                              fam.get("acr") or "1", int(fam.get("auth_time") or now),
-                              tuple(json.loads(fam.get("acrs") or "[]")))
             expires = min(now + settings.refresh_idle_seconds, int(fam["absolute_expires"]))
             return issue(storage, settings, client_id, subject, scopes, refresh_token=f"{pk}.{family_id}.{new_secret}",
                          refresh_expires_in=max(1, expires - now))

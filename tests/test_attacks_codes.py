@@ -454,3 +454,79 @@ def test_A12_purpose_confusion_reset_and_sign_in_codes(api, outbox, make_user):
                      scope=SCOPE)
         assert r.status == 400 and r["error_codes"] == [WRONG_CODE]
         assert_no_tokens(r)
+
+
+# ====================================================================== A55: parallel guesses, side effects after the code is consumed
+
+@pytest.mark.parametrize("kind", ["signin", "mfa", "register"])
+def test_A55_the_right_code_in_a_burst_after_the_limit_answers_like_a_wrong_one(server, open_challenge, kind):
+    """Four wrong codes used; then 12 wrong codes and the right one at once.
+    The right one either wins (it was judged while a try was left) or gets the
+    same answer as the wrong ones after the limit: never a distinct answer."""
+    for attempt in range(3):
+        ch = open_challenge(kind)
+        right = ch.code()
+        for _ in range(server.settings.code_max_attempts - 1):
+            assert ch.submit(wrong(right)).status == 400
+        guesses = [wrong(right)] * 6 + [right] + [wrong(right)] * 6
+        results = parallel(len(guesses), lambda i: ch.submit(guesses[i]))
+        mine = results[6]
+        others = {tuple(r["error_codes"]) for i, r in enumerate(results) if i != 6}
+        if not ch.succeeded(mine):
+            assert mine.status == 400 and mine["error_codes"] == [DEAD_CHALLENGE], mine.body
+            assert_no_tokens(mine)
+            assert others <= {(WRONG_CODE,), (DEAD_CHALLENGE,)}, others
+        # (After a success the challenge is gone: the rest are refused as for a used token.)
+        assert sum(ch.succeeded(r) for r in results) <= 1
+
+
+@contextlib.contextmanager
+def first_flow_write_fails(monkeypatch):
+    """The next write to the flows table fails (storage gone at that moment)."""
+    from shared import storage as storage_mod
+
+    real = storage_mod.Table.update
+    state = {"armed": True}
+
+    def update(self, entity, etag=None, **kwargs):
+        if state["armed"] and self.name.endswith("flows"):
+            state["armed"] = False
+            raise storage_mod.StorageUnavailable("injected")
+        return real(self, entity, etag, **kwargs)
+
+    monkeypatch.setattr(storage_mod.Table, "update", update)
+    try:
+        yield state
+    finally:
+        monkeypatch.setattr(storage_mod.Table, "update", real)
+
+
+def test_A55_no_method_is_saved_before_its_code_is_consumed(server, api, outbox, make_user, require_mfa, monkeypatch):
+    email, _ = make_user()
+    require_mfa(email)
+    r = password_first_factor(api, email)
+    phone = random_phone()
+    c = api.post("register/v1.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob",
+                 challenge_channel="sms", challenge_target=phone)
+    code = outbox.last_code(phone)
+    with first_flow_write_fails(monkeypatch):
+        failed = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob", oob=code)
+    assert failed.status == 503, failed.body
+    assert methods_of(server, email) == []                  # nothing saved while the code was not consumed
+    retry = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob", oob=code)
+    assert retry.status == 200, retry.body
+    assert methods_of(server, email) == [("sms", phone)]
+
+
+def test_A55_no_account_is_created_before_its_code_is_consumed(server, api, outbox, monkeypatch):
+    email = unique_email("consume")
+    s = api.post("signup/v1.0/start", username=email, challenge_type="oob password redirect", password=NEW_PW)
+    c = api.post("signup/v1.0/challenge", continuation_token=s["continuation_token"], challenge_type="oob password redirect")
+    code = outbox.last_code(email)
+    with first_flow_write_fails(monkeypatch):
+        failed = api.post("signup/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob", oob=code)
+    assert failed.status == 503, failed.body
+    assert directory.get_user(server.storage, email) is None
+    retry = api.post("signup/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob", oob=code)
+    assert retry.status == 200, retry.body
+    assert directory.get_user(server.storage, email) is not None

@@ -186,3 +186,60 @@ def test_A21_one_password_over_many_accounts_from_one_ip_raises_risk(server, api
 
 
 # ====================================================================== A22-A26: passwords and reset
+
+
+# ====================================================================== A51-A52: the same work for known and unknown names
+
+def _ops(resp) -> int:
+    return int(resp.headers["x-storage-ops"])
+
+
+def test_A51_over_long_passwords_do_the_same_work_for_known_and_unknown_names(server, api, make_user):
+    from shared import passwords
+
+    email, _ = make_user()
+    long_pw = "x" * 300
+    answers, ops, hashes = [], [], []
+    for name in (email, unique_email("ghost"), email, unique_email("ghost")):
+        ct = password_challenge_ct(api, name)
+        before = passwords.argon2_operations()
+        r = password_grant(api, ct, long_pw)
+        hashes.append(passwords.argon2_operations() - before)
+        answers.append(shape(r))
+        ops.append(_ops(r))
+    assert answers[0] == answers[1] == answers[2] == answers[3]
+    assert answers[0][0] == 400 and answers[0][1]["error_codes"] == [BAD_CREDENTIALS]
+    assert ops[0] == ops[1] and ops[2] == ops[3], ops
+    assert hashes[0] == hashes[1] == hashes[2] == hashes[3] == 0, hashes   # nothing to hash: it can never match
+
+
+def test_A52_wrong_codes_cost_the_same_storage_work_for_known_and_unknown_addresses(server, api, outbox, make_user):
+    known, _ = make_user(password=None)
+    signin_ops, reset_ops = [], []
+    for name in (known, unique_email("ghost")):
+        c = email_code_challenge(api, name)
+        assert c.status == 200
+        r = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="oob", oob="31415926",
+                     scope=SCOPE)
+        assert r.status == 400 and r["error_codes"] == [WRONG_CODE]
+        signin_ops.append(_ops(r))
+    known_pw, _ = make_user()
+    for name in (known_pw, unique_email("ghost")):
+        c = reset_challenge(api, name)
+        r = api.post("resetpassword/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
+                     oob="31415926")
+        assert r.status == 400 and r["error_codes"] == [WRONG_CODE]
+        reset_ops.append(_ops(r))
+    assert signin_ops[0] == signin_ops[1], signin_ops
+    assert reset_ops[0] == reset_ops[1], reset_ops
+
+
+def test_A52_parallel_wrong_passwords_get_the_same_answers_for_known_and_unknown(server, api, make_user):
+    email, _ = make_user()
+    ghost = unique_email("ghost")
+    with server.override(lockout_threshold=10 ** 6):
+        for name in (email, ghost):
+            cts = [password_challenge_ct(api, name) for _ in range(40)]
+            results = parallel(40, lambda i: password_grant(api, cts[i], "not the password, in parallel"))
+            statuses = {(r.status, tuple(r["error_codes"])) for r in results}
+            assert statuses == {(400, (BAD_CREDENTIALS,))}, (name == email, statuses)

@@ -119,3 +119,61 @@ def test_A26_reset_revokes_every_refresh_token_and_notifies(api, outbox, make_us
     assert len(notices) == 1 and not notices[0].get("code")
     after = api.post("oauth2/v2.0/token", continuation_token=ct, grant_type="continuation_token", scope=SCOPE)
     assert after.status == 200 and refresh(api, after["refresh_token"]).status == 200   # new sessions are fine
+
+
+# ====================================================================== A53, A54, A59: bounded password work, normalized checks
+
+L33T = "4@8({[<3691!|70$5+%2"
+
+
+def test_A53_the_strength_estimator_sees_a_bounded_input(server, api, monkeypatch):
+    import zxcvbn as zxcvbn_pkg
+
+    from shared import passwords
+
+    seen: list[int] = []
+    real = zxcvbn_pkg.zxcvbn
+
+    def spy(password, user_inputs=None):
+        seen.append(len(password))
+        return real(password, user_inputs)
+
+    monkeypatch.setattr(zxcvbn_pkg, "zxcvbn", spy)
+    rng = random.Random(7)
+    password = "".join(rng.choice(L33T) for _ in range(72))
+    r = signup_start(api, password)
+    assert r.status in (200, 400), r.body
+    assert seen and max(seen) <= passwords.STRENGTH_CHECK_MAX_CHARS <= 32, seen
+
+
+def test_A53_sign_up_starts_are_rate_limited_per_ip(server, api):
+    with server.override(signup_starts_per_ip_hour=3, trusted_proxy_hops=2):
+        ip = {"X-Forwarded-For": random_ip()}
+        answers = [api.post("signup/v1.0/start", ip, username=unique_email("burst"), challenge_type="oob password redirect")
+                   for _ in range(4)]
+        assert [a.status for a in answers[:3]] == [200, 200, 200], [a.body for a in answers]
+        assert answers[3]["error"] == "slow_down" and int(answers[3].headers["retry-after"]) > 0, answers[3].body
+        other = api.post("signup/v1.0/start", {"X-Forwarded-For": random_ip()}, username=unique_email("other"),
+                         challenge_type="oob password redirect")
+        assert other.status == 200
+
+
+def test_A54_concurrent_password_hashing_is_bounded_and_queued(server, api, make_user):
+    from shared import passwords
+
+    email, _ = make_user()
+    passwords.reset_peak_concurrency()
+    with server.override(lockout_threshold=10 ** 6):
+        cts = [password_challenge_ct(api, email) for _ in range(30)]
+        results = parallel(30, lambda i: password_grant(api, cts[i], "wrong, and all at once"))
+    assert {(r.status, tuple(r["error_codes"])) for r in results} == {(400, (BAD_CREDENTIALS,))}   # queued, not refused
+    assert 1 <= passwords.peak_concurrency() <= passwords.ARGON2_CONCURRENCY, passwords.peak_concurrency()
+
+
+@pytest.mark.parametrize("password,suberror", [
+    ("ｑｗｅｒｔｙｕｉｏｐ１２３４５", "password_banned"),          # full-width form of a banned password
+    ("e\u0301" * 8, "password_too_short"),          # 16 code points raw, 8 after NFKC
+])
+def test_A59_the_password_policy_checks_the_normalized_password(api, password, suberror):
+    r = signup_start(api, password)
+    assert r.status == 400 and r["suberror"] == suberror, r.body

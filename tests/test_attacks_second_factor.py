@@ -138,3 +138,237 @@ def test_A43_unconfigured_country_header_is_ignored(server, api, policies, make_
     for header in ("CF-IPCountry", "X-Country", "X-Azure-Country", "X-Geo-Country"):
         r = password_first_factor(api, email, headers={header: "DE"})
         assert r.status == 400 and r["suberror"] == "mfa_required", header
+
+
+# ====================================================================== A45-A48, A50, A56: the method-registration rule
+
+def _sms_only_for_context(policies, email: str, context: str = "c1") -> None:
+    """Every sign-in of the user needs a second factor (email or SMS); the
+    authentication context needs SMS."""
+    policies(assignments={"users": {"include": [email]}}, grant={"require_second_factor": True, "methods": ["email", "sms"]})
+    policies(assignments={"users": {"include": [email]}}, conditions={"auth_contexts": [context]},
+             grant={"require_second_factor": True, "methods": ["sms"]})
+
+
+def _registration_refused(api, ct: str, attacker_phone: str) -> None:
+    for path, form in (("register/v1.0/introspect", {}),
+                       ("register/v1.0/challenge", {"challenge_type": "oob", "challenge_channel": "sms",
+                                                    "challenge_target": attacker_phone}),
+                       ("register/v1.0/continue", {"grant_type": "oob", "oob": "123456"})):
+        r = api.post(path, continuation_token=ct, **form)
+        assert r.status == 400 and r["error"] == "invalid_grant", (path, r.body)
+
+
+def test_A45_password_alone_cannot_plant_a_factor_through_a_step_up_context(server, api, outbox, make_user, policies):
+    """The attacker knows the password only. Asking for an SMS-only context
+    must not turn the victim's email second factor into 'registration
+    required': the account has a method, so that method must be proven first."""
+    mailbox = unique_email("victim-mfa")
+    email, _ = make_user(methods=[email_method(mailbox)])
+    _sms_only_for_context(policies, email)
+    attacker_phone = random_phone()
+    r = password_first_factor(api, email, claims=context_claims("c1"))
+    assert r.status == 400 and r["suberror"] == "mfa_required", r.body      # prove the existing method first
+    _registration_refused(api, r["continuation_token"], attacker_phone)
+    intro = api.post("oauth2/v2.0/introspect", continuation_token=r["continuation_token"])
+    assert [m["challenge_channel"] for m in intro["methods"]] == ["email"]
+    assert outbox.count(attacker_phone) == 0 and methods_of(server, email) == [("email", mailbox)]
+    # Without the victim's mailbox the flow ends here: a wrong code gets no further.
+    c = api.post("oauth2/v2.0/challenge", continuation_token=intro["continuation_token"], id=intro["methods"][0]["id"],
+                 challenge_type="password oob redirect")
+    t = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="mfa_oob",
+                 oob=wrong(outbox.last_code(mailbox)), scope=SCOPE)
+    assert t.status == 400 and t["suberror"] == "invalid_oob_value"
+    _registration_refused(api, c["continuation_token"], attacker_phone)
+    assert methods_of(server, email) == [("email", mailbox)]
+
+
+def test_A45_the_owner_proves_the_existing_method_then_registers_the_required_one(server, api, outbox, make_user, policies):
+    mailbox = unique_email("owner-mfa")
+    email, user = make_user(methods=[email_method(mailbox)])
+    _sms_only_for_context(policies, email)
+    phone = random_phone()
+    r = password_first_factor(api, email, claims=context_claims("c1"))
+    assert r["suberror"] == "mfa_required"
+    proven = prove_method(api, outbox, r["continuation_token"], mailbox)
+    assert proven.status == 400 and proven["suberror"] == "registration_required", proven.body
+    assert_no_tokens(proven)
+    intro = api.post("register/v1.0/introspect", continuation_token=proven["continuation_token"])
+    assert [m["challenge_channel"] for m in intro["methods"]] == ["sms"]             # only what the context allows
+    t = register_method(api, outbox, intro["continuation_token"], "sms", phone, claims=context_claims("c1"))
+    assert t.status == 200, t.body
+    at, idt = claims_of(t["access_token"]), claims_of(t["id_token"])
+    assert at["acrs"] == ["c1"] and idt["amr"] == ["pwd", "otp", "sms", "mfa"] and idt["acr"] == "2"
+    assert methods_of(server, email) == [("email", mailbox), ("sms", phone)]
+    # The next sign-in offers both methods.
+    again = password_first_factor(api, email)
+    listed = api.post("oauth2/v2.0/introspect", continuation_token=again["continuation_token"])
+    assert sorted(m["challenge_channel"] for m in listed["methods"]) == ["email", "sms"]
+
+
+def test_A45_risk_raised_by_wrong_passwords_does_not_open_registration(server, api, outbox, make_user, policies):
+    mailbox = unique_email("risk-mfa")
+    email, _ = make_user(methods=[email_method(mailbox)])
+    policies(assignments={"users": {"include": [email]}}, conditions={"risk_levels": ["medium", "high"]},
+             grant={"require_second_factor": True, "methods": ["sms"]})
+    for _ in range(3):
+        assert password_first_factor(api, email, "not the password at all").status == 400
+    r = password_first_factor(api, email)
+    assert r.status == 400 and r["suberror"] == "mfa_required", r.body
+    _registration_refused(api, r["continuation_token"], random_phone())
+
+
+def test_A45_a_targeted_client_does_not_open_registration(server, api, outbox, make_user, policies):
+    mailbox = unique_email("client-mfa")
+    email, _ = make_user(methods=[email_method(mailbox)])
+    client_id = f"attack-{uuid.uuid4().hex[:12]}"
+    directory.register_client(server.storage, client_id, "A client with an SMS-only policy")
+    policies(assignments={"users": {"include": [email]}, "clients": {"include": [client_id]}},
+             grant={"require_second_factor": True, "methods": ["sms"]})
+    other = RecordingApi(type(server.api)(server.api.base_url, client_id))
+    r = password_first_factor(other, email)
+    assert r.status == 400 and r["suberror"] == "mfa_required", r.body
+    _registration_refused(other, r["continuation_token"], random_phone())
+
+
+def test_A45_just_in_time_registration_only_while_the_account_has_no_method(server, api, outbox, make_user, require_mfa):
+    """Two registration flows for an account without a method: the first to
+    finish registers; the other can no longer register without proving it."""
+    email, _ = make_user()
+    require_mfa(email)
+    first, second = password_first_factor(api, email), password_first_factor(api, email)
+    assert first["suberror"] == second["suberror"] == "registration_required"
+    phone_a, phone_b = random_phone(), random_phone()
+    ca = api.post("register/v1.0/challenge", continuation_token=first["continuation_token"], challenge_type="oob",
+                  challenge_channel="sms", challenge_target=phone_a)
+    cb = api.post("register/v1.0/challenge", continuation_token=second["continuation_token"], challenge_type="oob",
+                  challenge_channel="sms", challenge_target=phone_b)
+    assert ca.status == cb.status == 200
+    done = api.post("register/v1.0/continue", continuation_token=ca["continuation_token"], grant_type="oob",
+                    oob=outbox.last_code(phone_a))
+    assert done.status == 200
+    late = api.post("register/v1.0/continue", continuation_token=cb["continuation_token"], grant_type="oob",
+                    oob=outbox.last_code(phone_b))
+    assert late.status == 400 and late["error"] == "invalid_grant", late.body
+    assert methods_of(server, email) == [("sms", phone_a)]
+    # A flow that got registration_required before the first method existed cannot start a registration either.
+    third = password_first_factor(api, email)
+    assert third["suberror"] == "mfa_required"
+
+
+def test_A46_mailbox_alone_cannot_reach_a_second_factor(server, api, outbox, make_user, require_mfa):
+    """The victim registered their own address as second factor (the sign-up
+    fast pass). With only the mailbox, an email-code sign-in can neither use
+    that address again nor register a variant of it."""
+    email = unique_email("mailbox")
+    make_user(email=email, methods=[email_method(email)])
+    local, domain = email.split("@")
+    require_mfa(email)
+    r = email_first_factor(api, outbox, email)
+    assert r.status == 400 and r.get("suberror") != "registration_required", r.body
+    assert_no_tokens(r)
+    variant = f"{local.upper()}+mfa@{domain.upper()}"
+    if r.get("continuation_token"):
+        c = api.post("register/v1.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob",
+                     challenge_channel="email", challenge_target=variant)
+        assert c.status == 400
+    assert outbox.count(f"{local}+mfa@{domain}") == 0
+    assert methods_of(server, email) == [("email", email)]
+
+
+def test_A46_plus_and_case_variants_of_the_first_factor_mailbox_are_not_a_second_factor(server, api, outbox, make_user,
+                                                                                      require_mfa):
+    email, _ = make_user(password=None)                   # no method yet: just-in-time registration is allowed
+    require_mfa(email)
+    local, domain = email.split("@")
+    r = email_first_factor(api, outbox, email)
+    assert r["suberror"] == "registration_required"
+    for variant in (f"{local}+mfa@{domain}", f"{local.upper()}@{domain}", f"{local}+x+y@{domain.upper()}"):
+        before = outbox.count(variant.lower())
+        c = api.post("register/v1.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob",
+                     challenge_channel="email", challenge_target=variant)
+        assert c.status == 400 and 901001 in c["error_codes"], (variant, c.body)
+        assert outbox.count(variant.lower()) == before
+    other = unique_email("really-another-mailbox")
+    t = register_method(api, outbox, r["continuation_token"], "email", other)
+    assert t.status == 200, t.body
+    assert claims_of(t["id_token"])["amr"] == ["otp", "mfa"] and claims_of(t["id_token"])["acr"] == "2"
+    # An alias of the sign-in mailbox registered earlier (after a password sign-in) is not a second factor after an email code.
+    alias_user, _ = make_user(password=None)
+    a_local, a_domain = alias_user.split("@")
+    directory.change_user(server.storage, directory.get_user(server.storage, alias_user),
+                          lambda u: {"methods": json.dumps([email_method(f"{a_local}+mfa@{a_domain}")])})
+    require_mfa(alias_user)
+    r2 = email_first_factor(api, outbox, alias_user)
+    assert r2.status == 400 and r2.get("suberror") != "mfa_required", r2.body
+    assert_no_tokens(r2)
+
+
+def test_A48_a_context_added_at_the_last_step_is_checked_against_the_factor_done(server, api, outbox, make_user, policies):
+    """Everyone: email or SMS; context c1: SMS only. Register an email method,
+    then ask for c1 only on the final /token call: no acrs c1 from an email code."""
+    email, _ = make_user()
+    _sms_only_for_context(policies, email)
+    r = password_first_factor(api, email)                                   # no claims here
+    assert r["suberror"] == "registration_required"
+    t = register_method(api, outbox, r["continuation_token"], "email", unique_email("second"), claims=context_claims("c1"))
+    assert_no_tokens(t) if t.status != 200 else None
+    if t.status == 200:
+        assert "c1" not in (claims_of(t["access_token"]).get("acrs") or [])
+    else:
+        assert t.status == 400, t.body
+
+
+def test_A50_every_method_added_notifies_the_account_and_is_logged(server, api, outbox, make_user, require_mfa):
+    email, user = make_user()
+    require_mfa(email)
+    phone = random_phone()
+    before = outbox.count(email)
+    r = password_first_factor(api, email)
+    t = register_method(api, outbox, r["continuation_token"], "sms", phone)
+    assert t.status == 200
+    notices = [m for m in outbox.messages(email)[before:] if m.get("purpose") == "method_added"]
+    assert len(notices) == 1 and not notices[0].get("code")
+    assert phone not in json.dumps(notices[0]) and phone[-4:] in json.dumps(notices[0])   # masked number
+    entries = [e for e in signinlog.tail(server.storage, limit=300) if e["user_oid"] == user.oid]
+    assert any(e["result"] == "method_added" and e["reason"] == "sms" for e in entries), entries
+
+
+def test_A50_a_method_removed_by_the_admin_notifies_the_account_and_is_logged(server, outbox, make_user):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    phone = random_phone()
+    email, user = make_user(methods=[sms_method(phone)])
+    env = {**os.environ, "AUTH_ENVIRONMENT": "local", "AUTH_TABLE_PREFIX": server.settings.table_prefix,
+           "AUTH_STORAGE_CONNECTION_STRING": server.settings.storage_connection_string,
+           "AUTH_OUTBOX_PATH": server.settings.outbox_path}
+    done = subprocess.run([sys.executable, "-m", "admin", "--settings", "/nonexistent", "users", "remove-method", email, "m1"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert methods_of(server, email) == []
+    notices = [m for m in outbox.messages(email) if m.get("purpose") == "method_removed"]
+    assert len(notices) == 1 and phone not in json.dumps(notices[0])
+    entries = [e for e in signinlog.tail(server.storage, limit=300) if e["user_oid"] == user.oid]
+    assert any(e["result"] == "method_removed" and e["reason"] == "sms" for e in entries), entries
+
+
+def test_A56_step_up_inside_a_freshness_window_does_not_loop(server, api, outbox, make_user, policies):
+    """A step-up policy with a freshness window: the first step-up works; a
+    second sign-in with the same claims inside the window gets acrs again
+    (a second factor is done or counted, never a token without acrs)."""
+    phone = random_phone()
+    email, _ = make_user(methods=[sms_method(phone)])
+    policies(assignments={"users": {"include": [email]}}, conditions={"auth_contexts": ["c1"]},
+             grant={"require_second_factor": True, "methods": ["sms"]}, session={"second_factor_freshness_seconds": 3600})
+    for _ in range(2):
+        r = password_first_factor(api, email, claims=context_claims("c1"), scope=FULL_SCOPE)
+        if r.status == 400:
+            assert r["suberror"] == "mfa_required"
+            r = prove_method(api, outbox, r["continuation_token"], phone, scope=FULL_SCOPE)
+        assert r.status == 200, r.body
+        assert claims_of(r["access_token"]).get("acrs") == ["c1"]
+        assert sensitive(api, r["access_token"]).status == 200

@@ -79,7 +79,7 @@ def test_A44_no_secrets_in_logs(server, api, outbox, make_user, require_mfa, cap
                for r in caplog.records]
     assert any(r.name.startswith("nativeauth") for r in caplog.records), "no app log records were captured"
     secrets = {s for s in SECRETS if s}
-    assert len(secrets) > 50, "the module should have remembered its secrets"
+    assert len(secrets) > 25, "the attack modules should have remembered their secrets"
     leaked = find_leaks(secrets, LOG_TEXT + records)
     assert not leaked, f"{len(leaked)} secret(s) found in log records, e.g. {leaked[:2]}"
     # The sign-in log: successes and failures with their factor types, no secrets.

@@ -351,6 +351,41 @@ def test_email_code_sign_in_then_sms_registration_with_slow_down(server, outbox,
     assert [(m["channel"], m["target"]) for m in user.methods] == [("sms", phone)]
 
 
+def test_step_up_proves_the_existing_method_then_registers_the_required_one(server, outbox, make_user, cli):
+    """The method-registration rule, followed by the CLI: the account has an
+    email method; a policy needs SMS; the server asks to verify the email
+    method first, then to register a phone, and the CLI does both."""
+    mailbox = unique_email("cli-mailbox")
+    email, _ = make_user(password=PW, methods=[{"id": "e1", "channel": "email", "target": mailbox, "default": True,
+                                                "created": 1}])
+    phone = random_phone()
+    name = f"cli: sms only for {email}"
+    policy.save(server.storage, {"name": name, "assignments": {"users": {"include": [email]}},
+                                 "grant": {"require_second_factor": True, "methods": ["sms"]}})
+    try:
+        p = cli("signin", email)
+        p.expect(r"Password: ")
+        p.send(PW)
+        p.expect(r"A second factor is required\.")
+        p.expect(r"A 8-digit code was sent by email")
+        p.expect(r"Enter the code")
+        p.send(outbox.last_code(mailbox))
+        p.expect(r"Now register the kind of second factor this sign-in needs\.")
+        p.expect(r"Mobile number in international format")
+        p.send(phone)
+        p.expect(r"A 6-digit code was sent by SMS")
+        p.expect(r"Enter the code")
+        p.send(outbox.last_code(phone))
+        p.expect(r"Signed in as " + re.escape(email))
+        assert p.finish() == 0, p.output
+    finally:
+        policy.delete(server.storage, name)
+    user = directory.get_user(server.storage, email)
+    assert [(m["channel"], m["target"]) for m in user.methods] == [("email", mailbox), ("sms", phone)]
+    at = cli.run("token").stdout.strip()
+    assert set(claims(at)["amr"]) >= {"pwd", "otp", "sms", "mfa"}
+
+
 def test_reset_then_automatic_sign_in(server, api, outbox, make_user, cli):
     email, user = make_user(password=PW)
     p = cli("reset", email)

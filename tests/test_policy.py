@@ -11,11 +11,13 @@ from shared import policy, risk
 from shared.directory import User
 from shared.settings import Settings
 
+OID1 = "0b1c2d3e-0000-4000-8000-000000000001"
+OID2 = "0b1c2d3e-0000-4000-8000-000000000002"
 LOC = {"office": ["203.0.113.0/24"], "vpn": ["2001:db8::/32"]}
 
 
 def sig(**kw) -> policy.Signals:
-    base = dict(user_oid="oid-1", user_email="a@example.com", groups=("staff",), client_id="app-1",
+    base = dict(user_oid=OID1, user_email="a@example.com", groups=("staff",), client_id="app-1",
                 ip="198.51.100.7", country="DE", risk="none", auth_contexts=())
     base.update(kw)
     return policy.Signals(**base)
@@ -34,10 +36,12 @@ def needs_mfa(pol: dict, s: policy.Signals) -> bool:
 # --- assignments, one at a time
 @pytest.mark.parametrize("users,expected", [
     ({"include": ["all"]}, True),
-    ({"include": ["oid-1"]}, True),
+    ({"include": [OID1]}, True),
+    ({"include": [OID1.upper()]}, True),
+    ({"include": ["A@Example.COM"]}, True),
     ({"include": ["a@example.com"]}, True),
-    ({"include": ["oid-2"]}, False),
-    ({"include": ["all"], "exclude": ["oid-1"]}, False),
+    ({"include": [OID2]}, False),
+    ({"include": ["all"], "exclude": [OID1]}, False),
     ({"include": ["all"], "exclude": ["a@example.com"]}, False),
     ({"include": []}, False),
 ])
@@ -139,7 +143,7 @@ def test_no_common_method_blocks():
 
 
 def test_policy_not_applying_requires_nothing():
-    d = policy.evaluate([p(assignments={"users": {"include": ["someone-else"]}})], sig(), LOC)
+    d = policy.evaluate([p(assignments={"users": {"include": ["someone-else@example.com"]}})], sig(), LOC)
     assert not d.require_second_factor and d.results == [{"name": "p", "state": "on", "result": "not_applied"}]
 
 

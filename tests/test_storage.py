@@ -142,14 +142,14 @@ def test_batch_limits(table):
 
 def test_operations_are_counted_per_request_context(table):
     ctx = protocol.Context("r", "c", None, None)
-    token = protocol._context.set(ctx)
+    token = protocol.enter(ctx)
     try:
         pk = key()
         table.insert({"PartitionKey": pk, "RowKey": "r"})
         table.get(pk, "r")
         table.get(pk, "missing")
     finally:
-        protocol._context.reset(token)
+        protocol.leave(token)
     assert ctx.storage_ops == 3
 
 

@@ -71,3 +71,26 @@ def test_reset_start_costs_the_same_for_unknown_addresses(server, api, make_user
             bucket.append((time.perf_counter() - t0) * 1000)
             assert r.status == 200
     assert abs(statistics.median(known) - statistics.median(unknown)) < 8.0
+
+
+def test_over_long_passwords_cost_the_same_for_unknown_names(server, api, make_user):
+    """A51: a password longer than any stored one is refused before the user is
+    read, for every name (it was 12 ms vs 39 ms median, one probe per request)."""
+    email, _ = make_user()
+    long_pw = "y" * 300
+
+    def call_ms(name: str) -> float:
+        r = api.post("oauth2/v2.0/initiate", username=name, challenge_type="password redirect")
+        c = api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="password redirect")
+        t0 = time.perf_counter()
+        t = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="password",
+                     password=long_pw, scope="openid")
+        assert t.status == 400 and t["error_codes"] == [50126]
+        return (time.perf_counter() - t0) * 1000
+
+    known, unknown = [], []
+    for _ in range(SAMPLES):
+        known.append(call_ms(email))
+        unknown.append(call_ms(unique_email("ghost")))
+    assert abs(statistics.median(known) - statistics.median(unknown)) < max(0.5 * _hash_ms(), 8.0), \
+        (statistics.median(known), statistics.median(unknown))

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import unique_email, wait_until
-from shared import directory
+from shared import directory, policy
 from shared.identifiers import mask_email, mask_phone
 from shared.settings import _attribute_schema
 from .e2e_harness import CLIENT_ID, unique_mobile, unverified_claims, wrong_code
@@ -257,12 +257,13 @@ def test_sign_up_then_preverified_fast_pass_for_the_verified_email(page, server,
     sign_up_with_password(page, outbox, email)
 
     methods = registration_methods(page.act("signIn"))
-    sent = outbox.count(email)
+    sent = len(outbox.messages(email))
     done = page.act("challengeAuthMethod", {"authMethodType": methods["email"], "verificationContact": email})
     assert done.is_("Completed") and done.state == "AuthMethodRegistrationCompletedState", done
     assert not done.is_("VerificationRequired"), done
     assert done.data["username"] == email
-    assert outbox.count(email) == sent, outbox.messages(email)  # no code was sent
+    new = outbox.messages(email)[sent:]  # no code was sent; the account is told a method was added
+    assert [(m["purpose"], m["code"]) for m in new] == [("method_added", None)], new
 
     assert stored_methods(server, email) == [("email", email)]
     assert posts(page, server)[-3:] == [
@@ -350,6 +351,48 @@ def test_email_code_first_factor_then_sms_mfa(page, server, outbox, make_user, s
         ("oauth2/v2.0/token", "oob", 400),  # mfa_required after the email code
         ("oauth2/v2.0/token", "mfa_oob", 200),
     ]
+
+
+def test_step_up_that_needs_sms_for_an_account_with_only_an_email_method(page, server, outbox, make_user,
+                                                                          second_factor_policy):
+    """The method-registration rule through MSAL JS (README "Second factor").
+    A step-up context needs SMS; the account only has an email method. The
+    server first asks to verify the email method (mfa_required), then, the
+    account having proved it, for the SMS registration (registration_required
+    on the mfa_oob /token call). MSAL JS 5.30.0 cannot follow that second
+    step: MfaVerificationRequiredState.submitChallenge expects tokens from
+    MfaClient.submitChallenge (src/custom_auth/core/interaction_client/mfa/
+    MfaClient.ts, handleTokenResponse only) and turns any error into
+    MfaSubmitChallengeResult.createWithError. So the app gets a typed MFA
+    error carrying registration_required, and never tokens; nothing is
+    registered. (The CLI client and the native SDKs' JIT after MFA are the
+    ways to finish it; the app can also sign in again without the claims.)"""
+    mailbox = unique_email("stepup-mailbox")
+    email, _ = make_user(password=PASSWORD, methods=[email_method(mailbox)])
+    second_factor_policy(email)                              # every sign-in: email or SMS
+    context = server.settings.sample_auth_context
+    name = f"e2e sms-only context {context}"
+    policy.save(server.storage, {"name": name, "assignments": {"users": {"include": [email]}},
+                                 "conditions": {"auth_contexts": [context]},
+                                 "grant": {"require_second_factor": True, "methods": ["sms"]}})
+    try:
+        claims = json.dumps({"access_token": {"acrs": {"essential": True, "value": context}}})
+        awaiting = page.start("signIn", username=email, password=PASSWORD, claims=claims)
+        assert awaiting.is_("MfaRequired"), awaiting                     # prove the existing method first
+        assert [m["challenge_channel"] for m in awaiting.info["authMethods"]] == ["email"], awaiting
+        verify = page.act("requestChallenge", "m-email")
+        assert verify.is_("VerificationRequired"), verify
+        ended = page.act("submitChallenge", code_sent(outbox, mailbox))
+        assert not ended.is_("Completed") and ended.error, ended
+        assert ended.error.get("subError") == "registration_required", ended.error
+        assert not page.current_account().data                            # no tokens reached the app
+        assert stored_methods(server, email) == [("email", mailbox)]
+        assert [p for p in posts(page, server) if p[1]] == [
+            ("oauth2/v2.0/token", "password", 400),                       # mfa_required (the email method)
+            ("oauth2/v2.0/token", "mfa_oob", 400),                        # registration_required
+        ]
+    finally:
+        policy.delete(server.storage, name)
 
 
 def test_forced_refresh_after_an_mfa_sign_in(page, server, outbox, make_user, second_factor_policy):

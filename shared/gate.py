@@ -1,0 +1,264 @@
+"""The policy gate: the one place that decides whether tokens may leave the
+server, for a flow (:func:`issue_tokens`, the only door tokens leave through)
+and for a session (:func:`refresh_subject`, at every refresh).
+
+**What a flow has proven** is what the server itself recorded in it, never
+what the client says:
+
+* ``steps``: the factors verified, in order (``pwd``, ``otp``, ``sms``);
+* ``second_factors``: the second-factor codes verified in this flow, each
+  ``{"channel", "id", "existing"}``; only ``mfa.token`` (a method the account
+  already had) and ``register.continue_`` (a method just registered) add one;
+* ``acrs_requested``: the authentication contexts asked for (``claims``) when
+  the gate first ran for the flow. A later call may repeat them but not add
+  any (a context asked for only at the last step is refused, A48).
+
+**When a second factor is required and not yet satisfied**, the answer is,
+in this order: ``mfa_required`` with the account's methods the policies
+allow; ``registration_required`` when the method-registration rule allows it
+(``methods.may_register``: the account has no method, or this flow proved
+one of its existing methods); ``mfa_required`` with the existing methods the
+policies do not allow (prove one first, then register an allowed one, A45);
+otherwise ``access_denied`` (53004). A requirement is satisfied only by a
+second factor verified in this flow through a method the *final* decision
+allows (so a policy or context that changes mid-flow is checked against the
+factor actually done, A48).
+
+**Sessions.** A new sign-in is a new session: it never skips the second
+factor because another session did one (A47). A refresh-token family
+remembers its session's second factor (method ids, channels, time); every
+refresh evaluates the policies again with the request's IP, country and
+risk, and the claims it asks for (:func:`refresh_subject`, A49, A57).
+``second_factor_freshness_seconds`` is how old the session's second factor
+may be to satisfy a policy at refresh.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from typing import Any
+
+from . import errors, flows, methods as methods_mod, policy, risk, signinlog, tokens
+from .directory import User, code_failures_field, update_user
+from .protocol import Form, Request, Response, current, json_field, ok, redirect_response
+from .settings import Settings
+from .storage import Modified, Storage
+
+MFA_REQUIRED_CODES = (50076,)  # choice documented in the contract (§3.6): the SDKs read the suberror
+REGISTRATION_REQUIRED_CODES = (50079,)
+
+
+# ------------------------------------------------------------------ inputs
+
+def requested_contexts(form: Form | None) -> tuple[str, ...] | None:
+    """Authentication contexts asked for through ``claims`` (``acrs``); None
+    when the request has no ``claims``."""
+    raw = form.get("claims") if form is not None else None
+    if not raw:
+        return None
+    claims = json_field(raw, "claims")
+    try:
+        acrs = claims.get("access_token", {}).get("acrs", {})
+    except AttributeError:
+        raise errors.InvalidRequest("The claims parameter is not a claims request object.") from None
+    values: list[str] = []
+    if isinstance(acrs, dict):
+        if isinstance(acrs.get("value"), str):
+            values.append(acrs["value"])
+        if isinstance(acrs.get("values"), list):
+            values += [v for v in acrs["values"] if isinstance(v, str)]
+    return tuple(dict.fromkeys(v for v in values if v.isalnum() and len(v) <= 16))
+
+
+def _flow_contexts(flow: flows.Flow, form: Form | None) -> tuple[str, ...]:
+    asked = requested_contexts(form)
+    if flow.get("acrs_fixed"):
+        fixed = tuple(flow.json("acrs_requested", []))
+        if asked is not None and not set(asked) <= set(fixed):
+            raise errors.InvalidRequest("The claims parameter asks for more than this sign-in started with. "
+                                        "Start a new sign-in with these claims.")
+        return fixed
+    return asked or ()
+
+
+def client_ip(request: Request | None) -> str | None:
+    if request is None or not request.client_ip:
+        return None
+    try:
+        return str(ipaddress.ip_address(request.client_ip))
+    except ValueError:
+        return None
+
+
+def _country(request: Request | None, settings: Settings) -> str | None:
+    if request is None or not settings.country_header:
+        return None
+    value = (request.header(settings.country_header) or "").strip().upper()
+    return value if len(value) == 2 and value.isalpha() else None
+
+
+def _signals(settings: Settings, user: User, client_id: str, ip: str | None, country: str | None, level: str,
+             reasons: tuple[str, ...], contexts: tuple[str, ...]) -> policy.Signals:
+    groups = tuple(user.entity.get("groups", "").split(",")) if user.entity.get("groups") else ()
+    return policy.Signals(user_oid=user.oid, user_email=user.email, groups=groups, client_id=client_id, ip=ip,
+                          country=country, risk=level, risk_reasons=reasons, auth_contexts=contexts)
+
+
+def satisfied(decision: policy.Decision, channels, mfa_at: int = 0, now: float | None = None,
+              *, session: bool = False) -> bool:
+    """Does a second factor through one of ``channels`` (done at ``mfa_at``)
+    satisfy the decision? In a flow the factor was just done; for a session
+    (refresh) the policies' freshness bounds its age."""
+    if not decision.require_second_factor:
+        return True
+    if not any(c in decision.methods for c in channels):
+        return False
+    if session and decision.freshness_seconds:
+        return (now or time.time()) - mfa_at <= decision.freshness_seconds
+    return True
+
+
+# ------------------------------------------------------------------ the flow gate
+
+def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, form: Form | None,
+         request: Request | None = None) -> tuple[Response | None, flows.Flow, policy.Decision]:
+    """Decide what a flow whose first factor is done still needs.
+
+    Returns ``(response, flow, decision)``: a response when the client must
+    fall back to the browser, or ``None`` when tokens may be issued; raises
+    the contract's error when the client must do more or is blocked."""
+    contexts = _flow_contexts(flow, form)
+    ctx = current()
+    ip = client_ip(request) if request is not None else flow.get("ip") or None
+    if flow.get("risk"):
+        # Later passes: the risk was assessed at the first factor; policies are evaluated again.
+        level, reasons = flow["risk"], tuple(flow.json("risk_reasons", []))
+    else:
+        level, reasons = risk.assess(storage, settings, user, ip)
+    signals = _signals(settings, user, flow["client_id"], ip, _country(request, settings), level, reasons, contexts)
+    policies, locations = policy.load(storage)
+    decision = policy.evaluate(policies, signals, locations)
+    if ctx is not None:
+        ctx.extra = {"risk": level, "risk_reasons": list(reasons), "policies": decision.results}
+    steps = flow.steps
+    if decision.block:
+        signinlog.record(storage, flow, user, "blocked", "conditional access block", steps, level, decision, ip)
+        raise errors.Blocked()
+    done = flow.json("second_factors", [])
+    if satisfied(decision, [f["channel"] for f in done]):
+        return None, flow, decision
+    caps = flow.json("capabilities", [])
+    used = {f["id"] for f in done}
+    candidates = [m for m in user.methods if m["id"] not in used and not methods_mod.same_as_first_factor(m, flow)]
+    candidates.sort(key=lambda m: (not m.get("default"), m.get("created", 0)))
+    allowed = [m for m in candidates if m["channel"] in decision.methods]
+    common: dict[str, Any] = dict(steps=steps, second_factors=done, acrs_requested=list(contexts), acrs_fixed=True,
+                                  decision=decision.to_json(), ip=ip or "", risk=level, risk_reasons=list(reasons),
+                                  code_hash="", code_used=False)
+    offer = allowed or ([] if methods_mod.may_register(user, flow) else candidates)
+    if offer:
+        if "mfa_required" not in caps:
+            return redirect_response("Client is missing mfa_required capability"), flow, decision
+        summary = [{"id": m["id"], "channel": m["channel"], "target": m["target"]} for m in offer]
+        flow = flows.advance(storage, flow, state="mfa_required", mfa_methods=summary, **common)
+        raise errors.InvalidGrant("A second factor is required." if allowed else
+                                  "Verify one of your sign-in methods before adding the one this sign-in needs.",
+                                  suberror="mfa_required", error_codes=MFA_REQUIRED_CODES,
+                                  extra={"continuation_token": flow.token})
+    if not methods_mod.may_register(user, flow):
+        signinlog.record(storage, flow, user, "failure", "no usable second factor", steps, level, decision, ip)
+        raise errors.CannotSatisfy()
+    if "registration_required" not in caps:
+        return redirect_response("Client is missing registration_required capability"), flow, decision
+    flow = flows.advance(storage, flow, state="registration_required", allowed_methods=list(decision.methods), **common)
+    raise errors.InvalidGrant("A second factor must be registered.", suberror="registration_required",
+                              error_codes=REGISTRATION_REQUIRED_CODES, extra={"continuation_token": flow.token})
+
+
+def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: User, scopes: tokens.Scopes, *,
+                 form: Form | None = None, request: Request | None = None) -> Response:
+    """The only way tokens leave the server in a flow: the policy gate, then
+    the end of the flow (single use, If-Match), then the token set."""
+    response, flow, decision = gate(storage, settings, flow, user, form, request)
+    if response is not None:
+        return response
+    flows.finish(storage, flow)
+    now = int(time.time())
+    steps = flow.steps
+    done = flow.json("second_factors", [])
+    changes: dict[str, Any] = {}
+    if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
+        changes.update(failed_logins=0, lockout_until=0)
+    for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
+        if step in steps and user.entity.get(code_failures_field(channel)):
+            changes[code_failures_field(channel)] = 0
+    ip = flow.get("ip") or client_ip(request)
+    networks = risk.remember_network(user, ip)
+    if networks:
+        changes["known_networks"] = networks
+    if changes:
+        try:
+            update_user(storage, user, **changes)
+        except Modified:
+            pass  # a concurrent change won; counters are not lost by skipping this reset
+    first = steps[:len(steps) - len(done)] if done else steps
+    session = tokens.Session(first_amr=tuple(dict.fromkeys(first)),
+                             second_factors=tuple({"id": f["id"], "channel": f["channel"]} for f in done),
+                             mfa_at=now if done else 0)
+    subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr, now,
+                             tuple(decision.auth_contexts), session)
+    signinlog.record(storage, flow, user, "success", "", list(subject.amr),
+                     (current().extra.get("risk") if current() else "") or "none", decision, ip)
+    return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
+
+
+# ------------------------------------------------------------------ the session gate (refresh)
+
+def refresh_subject(storage: Storage, settings: Settings, family: dict[str, Any], user: User,
+                    form: Form | None, request: Request | None) -> tokens.Subject:
+    """Conditional access at a refresh (Entra evaluates it whenever a token is
+    minted). Raises ``RefreshBlocked`` or ``InteractionRequired`` (both
+    ``invalid_grant`` with a suberror MSAL treats as "interaction required");
+    returns the subject of the new tokens, with only the ``amr`` and ``acrs``
+    whose conditions still hold."""
+    now = time.time()
+    session = tokens.Session.of_family(family)
+    registered = {m["id"] for m in user.methods}
+    session = session.keeping(registered)  # a method removed since no longer vouches for the session
+    channels = [f["channel"] for f in session.second_factors]
+    ip = client_ip(request)
+    level, reasons = risk.assess(storage, settings, user, ip, record=False)
+    policies, locations = policy.load(storage)
+    country = _country(request, settings)
+
+    def decide(contexts: tuple[str, ...]) -> policy.Decision:
+        return policy.evaluate(policies, _signals(settings, user, family["client_id"], ip, country, level, reasons,
+                                                  contexts), locations)
+
+    base = decide(())
+    if base.block:
+        _log_refused(storage, family, user, "blocked at refresh", level, base, ip)
+        raise errors.RefreshBlocked()
+    if not satisfied(base, channels, session.mfa_at, now, session=True):
+        _log_refused(storage, family, user, "second factor required at refresh", level, base, ip)
+        raise errors.InteractionRequired()
+    asked = requested_contexts(form) or ()
+    carried = tuple(json.loads(family.get("acrs") or "[]"))
+    granted = []
+    for context in sorted(set(asked) | set(carried)):
+        d = decide((context,))
+        if not d.block and context in d.auth_contexts and satisfied(d, channels, session.mfa_at, now, session=True):
+            granted.append(context)
+        elif context in asked:
+            _log_refused(storage, family, user, f"context {context} not satisfied at refresh", level, d, ip)
+            raise errors.RefreshBlocked() if d.block else errors.InteractionRequired()
+    return tokens.Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr,
+                          int(family.get("auth_time") or now), tuple(granted), session)
+
+
+def _log_refused(storage: Storage, family: dict[str, Any], user: User, reason: str, level: str,
+                 decision: policy.Decision, ip: str | None) -> None:
+    signinlog.record(storage, {"kind": "refresh", "client_id": family["client_id"]}, user, "refresh_denied", reason,
+                     list(json.loads(family.get("amr") or "[]")), level, decision, ip)

@@ -1,0 +1,143 @@
+"""Second-factor methods: the registration rule, mailbox identity, and the
+only code that adds or removes a method.
+
+**The method-registration rule** (Entra's rule for security-info
+registration; NIST SP 800-63B-4 §4.1): an account that has any registered
+method must complete a challenge with one of its existing methods, in the
+same flow, before a new method is registered. Just-in-time registration
+without that proof is only for an account that has no method at all.
+:func:`may_register` is the rule; the policy gate asks it before answering
+``registration_required``, the register endpoints ask it again before
+sending a code, and :func:`add_method` asks it once more inside the
+conditional write that saves the method, so two flows racing to register
+the first method of an account cannot both succeed without proof.
+
+**Mailboxes.** Plus-address and case variants of one address reach one
+mailbox at most providers, so an email second factor must be a different
+mailbox from the one a first-factor email code just proved
+(:func:`mailbox_key`).
+
+Every method added or removed sends a notice to the account's address and
+is written to the sign-in log.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from . import errors, notify, signinlog
+from .directory import User, change_user, get_user_by_key
+from .identifiers import mask_email, mask_phone
+from .settings import Settings
+from .storage import Storage
+
+# Providers that ignore dots in the local part (gmail.com and its alias domain).
+_DOTLESS_DOMAINS = ("gmail.com", "googlemail.com")
+
+
+def mailbox_key(address: str) -> str:
+    """The mailbox an (already normalized) address reaches: case folded,
+    ``+tag`` dropped, and dots dropped where the provider ignores them."""
+    local, _, domain = address.lower().partition("@")
+    local = local.split("+", 1)[0]
+    if domain in _DOTLESS_DOMAINS:
+        local = local.replace(".", "")
+        domain = "gmail.com"
+    return f"{local}@{domain}"
+
+
+def first_factor_mailbox(flow) -> str | None:
+    """The mailbox an email code proved as the *first* factor of this flow
+    (sign-in by email code, password reset, passwordless sign-up); None when
+    a password was the first factor."""
+    steps = flow.steps
+    if "otp" in steps[:1] and "pwd" not in steps:
+        return mailbox_key(flow["username"])
+    return None
+
+
+def same_as_first_factor(method: dict[str, Any], flow) -> bool:
+    """Same channel twice is not two factors."""
+    mailbox = first_factor_mailbox(flow)
+    return bool(mailbox) and method.get("channel") == "email" and mailbox_key(method.get("target", "")) == mailbox
+
+
+def proven_existing(flow) -> bool:
+    """Did this flow verify a code of one of the account's existing methods?"""
+    return any(f.get("existing") for f in flow.json("second_factors", []))
+
+
+def may_register(user: User, flow) -> bool:
+    """The method-registration rule (see the module docstring)."""
+    return not user.methods or proven_existing(flow)
+
+
+def mask(channel: str, target: str) -> str:
+    return mask_phone(target) if channel == "sms" else mask_email(target)
+
+
+def add_method(storage: Storage, settings: Settings, flow, channel: str, target: str, request=None) -> str:
+    """Save a verified method on the flow's account; returns its id.
+
+    Idempotent (the same channel and target once: a retry after a failure
+    finds it and adds nothing). The registration rule is checked against the
+    account as stored, inside the conditional write. Refused with
+    ``invalid_grant`` when the rule does not hold."""
+    user = get_user_by_key(storage, flow["ident"])
+    if user is None:
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    added: dict[str, Any] = {}
+
+    def compute(u: User) -> dict | None:
+        methods = u.methods
+        existing = next((m for m in methods if m["channel"] == channel and m["target"] == target), None)
+        if existing is not None:
+            added.clear()
+            added["id"] = existing["id"]
+            return None
+        if not may_register(u, flow):
+            raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
+        method = {"id": secrets.token_hex(8), "channel": channel, "target": target, "default": not methods,
+                  "created": int(time.time())}
+        added.clear()
+        added.update(id=method["id"], new=True)
+        return {"methods": json.dumps(methods + [method])}
+
+    saved = change_user(storage, user, compute)
+    if added.get("new") and saved is not None:
+        _announce(storage, settings, saved, flow, "method_added", channel, target, request)
+    return added["id"]
+
+
+def remove_method(storage: Storage, settings: Settings, user: User, method_id: str, *, flow=None,
+                  request=None) -> bool:
+    """Remove a method (the default moves to the next one). False when the
+    account has no such method."""
+    removed: dict[str, Any] = {}
+
+    def compute(u: User) -> dict | None:
+        methods = u.methods
+        gone = next((m for m in methods if m["id"] == method_id), None)
+        if gone is None:
+            return None
+        removed.update(gone)
+        rest = [m for m in methods if m["id"] != method_id]
+        if rest and not any(m.get("default") for m in rest):
+            rest[0]["default"] = True
+        return {"methods": json.dumps(rest)}
+
+    saved = change_user(storage, user, compute)
+    if saved is None or not removed:
+        return False
+    _announce(storage, settings, saved, flow, "method_removed", removed["channel"], removed["target"], request)
+    return True
+
+
+def _announce(storage: Storage, settings: Settings, user: User, flow, purpose: str, channel: str, target: str,
+              request) -> None:
+    notify.send_notice(storage, settings, to=user.email, purpose=purpose, request=request,
+                       detail=mask(channel, target), count=True)
+    signinlog.record(storage, flow, user, purpose, channel, flow.steps if flow is not None else [], "none")

@@ -470,6 +470,11 @@ def soak(seconds: float, concurrency: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["hardening"]:
+        from bench import hardening
+
+        hardening.run()
+        return 0
     if argv[:1] == ["soak"]:
         sp = argparse.ArgumentParser(prog="python -m bench soak")
         sp.add_argument("--seconds", type=float, default=180.0)

@@ -290,28 +290,6 @@ def shift(monkeypatch):
 
 
 @pytest.fixture
-def policies(server):
-    """Install conditional-access policies for one test; always removed."""
-    names: list[str] = []
-
-    def add(**definition: Any) -> str:
-        definition.setdefault("name", f"attacks {uuid.uuid4().hex[:10]}")
-        saved = policy.save(server.storage, definition)
-        names.append(saved["name"])
-        return saved["name"]
-
-    try:
-        yield add
-    finally:
-        for name in names:
-            try:
-                policy.delete(server.storage, name)
-            except policy.PolicyError:
-                pass  # the test deleted it itself
-        policy.clear_cache()
-
-
-@pytest.fixture
 def require_mfa(policies):
     """require_mfa(email, ...): a policy demanding a second factor, scoped to
     those users only (so nothing else in the test is affected)."""
@@ -582,13 +560,7 @@ def assert_401(resp) -> None:
     assert resp.headers["www-authenticate"].startswith("Bearer ")
 
 
-ENDPOINTS = (
-    "oauth2/v2.0/initiate", "oauth2/v2.0/challenge", "oauth2/v2.0/token", "oauth2/v2.0/introspect",
-    "signup/v1.0/start", "signup/v1.0/challenge", "signup/v1.0/continue",
-    "register/v1.0/introspect", "register/v1.0/challenge", "register/v1.0/continue",
-    "resetpassword/v1.0/start", "resetpassword/v1.0/challenge", "resetpassword/v1.0/continue",
-    "resetpassword/v1.0/submit", "resetpassword/v1.0/poll_completion",
-)
+from shared.maintenance import ENDPOINTS  # noqa: E402 - every POST endpoint of the API
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 

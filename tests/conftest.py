@@ -258,6 +258,33 @@ def make_user(server):
 
 
 @pytest.fixture
+def policies(server):
+    """``policies(**definition)`` saves a conditional-access policy for one
+    test (a unique name unless given) and returns its name; every policy
+    saved is deleted afterwards, whatever happens (one the test deleted
+    itself is skipped)."""
+    from shared import policy
+
+    names: list[str] = []
+
+    def add(**definition: Any) -> str:
+        definition.setdefault("name", f"test policy {uuid.uuid4().hex[:10]}")
+        saved = policy.save(server.storage, definition)
+        names.append(saved["name"])
+        return saved["name"]
+
+    try:
+        yield add
+    finally:
+        for name in names:
+            try:
+                policy.delete(server.storage, name)
+            except policy.PolicyError:
+                pass  # the test deleted it itself
+        policy.clear_cache()
+
+
+@pytest.fixture
 def caplog_all(caplog):
     caplog.set_level(logging.DEBUG)
     return caplog

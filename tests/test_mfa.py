@@ -27,26 +27,6 @@ def claims(token: str) -> dict:
 
 
 @pytest.fixture
-def policies(server):
-    """Install policies for one test; removed afterwards."""
-    names: list[str] = []
-
-    def add(**definition):
-        definition.setdefault("name", f"test policy {len(names)}")
-        saved = policy.save(server.storage, definition)
-        names.append(saved["name"])
-        return saved
-
-    yield add
-    for name in names:
-        try:
-            policy.delete(server.storage, name)
-        except policy.PolicyError:
-            pass  # the test deleted it itself
-    policy.clear_cache()
-
-
-@pytest.fixture
 def require_mfa(policies):
     return policies(name="mfa for all", grant={"require_second_factor": True, "methods": ["email", "sms"]})
 

@@ -136,8 +136,9 @@ def second_factor(ctx: Context, ct: str) -> dict[str, Any]:
 
 
 def register_method(ctx: Context, ct: str, username: str | None) -> dict[str, Any]:
-    """``/register/v1.0/introspect`` → email or phone → ``/challenge`` (code or
-    ``preverified``) → ``/continue`` → ``/token`` (``continuation_token``)."""
+    """``/register/v1.0/introspect`` → email or phone → ``/challenge`` (a code)
+    → ``/continue`` → ``/token`` (``continuation_token``). The sign-in
+    address itself is refused by the server (it is no second factor)."""
     api, io = ctx.api, ctx.io
     listed = api.register_introspect(ct)
     ct = listed["continuation_token"]
@@ -148,14 +149,13 @@ def register_method(ctx: Context, ct: str, username: str | None) -> dict[str, An
     for m in methods:
         channel = (m.get("challenge_channel") or m.get("id") or "").lower()
         hint = m.get("login_hint")
-        options.append("An email address" + (f" (suggested: {hint})" if hint else "") if channel == "email"
+        options.append("Another email address" + (f" (suggested: {hint})" if hint else "") if channel == "email"
                        else "A mobile phone (SMS)" if channel == "sms" else _channel(channel))
     while True:
         method = methods[io.choose("Choose a second factor to register:", options)]
         channel = (method.get("challenge_channel") or method.get("id") or "email").lower()
         if channel == "email":
-            suffix = f" [Enter for {username}]" if username else ""
-            target = io.ask(f"Email address for your codes{suffix}: ", default=username) or ""
+            target = io.ask("Email address for your codes (another mailbox than the one you sign in with): ") or ""
         else:
             target = io.ask("Mobile number in international format (e.g. +4915112345678): ")
         if not target:
@@ -169,14 +169,10 @@ def register_method(ctx: Context, ct: str, username: str | None) -> dict[str, An
                 continue
             raise
         break
-    if challenge.get("challenge_type") == "preverified":
-        io.say(f"{target} was verified a moment ago; no new code is needed.")
-        done = api.register_continue(challenge["continuation_token"], "continuation_token")
-    else:
-        done = code_loop(
-            ctx, challenge,
-            resend=lambda token: api.register_challenge(token, channel, target, method.get("challenge_type") or "oob"),
-            submit=lambda token, code: api.register_continue(token, "oob", oob=code))
+    done = code_loop(
+        ctx, challenge,
+        resend=lambda token: api.register_challenge(token, channel, target, method.get("challenge_type") or "oob"),
+        submit=lambda token, code: api.register_continue(token, "oob", oob=code))
     io.say(f"Your {_channel(channel)} second factor is registered.")
     # J omits username here (contract §3.10).
     return api.token("continuation_token", ctx.scope, continuation_token=done["continuation_token"])

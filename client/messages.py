@@ -67,8 +67,12 @@ def describe(err: ApiError) -> str:
         return "This method cannot be used (it is blocked). Choose a different one."
     if err.has_code(901001):
         return _with_detail("That email address or phone number cannot be used", detail)
+    if err.error == "access_denied" and err.has_code(53004):
+        return _with_detail("This sign-in needs a second factor this account cannot provide here", detail)
     if err.error == "access_denied":
         return _with_detail("Access was blocked by a conditional-access policy", detail)
+    if sub in ("basic_action", "message_only"):
+        return "The session needs a fresh sign-in (a policy asks for it). Sign in again."
     if err.error == "unauthorized_client":
         return "This client id is not registered on the server (see --client-id)."
     if err.error == "invalid_client":

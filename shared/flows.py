@@ -82,7 +82,7 @@ def start(storage: Storage, settings: Settings, kind: str, client_id: str, **fie
     pk = _partition(now, flow_id)
     entity: Entity = {
         "PartitionKey": pk, "RowKey": flow_id, "kind": kind, "client_id": client_id,
-        "secret_hash": _secret_hash(secret), "created": int(now),
+        "secret_hash": _secret_hash(secret), "created": int(now), "started": now,
         "expires_at": int(now) + settings.flow_ttl_seconds, "state": "started", "steps": "[]",
         "code_hash": "", "code_attempts": 0, "code_sends": 0, "code_sent_at": 0, "code_expires": 0,
     }
@@ -150,6 +150,20 @@ def finish(storage: Storage, flow: Flow) -> None:
     done flows with their partition.
     """
     advance(storage, flow, rotate=True, state="done", code_hash="")
+
+
+MAX_PASSWORD_TRIES_PER_FLOW = 10
+
+
+def count_password_try(storage: Storage, flow: Flow) -> Flow:
+    """Count a new password submitted in this flow (sign-up, reset) before its
+    policy check runs: each check costs up to ~0.35 s of CPU (zxcvbn) and an
+    argon2 verification per previous password, so one flow may try only
+    MAX_PASSWORD_TRIES_PER_FLOW of them; then it must start again (A53)."""
+    tries = int(flow.get("password_tries") or 0)
+    if tries >= MAX_PASSWORD_TRIES_PER_FLOW:
+        raise errors.InvalidGrant("Too many passwords were tried in this flow. Start again.")
+    return advance(storage, flow, rotate=False, password_tries=tries + 1)
 
 
 # ------------------------------------------------------------------ codes
@@ -233,7 +247,7 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
         if flow.get("code_purpose") != purpose or not flow.get("code_hash"):
             raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
         if flow.get("code_used"):
-            if well_formed and code_matches(settings, flow, purpose, code):
+            if well_formed and time.time() < int(flow.get("code_expires", 0)) and code_matches(settings, flow, purpose, code):
                 return flow  # the same request again, after a later step failed
             raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
         attempts = int(flow.get("code_attempts", 0))

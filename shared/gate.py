@@ -8,7 +8,8 @@ what the client says:
 * ``steps``: the factors verified, in order (``pwd``, ``otp``, ``sms``);
 * ``second_factors``: the second-factor codes verified in this flow, each
   ``{"channel", "id", "existing"}``; only ``mfa.token`` (a method the account
-  already had) and ``register.continue_`` (a method just registered) add one;
+  already had) and ``register.continue_`` (a method just registered) add one,
+  and one whose method has been removed since no longer counts;
 * ``acrs_requested``: the authentication contexts asked for (``claims``) when
   the gate first ran for the flow. A later call may repeat them but not add
   any (a context asked for only at the last step is refused, A48).
@@ -19,7 +20,9 @@ allow; ``registration_required`` when the method-registration rule allows it
 (``methods.may_register``: the account has no method, or this flow proved
 one of its existing methods); ``mfa_required`` with the existing methods the
 policies do not allow (prove one first, then register an allowed one, A45);
-otherwise ``access_denied`` (53004). A requirement is satisfied only by a
+otherwise ``access_denied`` (53004). The account's sign-in mailbox is never
+one of these methods (``methods.independent_methods``). A flow that started
+before the account's password was reset cannot finish. A requirement is satisfied only by a
 second factor verified in this flow through a method the *final* decision
 allows (so a policy or context that changes mid-flow is checked against the
 factor actually done, A48).
@@ -146,12 +149,15 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, for
     if decision.block:
         signinlog.record(storage, flow, user, "blocked", "conditional access block", steps, level, decision, ip)
         raise errors.Blocked()
-    done = flow.json("second_factors", [])
+    if methods_mod.predates_credential_change(user, flow):
+        raise errors.InvalidGrant("The account's password changed after this sign-in started. Start again.")
+    registered = {m["id"] for m in user.methods}
+    done = [f for f in flow.json("second_factors", []) if f["id"] in registered]  # a method removed since no longer counts
     if satisfied(decision, [f["channel"] for f in done]):
         return None, flow, decision
     caps = flow.json("capabilities", [])
     used = {f["id"] for f in done}
-    candidates = [m for m in user.methods if m["id"] not in used and not methods_mod.same_as_first_factor(m, flow)]
+    candidates = [m for m in methods_mod.independent_methods(user) if m["id"] not in used]
     candidates.sort(key=lambda m: (not m.get("default"), m.get("created", 0)))
     allowed = [m for m in candidates if m["channel"] in decision.methods]
     common: dict[str, Any] = dict(steps=steps, second_factors=done, acrs_requested=list(contexts), acrs_fixed=True,

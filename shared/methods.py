@@ -12,10 +12,13 @@ sending a code, and :func:`add_method` asks it once more inside the
 conditional write that saves the method, so two flows racing to register
 the first method of an account cannot both succeed without proof.
 
-**Mailboxes.** Plus-address and case variants of one address reach one
-mailbox at most providers, so an email second factor must be a different
-mailbox from the one a first-factor email code just proved
-(:func:`mailbox_key`).
+**The sign-in mailbox is never a second factor.** Whoever controls the
+account's sign-in mailbox can reset its password by email code, so that
+mailbox stands behind the first factor in every flow: an email method on it
+(or on a plus-address, case or dot variant of it, :func:`mailbox_key`) adds
+nothing against a mailbox thief. Such a method is not offered as a second
+factor, does not count as proof, cannot be registered, and an account whose
+only method it is counts as an account with no independent method.
 
 Every method added or removed sends a notice to the account's address and
 is written to the sign-in log.
@@ -49,30 +52,34 @@ def mailbox_key(address: str) -> str:
     return f"{local}@{domain}"
 
 
-def first_factor_mailbox(flow) -> str | None:
-    """The mailbox an email code proved as the *first* factor of this flow
-    (sign-in by email code, password reset, passwordless sign-up); None when
-    a password was the first factor."""
-    steps = flow.steps
-    if "otp" in steps[:1] and "pwd" not in steps:
-        return mailbox_key(flow["username"])
-    return None
+def is_sign_in_mailbox(method: dict[str, Any], user: User) -> bool:
+    return method.get("channel") == "email" and mailbox_key(method.get("target", "")) == mailbox_key(user.email)
 
 
-def same_as_first_factor(method: dict[str, Any], flow) -> bool:
-    """Same channel twice is not two factors."""
-    mailbox = first_factor_mailbox(flow)
-    return bool(mailbox) and method.get("channel") == "email" and mailbox_key(method.get("target", "")) == mailbox
+def independent_methods(user: User) -> list[dict[str, Any]]:
+    """The account's methods that can be a second factor (all but its sign-in mailbox)."""
+    return [m for m in user.methods if not is_sign_in_mailbox(m, user)]
 
 
-def proven_existing(flow) -> bool:
-    """Did this flow verify a code of one of the account's existing methods?"""
-    return any(f.get("existing") for f in flow.json("second_factors", []))
+def proven_existing(user: User, flow) -> bool:
+    """Did this flow verify a code of one of the account's (still registered)
+    independent methods?"""
+    ids = {m["id"] for m in independent_methods(user)}
+    return any(f.get("existing") and f.get("id") in ids for f in flow.json("second_factors", []))
 
 
 def may_register(user: User, flow) -> bool:
     """The method-registration rule (see the module docstring)."""
-    return not user.methods or proven_existing(flow)
+    return not independent_methods(user) or proven_existing(user, flow)
+
+
+def predates_credential_change(user: User, flow) -> bool:
+    """A flow started before the account's password was reset (or its sessions
+    revoked) must not finish: what its first factor proved is void. The reset
+    flow that made the change is the exception (its own automatic sign-in)."""
+    if flow.get("kind") == "reset" and user.entity.get("reset_by_flow") == flow.id:
+        return False
+    return float(user.entity.get("rt_not_before") or 0) > float(flow.get("started") or flow.get("created") or 0)
 
 
 def mask(channel: str, target: str) -> str:
@@ -98,7 +105,7 @@ def add_method(storage: Storage, settings: Settings, flow, channel: str, target:
             added.clear()
             added["id"] = existing["id"]
             return None
-        if not may_register(u, flow):
+        if not may_register(u, flow) or predates_credential_change(u, flow):
             raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
         method = {"id": secrets.token_hex(8), "channel": channel, "target": target, "default": not methods,
                   "created": int(time.time())}

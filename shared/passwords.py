@@ -27,6 +27,7 @@ MAX_PASSWORD_CHARS = 256
 ARGON2_CONCURRENCY = 4
 ARGON2_QUEUE_SECONDS = 10.0
 STRENGTH_CHECK_MAX_CHARS = 32
+STRENGTH_QUEUE_SECONDS = 5.0
 
 _slots = threading.BoundedSemaphore(ARGON2_CONCURRENCY)
 
@@ -169,8 +170,14 @@ def _strength_score(password: str, user_inputs: list[str]) -> int:
     the safe side)."""
     import zxcvbn as _zxcvbn
 
-    with _strength_lock:
+    if not _strength_lock.acquire(timeout=STRENGTH_QUEUE_SECONDS):
+        from .errors import ServiceUnavailable
+
+        raise ServiceUnavailable("Too many passwords are being checked right now. Retry shortly.", retry_after=2)
+    try:
         return int(_zxcvbn.zxcvbn(password[:STRENGTH_CHECK_MAX_CHARS], user_inputs)["score"])
+    finally:
+        _strength_lock.release()
 
 
 def check_policy(password: str, *, min_length: int, context: tuple[str, ...] = (),

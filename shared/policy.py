@@ -27,7 +27,7 @@ import ipaddress
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dataclasses_replace
 from typing import Any, Iterable
 
 from .storage import Storage
@@ -125,18 +125,26 @@ def validate(policy: dict[str, Any]) -> dict[str, Any]:
         "name": name.strip(), "state": state,
         "assignments": {
             "users": users,
-            "groups": inc_exc(a.get("groups"), "assignments.groups", []),
+            "groups": {k: [g.strip().casefold() for g in v] for k, v in inc_exc(a.get("groups"), "assignments.groups", []).items()},
             "clients": clients,
         },
         "conditions": {
             "risk_levels": list(risk_levels),
             "locations": inc_exc(c.get("locations"), "conditions.locations", []),
             "countries": countries,
-            "auth_contexts": [str(x) for x in c.get("auth_contexts", [])],
+            "auth_contexts": _contexts(c.get("auth_contexts", [])),
         },
         "grant": {"block": block, "require_second_factor": mfa and not block, "methods": methods},
         "session": {"second_factor_freshness_seconds": fresh},
     }
+
+
+def _contexts(value: Any) -> list[str]:
+    """Authentication context ids as clients ask for them in ``claims`` (``acrs``):
+    letters and digits, at most 16 (``gate.requested_contexts`` keeps no other)."""
+    if not isinstance(value, list) or not all(isinstance(x, str) and x.isalnum() and len(x) <= 16 for x in value):
+        raise PolicyError("conditions.auth_contexts: a list of ids of letters and digits (at most 16), e.g. [\"c1\"]")
+    return list(value)
 
 
 def _user_ref(value: str, where: str) -> str:
@@ -164,6 +172,7 @@ def _user_ref(value: str, where: str) -> str:
 
 def _users_match(users: dict, groups: dict, s: Signals) -> bool:
     ids = {s.user_oid, s.user_email}
+    s = dataclasses_replace(s, groups=tuple(g.strip().casefold() for g in s.groups))
     included = "all" in users["include"] or bool(ids & set(users["include"])) or bool(set(s.groups) & set(groups["include"]))
     excluded = bool(ids & set(users["exclude"])) or bool(set(s.groups) & set(groups["exclude"]))
     return included and not excluded

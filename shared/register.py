@@ -5,17 +5,22 @@ The policy gate answers ``registration_required`` only when the
 method-registration rule allows it (``methods.may_register``: the account
 has no method yet, or this flow proved one of its existing methods); the
 rule is checked again before a code is sent and inside the write that saves
-the method. The method is saved only after its code was consumed (or, for
-the ``preverified`` fast pass, when the address is the one this flow
-verified by code alongside a password); then ``/token`` with
-``grant_type=continuation_token`` issues tokens, after the policy gate.
+the method. The method is saved only after its code was consumed; then
+``/token`` with ``grant_type=continuation_token`` issues tokens, after the
+policy gate.
+
+The account's sign-in mailbox (or a plus, case or dot variant of it) cannot
+be registered: it can reset the password, so it is no second factor
+(``shared/methods.py``). That is why this server never answers the
+``preverified`` fast pass (contract §3.9 b), which registers exactly that
+address without a code.
 """
 
 from __future__ import annotations
 
 from . import errors, flows, methods
 from .directory import get_user_by_key
-from .identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
+from .identifiers import BlockedNumber, InvalidIdentifier, normalize_email, normalize_phone
 from .mfa import send_code
 from .protocol import Request, Response, ok
 from .settings import Settings
@@ -35,13 +40,6 @@ def _load(request: Request, settings: Settings):
     return form, storage, flow
 
 
-def _preverified_ok(flow: flows.Flow, target: str) -> bool:
-    """The fast pass: this flow verified the address by code *and* the first
-    factor is a password, so the email is a distinct second factor."""
-    steps = flow.steps
-    return target == flow["username"] and "otp" in steps and "pwd" in steps and bool(flow.get("email_verified"))
-
-
 def introspect(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     if flow["state"] not in ("registration_required", "register_challenge"):
@@ -49,8 +47,8 @@ def introspect(request: Request, settings: Settings) -> Response:
     allowed = flow.json("allowed_methods", ["email", "sms"])
     offered = []
     if "email" in allowed:
-        offered.append({"id": "email", "challenge_type": "oob", "challenge_channel": "email",
-                        "login_hint": mask_email(flow["username"])})
+        # No suggestion: the sign-in address itself cannot be registered.
+        offered.append({"id": "email", "challenge_type": "oob", "challenge_channel": "email", "login_hint": ""})
     if "sms" in allowed:
         offered.append({"id": "sms", "challenge_type": "oob", "challenge_channel": "sms", "login_hint": ""})
     flow = flows.advance(storage, flow, state="registration_required")
@@ -64,7 +62,7 @@ def challenge(request: Request, settings: Settings) -> Response:
     if (form.get("challenge_type") or "oob").split()[0] != "oob":
         raise errors.UnsupportedChallengeType()
     user = get_user_by_key(storage, flow["ident"])
-    if user is None or not methods.may_register(user, flow):
+    if user is None or not methods.may_register(user, flow) or methods.predates_credential_change(user, flow):
         raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
     raw_target = form.get("challenge_target")
     if not raw_target:
@@ -84,15 +82,9 @@ def challenge(request: Request, settings: Settings) -> Response:
         raise errors.InvalidRequest("The verification contact is not valid.", error_codes=INVALID_CONTACT) from None
     except BlockedNumber:
         raise BlockedContact() from None
-    if channel == "email" and methods.mailbox_key(target) == methods.mailbox_key(flow["username"]):
-        if _preverified_ok(flow, target):
-            flow = flows.advance(storage, flow, state="register_preverified", register_channel="email",
-                                 register_target=target)
-            return ok({"continuation_token": flow.token, "challenge_type": "preverified"})
-        if methods.first_factor_mailbox(flow):
-            # Same channel twice is not two factors (a plus or case variant is the same mailbox).
-            raise errors.InvalidRequest("This mailbox is already your first factor; choose another method.",
-                                        error_codes=INVALID_CONTACT)
+    if channel == "email" and methods.mailbox_key(target) == methods.mailbox_key(user.email):
+        raise errors.InvalidRequest("This is your sign-in address; a second factor must be another mailbox or a phone.",
+                                    error_codes=INVALID_CONTACT)
     return send_code(storage, settings, flow, request, channel, target, "register_code", state="register_challenge",
                      label_key="challenge_target", label=raw_target.strip(), register_channel=channel,
                      register_target=target)
@@ -104,8 +96,6 @@ def continue_(request: Request, settings: Settings) -> Response:
     if grant == "oob" and flow["state"] == "register_challenge":
         user = get_user_by_key(storage, flow["ident"])
         flow = flows.redeem_code(storage, settings, flow, "register_code", form.get("oob"), user)
-    elif grant == "continuation_token" and flow["state"] == "register_preverified":
-        pass
     elif grant not in ("oob", "continuation_token"):
         raise errors.UnsupportedGrantType() if grant else errors.InvalidRequest(
             "The request body must contain the 'grant_type' parameter.")

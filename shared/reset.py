@@ -109,6 +109,7 @@ def submit(request: Request, settings: Settings) -> Response:
         # Our own earlier attempt saved this password, then failed to record the step: finish it.
         flow = flows.advance(storage, flow, state="reset_done")
         return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
+    flow = flows.count_password_try(storage, flow)
     previous = tuple([user.password_hash] + json.loads(user.entity.get("previous_passwords") or "[]"))
     context = (email.split("@")[0], email.split("@")[1].split(".")[0], settings.app_name.lower().replace(" ", ""))
     try:

@@ -129,6 +129,7 @@ def continue_(request: Request, settings: Settings) -> Response:
         password = form.get("password")
         if not password:
             raise errors.InvalidRequest("The request body must contain the 'password' parameter.")
+        flow = flows.count_password_try(storage, flow)
         flow.changes.update(password_hash=hash_new_password(settings, password, flow["username"]))
     elif grant == "attributes":
         if state not in ("started", "code_sent", "credential_required", "password_prompt", "attributes_required"):

@@ -189,16 +189,6 @@ class Table:
         )
         return meta.get("etag", "")
 
-    def merge(self, entity: Mapping[str, Any]) -> str:
-        """Merge into an existing entity whatever its ETag (If-Match: *); NotFound
-        if it is gone. Only for counters that may lose an increment under heavy
-        contention (see ``directory.change_user``), never for state transitions."""
-        data = _strip(entity)
-        check_entity(data)
-        meta = self._call(self._client.update_entity, data, mode=UpdateMode.MERGE,
-                          match_condition=MatchConditions.Unconditionally)
-        return meta.get("etag", "")
-
     def put(self, entity: Mapping[str, Any]) -> str:
         """Unconditional write, for data that is not a state transition
         (log records, idempotent seeds). Never use it for flow state."""

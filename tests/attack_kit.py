@@ -611,11 +611,8 @@ def register_method(api, outbox, ct_registration_required: str, channel: str, ta
                  challenge_channel=channel, challenge_target=target)
     if c.status != 200:
         return c
-    if c["challenge_type"] == "preverified":
-        cont = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="continuation_token")
-    else:
-        cont = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
-                        oob=outbox.last_code(target))
+    cont = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
+                    oob=outbox.last_code(target))
     if cont.status != 200:
         return cont
     return api.post("oauth2/v2.0/token", continuation_token=cont["continuation_token"], grant_type="continuation_token",

@@ -530,3 +530,24 @@ def test_A55_no_account_is_created_before_its_code_is_consumed(server, api, outb
     retry = api.post("signup/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob", oob=code)
     assert retry.status == 200, retry.body
     assert directory.get_user(server.storage, email) is not None
+
+
+def test_A55_a_used_code_is_not_accepted_again_after_it_expires(server, api, outbox, make_user, policies, shift):
+    """A right code consumed by a request that then failed (claims wider than
+    the flow started with) may be repeated by the same request, but only
+    while the code is still valid."""
+    phone = random_phone()
+    email, _ = make_user(methods=[sms_method(phone)])
+    policies(assignments={"users": {"include": [email]}}, grant={"require_second_factor": True})
+    r = password_first_factor(api, email)
+    c = mfa_challenge(api, r["continuation_token"])
+    code = outbox.last_code(phone)
+    wider = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="mfa_oob", oob=code,
+                     scope=SCOPE, claims=json.dumps({"access_token": {"acrs": {"essential": True, "value": "c9"}}}))
+    assert wider.status == 400 and wider["error"] == "invalid_request", wider.body
+    shift(flows).offset = server.settings.code_ttl_seconds + 5
+    late = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="mfa_oob", oob=code,
+                    scope=SCOPE)
+    assert late.status == 400 and late["error"] == "invalid_grant", late.body
+    assert_no_tokens(late)
+

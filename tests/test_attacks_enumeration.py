@@ -243,3 +243,28 @@ def test_A52_parallel_wrong_passwords_get_the_same_answers_for_known_and_unknown
             results = parallel(40, lambda i: password_grant(api, cts[i], "not the password, in parallel"))
             statuses = {(r.status, tuple(r["error_codes"])) for r in results}
             assert statuses == {(400, (BAD_CREDENTIALS,))}, (name == email, statuses)
+
+
+def test_A52_a_contended_failure_counter_gives_up_one_increment_never_goes_down(server, api, outbox, make_user,
+                                                                               monkeypatch):
+    """When the account record stays contended through every retry, the wrong
+    code is still answered as one (no 503), and nothing is written from a
+    stale read (the counter keeps its value; it was merged backwards before)."""
+    from shared import directory as directory_mod
+    from shared.storage import Modified
+
+    email, _ = make_user(password=None)
+    directory.change_user(server.storage, directory.get_user(server.storage, email),
+                          lambda u: {"code_failures_email": 7})
+    c = email_code_challenge(api, email)
+
+    def always_contended(*args, **kwargs):
+        raise Modified("injected: another writer won")
+
+    monkeypatch.setattr(directory_mod, "update_user", always_contended)
+    r = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="oob", oob="31415926",
+                 scope=SCOPE)
+    monkeypatch.undo()
+    assert r.status == 400 and r["error_codes"] == [WRONG_CODE], r.body
+    assert int(user_entity(server, email)["code_failures_email"]) == 7
+

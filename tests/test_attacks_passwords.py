@@ -177,3 +177,21 @@ def test_A54_concurrent_password_hashing_is_bounded_and_queued(server, api, make
 def test_A59_the_password_policy_checks_the_normalized_password(api, password, suberror):
     r = signup_start(api, password)
     assert r.status == 400 and r["suberror"] == suberror, r.body
+
+
+def test_A53_a_flow_may_try_only_ten_passwords(server, api, outbox, make_user):
+    """Each new password runs the policy (zxcvbn, and argon2 against the last
+    ones at a reset): one reset flow may try ten, then it must start again."""
+    from shared import flows as flows_mod
+
+    email, _ = make_user()
+    c = reset_challenge(api, email)
+    v = api.post("resetpassword/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
+                 oob=outbox.last_code(email))
+    answers = [api.post("resetpassword/v1.0/submit", continuation_token=v["continuation_token"], new_password=PW)
+               for _ in range(flows_mod.MAX_PASSWORD_TRIES_PER_FLOW + 1)]
+    assert {a["suberror"] for a in answers[:-1]} == {"password_recently_used"}
+    assert answers[-1]["error"] == "invalid_grant" and answers[-1].get("suberror") is None, answers[-1].body
+    refused = api.post("resetpassword/v1.0/submit", continuation_token=v["continuation_token"], new_password=NEW_PW)
+    assert refused.status == 400 and refused.get("suberror") is None    # even a good password: start again
+

@@ -256,28 +256,34 @@ def test_A45_just_in_time_registration_only_while_the_account_has_no_method(serv
     assert third["suberror"] == "mfa_required"
 
 
-def test_A46_mailbox_alone_cannot_reach_a_second_factor(server, api, outbox, make_user, require_mfa):
-    """The victim registered their own address as second factor (the sign-up
-    fast pass). With only the mailbox, an email-code sign-in can neither use
-    that address again nor register a variant of it."""
+def test_A46_the_sign_in_mailbox_is_never_offered_or_registered_as_a_second_factor(server, api, outbox, make_user,
+                                                                                   require_mfa):
+    """The victim's only method is their own sign-in address (what the old
+    sign-up fast pass made). With only the mailbox, an email-code sign-in can
+    neither use that address as the second factor nor register a variant of
+    it: the account has no independent method, so it gets just-in-time
+    registration of one (a phone or another mailbox), like any account
+    without a method (SECURITY.md §3.3)."""
     email = unique_email("mailbox")
     make_user(email=email, methods=[email_method(email)])
     local, domain = email.split("@")
     require_mfa(email)
     r = email_first_factor(api, outbox, email)
-    assert r.status == 400 and r.get("suberror") != "registration_required", r.body
+    assert r.status == 400 and r["suberror"] == "registration_required", r.body
     assert_no_tokens(r)
-    variant = f"{local.upper()}+mfa@{domain.upper()}"
-    if r.get("continuation_token"):
+    for variant in (email, f"{local.upper()}+mfa@{domain.upper()}"):
         c = api.post("register/v1.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob",
                      challenge_channel="email", challenge_target=variant)
-        assert c.status == 400
+        assert c.status == 400 and 901001 in c["error_codes"], c.body
     assert outbox.count(f"{local}+mfa@{domain}") == 0
+    # With a password first factor it is not offered either.
+    p = password_first_factor(api, email)
+    assert p.status == 400 and p["suberror"] == "registration_required", p.body
     assert methods_of(server, email) == [("email", email)]
 
 
-def test_A46_plus_and_case_variants_of_the_first_factor_mailbox_are_not_a_second_factor(server, api, outbox, make_user,
-                                                                                      require_mfa):
+def test_A46_plus_and_case_variants_of_the_sign_in_mailbox_are_not_a_second_factor(server, api, outbox, make_user,
+                                                                                    require_mfa):
     email, _ = make_user(password=None)                   # no method yet: just-in-time registration is allowed
     require_mfa(email)
     local, domain = email.split("@")
@@ -293,7 +299,7 @@ def test_A46_plus_and_case_variants_of_the_first_factor_mailbox_are_not_a_second
     t = register_method(api, outbox, r["continuation_token"], "email", other)
     assert t.status == 200, t.body
     assert claims_of(t["id_token"])["amr"] == ["otp", "mfa"] and claims_of(t["id_token"])["acr"] == "2"
-    # An alias of the sign-in mailbox registered earlier (after a password sign-in) is not a second factor after an email code.
+    # An alias of the sign-in mailbox stored earlier is not a second factor either (nor proof).
     alias_user, _ = make_user(password=None)
     a_local, a_domain = alias_user.split("@")
     directory.change_user(server.storage, directory.get_user(server.storage, alias_user),
@@ -302,6 +308,56 @@ def test_A46_plus_and_case_variants_of_the_first_factor_mailbox_are_not_a_second
     r2 = email_first_factor(api, outbox, alias_user)
     assert r2.status == 400 and r2.get("suberror") != "mfa_required", r2.body
     assert_no_tokens(r2)
+
+
+def test_A46_a_password_reset_does_not_turn_the_mailbox_into_a_second_factor(server, api, outbox, make_user,
+                                                                            require_mfa):
+    """With the mailbox alone: reset the password by email code, sign in with
+    it, then offer the same mailbox as the second factor. The sign-in mailbox
+    is never a second factor, so no token with acr 2 comes out of it; the
+    account (no independent method) gets just-in-time registration."""
+    email = unique_email("reset-mailbox")
+    make_user(email=email, methods=[email_method(email)])
+    require_mfa(email)
+    ct = reset_to_token(api, outbox, email, NEW_PW)
+    after = api.post("oauth2/v2.0/token", continuation_token=ct, grant_type="continuation_token", scope=SCOPE)
+    assert_no_tokens(after)
+    r = password_first_factor(api, email, NEW_PW)
+    assert r.status == 400 and r["suberror"] == "registration_required", r.body
+    listed = api.post("register/v1.0/introspect", continuation_token=r["continuation_token"])
+    c = api.post("register/v1.0/challenge", continuation_token=listed["continuation_token"], challenge_type="oob",
+                 challenge_channel="email", challenge_target=email)
+    assert c.status == 400 and 901001 in c["error_codes"]
+    i = api.post("oauth2/v2.0/introspect", continuation_token=listed["continuation_token"])
+    assert i.status == 400                                   # no mfa_required state to list the mailbox in
+
+
+def test_A45_a_flow_started_before_a_password_reset_cannot_finish(server, api, outbox, make_user, require_mfa):
+    """A phished password starts a flow; the victim resets the password; the
+    old flow can neither register a method nor get tokens."""
+    email, _ = make_user()
+    require_mfa(email)
+    r = password_first_factor(api, email)
+    assert r["suberror"] == "registration_required"
+    reset_to_token(api, outbox, email, NEW_PW)
+    phone = random_phone()
+    t = register_method(api, outbox, r["continuation_token"], "sms", phone)
+    assert t.status == 400 and t["error"] == "invalid_grant", t.body
+    assert outbox.count(phone) == 0 and methods_of(server, email) == []
+
+
+def test_A45_a_method_removed_mid_flow_no_longer_counts_as_proof(server, api, outbox, make_user, policies):
+    first, second = unique_email("proof-a"), unique_email("proof-b")
+    email, _ = make_user(methods=[email_method(first, "e1"), email_method(second, "e2", default=False)])
+    _sms_only_for_context(policies, email)
+    r = password_first_factor(api, email, claims=context_claims("c1"))
+    proven = prove_method(api, outbox, r["continuation_token"], first, "e1")
+    assert proven["suberror"] == "registration_required"
+    directory.change_user(server.storage, directory.get_user(server.storage, email),   # e1 reported stolen
+                          lambda u: {"methods": json.dumps([m for m in u.methods if m["id"] != "e1"])})
+    t = register_method(api, outbox, proven["continuation_token"], "sms", random_phone())
+    assert t.status == 400 and t["error"] == "invalid_grant", t.body
+    assert methods_of(server, email) == [("email", second)]
 
 
 def test_A48_a_context_added_at_the_last_step_is_checked_against_the_factor_done(server, api, outbox, make_user, policies):

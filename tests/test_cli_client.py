@@ -265,7 +265,7 @@ def test_unknown_user_is_named_when_enumeration_protection_is_off(server, cli):
 
 
 def test_signup_with_attributes_then_sign_in_and_registration(server, outbox, require_mfa, cli):
-    email = unique_email("cli-signup")
+    email, inbox = unique_email("cli-signup"), unique_email("cli-inbox")
     schema = settings_mod._attribute_schema(json.dumps([
         {"name": "displayName", "type": "string", "required": False},
         {"name": "city", "type": "string", "required": True, "regex": "[A-Za-z ]+"}]))
@@ -297,11 +297,18 @@ def test_signup_with_attributes_then_sign_in_and_registration(server, outbox, re
         # automatic sign-in → registration_required → /register/v1.0/introspect
         p.expect(r"none is registered for this account yet")
         menu = p.expect(r"Choose a second factor to register:\n(.*\n)+?Choose 1-2 \[1\]: ").group(0)
-        assert "An email address" in menu and "A mobile phone (SMS)" in menu, menu
+        assert "Another email address" in menu and "A mobile phone (SMS)" in menu, menu
         p.send("1")
-        p.expect(r"Email address for your codes \[Enter for " + re.escape(email) + r"\]: ")
-        p.send("")  # the address just verified: the preverified fast pass
-        p.expect(re.escape(email) + r" was verified a moment ago; no new code is needed\.")
+        p.expect(r"Email address for your codes \(another mailbox than the one you sign in with\): ")
+        p.send(email)  # the sign-in address itself: refused, it is no second factor
+        p.expect(r"! ")
+        p.expect(r"Choose 1-2 \[1\]: ")
+        p.send("1")
+        p.expect(r"Email address for your codes")
+        p.send(inbox)
+        p.expect(r"A 8-digit code was sent by email")
+        p.expect(r"Enter the code")
+        p.send(outbox.last_code(inbox))
         p.expect(r"Your email second factor is registered\.")
         p.expect(r"Signed in as " + re.escape(email) + r"\.")
         assert p.finish() == 0, p.output
@@ -310,7 +317,7 @@ def test_signup_with_attributes_then_sign_in_and_registration(server, outbox, re
     user = directory.get_user(server.storage, email)
     assert user is not None and user.display_name == "Alice Example"
     assert json.loads(user.entity["attributes"])["city"] == "Oslo"
-    assert [(m["channel"], m["target"]) for m in user.methods] == [("email", email)]
+    assert [(m["channel"], m["target"]) for m in user.methods] == [("email", inbox)]
     who = cli.run("whoami", "--json")
     assert who.returncode == 0, who.stderr
     id_claims = json.loads(who.stdout)

@@ -415,7 +415,7 @@ def test_sign_up_without_oob_is_a_redirect(api):
     assert r["challenge_type"] == "redirect"
 
 
-def test_sign_up_then_preverified_registration(api, outbox, require_mfa):
+def test_sign_up_then_registration_refuses_the_sign_in_address(api, outbox, require_mfa):
     email = unique_email("pre")
     s = post(api, "/signup/v1.0/start", 200, username=email, challenge_type="oob password redirect", password=PW,
              capabilities=CAPS)
@@ -426,11 +426,14 @@ def test_sign_up_then_preverified_registration(api, outbox, require_mfa):
              grant_type="continuation_token", username=email, scope=SCOPE)
     assert t["suberror"] == "registration_required"
     intro = post(api, "/register/v1.0/introspect", 200, continuation_token=t["continuation_token"])
-    pv = post(api, "/register/v1.0/challenge", 200, continuation_token=intro["continuation_token"],
-              challenge_type="oob", challenge_target=email, challenge_channel="email")
-    assert pv.body == {"continuation_token": pv["continuation_token"], "challenge_type": "preverified"}
-    fin = post(api, "/register/v1.0/continue", 200, continuation_token=pv["continuation_token"],
-               grant_type="continuation_token")
+    refused = post(api, "/register/v1.0/challenge", 400, continuation_token=intro["continuation_token"],
+                   challenge_type="oob", challenge_target=email, challenge_channel="email")
+    assert 901001 in refused["error_codes"]
+    other = unique_email("pre-inbox")
+    sent = post(api, "/register/v1.0/challenge", 200, continuation_token=intro["continuation_token"],
+                challenge_type="oob", challenge_target=other, challenge_channel="email")
+    fin = post(api, "/register/v1.0/continue", 200, continuation_token=sent["continuation_token"], grant_type="oob",
+               oob=outbox.last_code(other))
     post(api, "/oauth2/v2.0/token", 200, continuation_token=fin["continuation_token"],
          grant_type="continuation_token", scope=SCOPE, client_info="1")
 

@@ -1,7 +1,7 @@
 """Sign-up over HTTP (contract §3.1–3.3, §5.6): everything at start, password
 and attributes after verification, validation, password policy, existing
 addresses both ways, and automatic sign-in (with registration when policy
-requires a second factor, including the preverified fast pass)."""
+requires a second factor; the sign-up address is never its own second factor)."""
 
 from __future__ import annotations
 
@@ -228,25 +228,31 @@ def require_mfa(server):
     policy.delete(server.storage, "signup mfa")
 
 
-def test_sign_up_then_registration_by_preverified_email(server, api, outbox, require_mfa):
+def test_sign_up_address_cannot_be_registered_as_its_own_second_factor(server, api, outbox, require_mfa):
+    """The sign-up address (or a plus or case variant) can reset the password, so it is no second
+    factor: refused with 901001 (no `preverified` fast pass); another mailbox registers."""
     email = unique_email("jit")
     ct = start(api, email, password=PW, capabilities=CAPS)
     done = verify(api, outbox, email, ct)
     t = auto_sign_in(api, done["continuation_token"], email)
     assert t.status == 400 and t["suberror"] == "registration_required"
     intro = api.post("register/v1.0/introspect", continuation_token=t["continuation_token"])
+    assert [m["login_hint"] for m in intro["methods"]] == ["", ""]
+    local, domain = email.split("@")
+    for same in (email, email.upper(), f"{local}+mfa@{domain}"):
+        c = api.post("register/v1.0/challenge", continuation_token=intro["continuation_token"], challenge_type="oob",
+                     challenge_channel="email", challenge_target=same)
+        assert c.status == 400 and c["error"] == "invalid_request" and 901001 in c["error_codes"], c.body
+    other = unique_email("jit-inbox")
     c = api.post("register/v1.0/challenge", continuation_token=intro["continuation_token"], challenge_type="oob",
-                 challenge_channel="email", challenge_target=email)
-    assert c.status == 200 and c["challenge_type"] == "preverified", c.body
-    sent_before = len(outbox.messages(email))
-    cont = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="continuation_token")
-    assert cont.status == 200
-    sent = outbox.messages(email)[sent_before:]                  # no code: only the "method added" notice
-    assert [(m["purpose"], m["code"]) for m in sent] == [("method_added", None)]
+                 challenge_channel="email", challenge_target=other)
+    assert c.status == 200 and c["challenge_type"] == "oob", c.body
+    cont = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
+                    oob=outbox.last_code(other))
     tok = api.post("oauth2/v2.0/token", continuation_token=cont["continuation_token"], grant_type="continuation_token",
                    scope=SCOPE, client_info="1")
     assert tok.status == 200
-    assert [m["target"] for m in directory.get_user(server.storage, email).methods] == [email]
+    assert [m["target"] for m in directory.get_user(server.storage, email).methods] == [other]
 
 
 def test_sign_up_then_registration_by_sms(server, api, outbox, require_mfa):

@@ -220,7 +220,7 @@ function explain(error) {
     else if (is("isAttributesValidationFailed")) message = "Some of the details aren't valid. Check them and try again.";
     else if (is("isMissingRequiredAttributes")) message = "Some required details are missing.";
     else if (is("isVerificationContactBlocked")) message = "We can't send codes to that address or number. Try another one.";
-    else if (is("isInvalidInput")) message = "Check the phone number or email address and try again.";
+    else if (is("isInvalidInput")) message = "Check the phone number or email address and try again. Your sign-in email can't be your second factor.";
     else if (is("isTokenExpired")) message = "This step took too long and has expired. Please start again.";
     else if (is("isRedirectRequired")) message = "This sign-in can't be completed in this app (the server asks for the web experience).";
     else if (is("isPasswordResetFailed")) message = "The password couldn't be reset. Please start again.";
@@ -495,8 +495,8 @@ function syncRegisterContact() {
     $("#register-contact-label").textContent = sms ? "Mobile phone number" : "Email address";
     $("#register-contact-hint").textContent = sms
         ? "In international format, starting with + and the country code."
-        : "We'll send a code to confirm it. Your sign-in email works too.";
-    if (previous !== input.dataset.channel) input.value = sms ? "" : username;
+        : "We'll send a code to confirm it. Use another mailbox than the one you sign in with.";
+    if (previous !== input.dataset.channel) input.value = "";
     clearFieldErrors($("#register-form"));
 }
 

@@ -1,7 +1,8 @@
 """End to end through Microsoft's MSAL JS custom-auth SDK (5.30.0) in headless
 Chromium: sign-up (attributes, password later, automatic sign-in), password
 reset with automatic sign-in, the second factor (MFA by email and by SMS,
-just-in-time registration by email, by SMS and the ``preverified`` fast pass),
+just-in-time registration by email and by SMS, the sign-up address refused as
+its own second factor),
 the web fallback for an app without capabilities, and a forced refresh after
 MFA (native-auth-contract.md §5.2-§5.8, §7.1, §7.5).
 
@@ -198,7 +199,7 @@ def test_sign_up_then_registering_another_email_as_second_factor(page, server, o
     required = page.act("signIn")
     methods = registration_methods(required)
     assert methods["email"] == {"id": "email", "challenge_type": "oob", "challenge_channel": "email",
-                                "login_hint": mask_email(email)}
+                                "login_hint": ""}  # no suggestion: the sign-in address cannot be a second factor
     assert methods["sms"]["challenge_channel"] == "sms" and methods["sms"]["challenge_type"] == "oob"
 
     verify = page.act("challengeAuthMethod", {"authMethodType": methods["email"], "verificationContact": inbox})
@@ -207,7 +208,7 @@ def test_sign_up_then_registering_another_email_as_second_factor(page, server, o
     assert verify.info["sentTo"] == inbox
     assert verify.info["codeLength"] == EMAIL_CODE_LENGTH
     code = code_sent(outbox, inbox)
-    assert outbox.count(email) == 1  # only the sign-up code went to the account's own address
+    assert outbox.count(email) == 1  # only the sign-up code went to the account's own address (so far)
 
     wrong = page.act("submitChallenge", wrong_code(code))
     assert wrong.is_("Failed") and wrong.error_is("IncorrectChallenge"), wrong
@@ -218,6 +219,7 @@ def test_sign_up_then_registering_another_email_as_second_factor(page, server, o
     assert page.current_account().data["username"] == email
 
     assert stored_methods(server, email) == [("email", inbox)]
+    assert [m["purpose"] for m in outbox.messages(email)] == ["signup_code", "method_added"]
     assert posts(page, server)[3:] == [
         ("oauth2/v2.0/token", "continuation_token", 400),  # registration_required
         ("register/v1.0/introspect", None, 200),
@@ -250,27 +252,24 @@ def test_sign_up_then_registering_a_phone_as_second_factor(page, server, outbox,
     assert stored_methods(server, email) == [("sms", number)]
 
 
-def test_sign_up_then_preverified_fast_pass_for_the_verified_email(page, server, outbox, second_factor_policy):
-    """Registering the address verified during a sign-up with a password: `preverified`, no new code (§3.9 b)."""
-    email = unique_email("jit-fast")
+def test_sign_up_address_is_refused_as_its_own_second_factor(page, server, outbox, second_factor_policy):
+    """Registering the address just verified at sign-up (Entra's `preverified` fast pass, §3.9 b) is
+    refused: that mailbox can reset the password, so it is no second factor (SECURITY.md §3.3).
+    The SDK reports a typed invalid-input error and the app asks for another address."""
+    email, inbox = unique_email("jit-self"), unique_email("jit-other")
     second_factor_policy(email)
     sign_up_with_password(page, outbox, email)
 
     methods = registration_methods(page.act("signIn"))
-    sent = len(outbox.messages(email))
-    done = page.act("challengeAuthMethod", {"authMethodType": methods["email"], "verificationContact": email})
+    refused = page.act("challengeAuthMethod", {"authMethodType": methods["email"], "verificationContact": email})
+    assert refused.is_("Failed") and refused.error_is("InvalidInput"), refused
+    assert 901001 in refused.error["errorCodes"], refused.error
+    assert outbox.count(email) == 1 and stored_methods(server, email) == []   # only the sign-up code was sent
+    verify = page.act("challengeAuthMethod", {"authMethodType": methods["email"], "verificationContact": inbox})
+    assert verify.is_("VerificationRequired"), verify
+    done = page.act("submitChallenge", code_sent(outbox, inbox))
     assert done.is_("Completed") and done.state == "AuthMethodRegistrationCompletedState", done
-    assert not done.is_("VerificationRequired"), done
-    assert done.data["username"] == email
-    new = outbox.messages(email)[sent:]  # no code was sent; the account is told a method was added
-    assert [(m["purpose"], m["code"]) for m in new] == [("method_added", None)], new
-
-    assert stored_methods(server, email) == [("email", email)]
-    assert posts(page, server)[-3:] == [
-        ("register/v1.0/challenge", None, 200),  # challenge_type preverified
-        ("register/v1.0/continue", "continuation_token", 200),
-        ("oauth2/v2.0/token", "continuation_token", 200),
-    ]
+    assert stored_methods(server, email) == [("email", inbox)]
 
 
 # ------------------------------------------------------------------ MFA with a registered method

@@ -86,14 +86,16 @@ def mask(channel: str, target: str) -> str:
     return mask_phone(target) if channel == "sms" else mask_email(target)
 
 
-def add_method(storage: Storage, settings: Settings, flow, channel: str, target: str, request=None) -> str:
+def add_method(storage: Storage, settings: Settings, flow, channel: str, target: str, request=None, *,
+               user: User | None = None) -> str:
     """Save a verified method on the flow's account; returns its id.
 
     Idempotent (the same channel and target once: a retry after a failure
     finds it and adds nothing). The registration rule is checked against the
     account as stored, inside the conditional write. Refused with
-    ``invalid_grant`` when the rule does not hold."""
-    user = get_user_by_key(storage, flow["ident"])
+    ``invalid_grant`` when the rule does not hold. ``user`` is the account as
+    the caller just read it (saves a read; a stale copy only costs a retry)."""
+    user = user or get_user_by_key(storage, flow["ident"])
     if user is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     added: dict[str, Any] = {}

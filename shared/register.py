@@ -93,6 +93,7 @@ def challenge(request: Request, settings: Settings) -> Response:
 def continue_(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     grant = form.get("grant_type")
+    user = None
     if grant == "oob" and flow["state"] == "register_challenge":
         user = get_user_by_key(storage, flow["ident"])
         flow = flows.redeem_code(storage, settings, flow, "register_code", form.get("oob"), user)
@@ -104,7 +105,7 @@ def continue_(request: Request, settings: Settings) -> Response:
     channel, target = flow["register_channel"], flow["register_target"]
     # The code is consumed; now the method is saved (idempotently: a retry of
     # this request after a failure below finds it and continues).
-    method_id = methods.add_method(storage, settings, flow, channel, target, request)
+    method_id = methods.add_method(storage, settings, flow, channel, target, request, user=user)
     done = [f for f in flow.json("second_factors", []) if f["id"] != method_id]
     flow = flows.advance(storage, flow, state="ready_for_token", steps=flow.steps + ["sms" if channel == "sms" else "otp"],
                          second_factors=done + [{"channel": channel, "id": method_id, "existing": False}],

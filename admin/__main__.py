@@ -201,7 +201,12 @@ def _users(args, storage) -> int:
             raise SystemExit(f"no method {args.method_id}")
         print(f"removed method {args.method_id} (the account was notified)")
     elif args.action in ("disable", "enable"):
-        directory.update_user(storage, user, disabled=args.action == "disable")
+        import time
+
+        changes = {"disabled": args.action == "disable"}
+        if args.action == "disable":
+            changes["rt_not_before"] = time.time()  # every session and open flow ends now
+        directory.update_user(storage, user, **changes)
         print(f"{args.action}d {user.email}")
     elif args.action == "unlock":
         directory.update_user(storage, user, failed_logins=0, lockout_until=0, **directory.all_code_failures_cleared())

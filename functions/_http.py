@@ -31,3 +31,25 @@ def to_response(resp: protocol.Response) -> func.HttpResponse:
 
 def serve(name: str, req: func.HttpRequest, handler: Callable, methods: str = "POST") -> func.HttpResponse:
     return to_response(protocol.handle(name, to_request(req), handler, methods=methods))
+
+
+def endpoint(bp: func.Blueprint, name: str, route: str, handler: Callable, methods: str = "POST",
+             *, aliases: dict[str, str] | None = None) -> None:
+    """Register one API endpoint as its own HTTP function (so the host and
+    Application Insights see each step by name), at ``route`` and at every
+    alias, each also under a tenant path segment: the SDKs build every URL
+    from the app's authority, and an app may give ``https://host/api`` or a
+    tenant form such as ``https://host/api/contoso.onmicrosoft.com``
+    (Entra's shape; docs/sdk-compatibility.md). Routes are matched
+    case-insensitively by the host (MSAL Android refreshes at ``oAuth2/v2.0/token``)."""
+    verbs = [m.strip() for m in methods.split(",")] + ["OPTIONS"]
+    for base, path in {name: route, **(aliases or {})}.items():
+        for tenant in (False, True):
+            fname = base + ("_tenant" if tenant else "")
+
+            def run(req: func.HttpRequest) -> func.HttpResponse:
+                return serve(name, req, handler, methods=methods)
+
+            run.__name__ = fname
+            bp.function_name(fname)(bp.route(route=("{tenant}/" if tenant else "") + path, methods=verbs,
+                                              auth_level=ANON)(run))

@@ -1,21 +1,18 @@
-"""/.well-known/openid-configuration and the JWKS."""
+"""OpenID discovery and the JWKS.
+
+Discovery is served where every client looks for it: ``/.well-known/openid-configuration``
+(OIDC Discovery, MSAL Python's ``oidc_authority``) and ``/v2.0/.well-known/openid-configuration``
+(MSAL iOS's silent refresh: IdentityCore ``MSIDAADEndpointProvider``), each also under a tenant
+path segment (docs/sdk-compatibility.md)."""
 
 import azure.functions as func
 
 from shared import discovery
 
-from ._http import ANON, serve
+from ._http import endpoint
 
 bp = func.Blueprint()
 
-
-@bp.function_name("openid_configuration")
-@bp.route(route=".well-known/openid-configuration", methods=["GET", "OPTIONS"], auth_level=ANON)
-def openid_configuration(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("openid_configuration", req, discovery.openid_configuration, methods="GET")
-
-
-@bp.function_name("jwks")
-@bp.route(route="discovery/v2.0/keys", methods=["GET", "OPTIONS"], auth_level=ANON)
-def jwks(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("jwks", req, discovery.jwks, methods="GET")
+endpoint(bp, "openid_configuration", ".well-known/openid-configuration", discovery.openid_configuration, "GET",
+         aliases={"openid_configuration_v2": "v2.0/.well-known/openid-configuration"})
+endpoint(bp, "jwks", "discovery/v2.0/keys", discovery.jwks, "GET")

@@ -1,27 +1,13 @@
-"""/oauth2/v2.0/initiate and /oauth2/v2.0/challenge."""
+"""/oauth2/v2.0/initiate, /challenge and /introspect."""
 
 import azure.functions as func
 
 from shared import signin
 
-from ._http import ANON, serve
+from ._http import endpoint
 
 bp = func.Blueprint()
 
-
-@bp.function_name("signin_initiate")
-@bp.route(route="oauth2/v2.0/initiate", methods=["POST", "OPTIONS"], auth_level=ANON)
-def initiate(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("signin_initiate", req, signin.initiate)
-
-
-@bp.function_name("signin_challenge")
-@bp.route(route="oauth2/v2.0/challenge", methods=["POST", "OPTIONS"], auth_level=ANON)
-def challenge(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("signin_challenge", req, signin.challenge)
-
-
-@bp.function_name("signin_introspect")
-@bp.route(route="oauth2/v2.0/introspect", methods=["POST", "OPTIONS"], auth_level=ANON)
-def introspect(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("signin_introspect", req, signin.introspect)
+endpoint(bp, "signin_initiate", "oauth2/v2.0/initiate", signin.initiate)
+endpoint(bp, "signin_challenge", "oauth2/v2.0/challenge", signin.challenge)
+endpoint(bp, "signin_introspect", "oauth2/v2.0/introspect", signin.introspect)

@@ -4,12 +4,8 @@ import azure.functions as func
 
 from shared import signin
 
-from ._http import ANON, serve
+from ._http import endpoint
 
 bp = func.Blueprint()
 
-
-@bp.function_name("token")
-@bp.route(route="oauth2/v2.0/token", methods=["POST", "OPTIONS"], auth_level=ANON)
-def token(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("token", req, signin.token)
+endpoint(bp, "token", "oauth2/v2.0/token", signin.token)

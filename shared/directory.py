@@ -137,9 +137,10 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
     updated user, or None when the user is gone or nothing was changed.
 
     ``counter=True`` is for failure counters only (wrong passwords, wrong
-    codes): when the record stays contended through every attempt, this
-    increment is given up instead of failing the request. One increment can
-    then be lost under a burst of dozens of parallel failures (never more:
+    codes): it retries up to 40 times with a growing backoff (a burst of
+    parallel failures is counted in full), and if the record stays contended
+    through all of them this increment is given up instead of failing the
+    request. One increment can then be lost (never more:
     nothing is written from a stale read, so a counter never goes down and a
     lock is never cleared), and the answer never differs from a quiet one
     (no 503 that an unknown name never gets: an enumeration oracle)."""
@@ -148,7 +149,9 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
     from .storage import Modified, StorageUnavailable
 
     changes = None
-    for _ in range(attempts):
+    if counter:
+        attempts = max(attempts, 40)  # a burst of parallel failures must still count them all
+    for attempt in range(attempts):
         changes = compute(user)
         if not changes:
             return None
@@ -157,7 +160,7 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
         except Modified:
             import random
 
-            time.sleep(random.uniform(0.002, 0.03))  # let the concurrent writer finish
+            time.sleep(random.uniform(0.002, 0.03 * min(attempt + 1, 4)))  # let the concurrent writer finish
             fresh = get_user_by_key(storage, user.pk)
             if fresh is None:
                 return None

@@ -118,10 +118,13 @@ class UnsupportedGrantType(AuthError):
 
 
 class SlowDown(AuthError):
-    """Rate limit hit (HTTP 429 with Retry-After)."""
+    """Rate limit hit: HTTP 400 with ``Retry-After``. Not 429: MSAL iOS and
+    Android parse error bodies only on 400 (iOS also 401) and report any other
+    status as an unexpected response (docs/sdk-compatibility.md), so a 429
+    reached the app as a generic error and lost its retry hint."""
     error = "slow_down"
     error_codes = (50196,)
-    status = 429
+    status = 400
     description = "Too many requests. Retry later."
 
 

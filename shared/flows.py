@@ -191,7 +191,7 @@ def new_code(settings: Settings, flow: Flow, purpose: str, channel: str, length:
 
 def check_can_send(settings: Settings, flow: Flow, *, same_target: bool = True) -> None:
     """The per-flow send rules: the resend interval (for the same target) and at
-    most MAX_SENDS_PER_FLOW codes per flow. Raises ``slow_down`` (429)."""
+    most MAX_SENDS_PER_FLOW codes per flow. Raises ``slow_down`` (HTTP 400 with Retry-After)."""
     wait = resend_wait(settings, flow)
     if wait and same_target:
         raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)

@@ -49,6 +49,15 @@ from .protocol import Form, Request, Response, current, json_field, ok, redirect
 from .settings import Settings
 from .storage import Modified, Storage
 
+# Our extension of the protocol's capabilities: a client that can follow
+# "verify an existing method (mfa_oob), then register the one the sign-in needs"
+# (registration_required answered to the mfa_oob /token call). No MSAL SDK can
+# (docs/sdk-compatibility.md), so without it that case is a redirect.
+REGISTRATION_AFTER_MFA = "registration_after_mfa"
+# MSAL iOS/macOS (x-client-SKU) up to at least 2.14 cannot continue to the
+# second factor from the sign-in after a password reset (MSALNativeAuthSignInController
+# signIn(username:grantType:continuationToken:) answers .awaitingMFA with a general error).
+SKUS_WITHOUT_MFA_AFTER_CONTINUATION = ("msal.ios", "msal.osx")
 MFA_REQUIRED_CODES = (50076,)  # choice documented in the contract (§3.6): the SDKs read the suberror
 REGISTRATION_REQUIRED_CODES = (50079,)
 
@@ -93,6 +102,13 @@ def client_ip(request: Request | None) -> str | None:
         return str(ipaddress.ip_address(request.client_ip))
     except ValueError:
         return None
+
+
+def _sku(request: Request | None) -> str:
+    """The client library (``x-client-SKU`` header or form field, as MSAL sends it), lower-case."""
+    if request is None:
+        return ""
+    return (request.header("x-client-sku") or "").strip().lower()
 
 
 def _country(request: Request | None, settings: Settings) -> str | None:
@@ -151,22 +167,32 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, for
         raise errors.Blocked()
     if methods_mod.predates_credential_change(user, flow):
         raise errors.InvalidGrant("The account's password changed after this sign-in started. Start again.")
-    registered = {m["id"] for m in user.methods}
-    done = [f for f in flow.json("second_factors", []) if f["id"] in registered]  # a method removed since no longer counts
+    done = _counted(user, flow)
     if satisfied(decision, [f["channel"] for f in done]):
         return None, flow, decision
     caps = flow.json("capabilities", [])
-    used = {f["id"] for f in done}
-    candidates = [m for m in methods_mod.independent_methods(user) if m["id"] not in used]
+    used = {f["id"] for f in flow.json("second_factors", [])}
+    independent = sorted(methods_mod.independent_methods(user), key=lambda m: (not m.get("default"), m.get("created", 0)))
+    # Proof candidates: the account's methods not yet verified in this flow (for an account
+    # whose only methods are its sign-in mailbox, that mailbox: proof, never a second factor).
+    candidates = [m for m in methods_mod.proof_methods(user) if m["id"] not in used]
     candidates.sort(key=lambda m: (not m.get("default"), m.get("created", 0)))
-    allowed = [m for m in candidates if m["channel"] in decision.methods]
-    common: dict[str, Any] = dict(steps=steps, second_factors=done, acrs_requested=list(contexts), acrs_fixed=True,
+    allowed = [m for m in independent if m["id"] not in used and m["channel"] in decision.methods]
+    common: dict[str, Any] = dict(steps=steps, second_factors=flow.json("second_factors", []),
+                                  acrs_requested=list(contexts), acrs_fixed=True,
                                   decision=decision.to_json(), ip=ip or "", risk=level, risk_reasons=list(reasons),
                                   code_hash="", code_used=False)
     offer = allowed or ([] if methods_mod.may_register(user, flow) else candidates)
     if offer:
         if "mfa_required" not in caps:
             return redirect_response("Client is missing mfa_required capability"), flow, decision
+        if not allowed and REGISTRATION_AFTER_MFA not in caps:
+            # Verifying an existing method would lead to a registration the client cannot follow.
+            return redirect_response("This sign-in needs a kind of second factor the account does not have yet ("
+                                     + ", ".join(decision.methods) + "): add one to the account, then try again."), \
+                flow, decision
+        if flow["kind"] in ("signup", "reset") and _sku(request) in SKUS_WITHOUT_MFA_AFTER_CONTINUATION:
+            return redirect_response("Sign in with your password to complete the second factor."), flow, decision
         summary = [{"id": m["id"], "channel": m["channel"], "target": m["target"]} for m in offer]
         flow = flows.advance(storage, flow, state="mfa_required", mfa_methods=summary, **common)
         raise errors.InvalidGrant("A second factor is required." if allowed else
@@ -183,6 +209,13 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, for
                               error_codes=REGISTRATION_REQUIRED_CODES, extra={"continuation_token": flow.token})
 
 
+def _counted(user: User, flow: flows.Flow) -> list[dict[str, Any]]:
+    """The second factors this flow verified that count: through a method the
+    account still has, and never its sign-in mailbox (a proof at most)."""
+    ids = {m["id"] for m in methods_mod.independent_methods(user)}
+    return [f for f in flow.json("second_factors", []) if f["id"] in ids]
+
+
 def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: User, scopes: tokens.Scopes, *,
                  form: Form | None = None, request: Request | None = None) -> Response:
     """The only way tokens leave the server in a flow: the policy gate, then
@@ -193,7 +226,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     flows.finish(storage, flow)
     now = int(time.time())
     steps = flow.steps
-    done = flow.json("second_factors", [])
+    done = _counted(user, flow)
     changes: dict[str, Any] = {}
     if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
         changes.update(failed_logins=0, lockout_until=0)
@@ -209,7 +242,11 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
             update_user(storage, user, **changes)
         except Modified:
             pass  # a concurrent change won; counters are not lost by skipping this reset
-    first = steps[:len(steps) - len(done)] if done else steps
+    first = list(steps)
+    for f in reversed(done):  # the factors that count as second factors leave the first factors' amr
+        value = tokens.AMR_OF_CHANNEL.get(f["channel"], "otp")
+        if value in first:
+            del first[len(first) - 1 - first[::-1].index(value)]
     session = tokens.Session(first_amr=tuple(dict.fromkeys(first)),
                              second_factors=tuple({"id": f["id"], "channel": f["channel"]} for f in done),
                              mfa_at=now if done else 0)
@@ -231,8 +268,8 @@ def refresh_subject(storage: Storage, settings: Settings, family: dict[str, Any]
     whose conditions still hold."""
     now = time.time()
     session = tokens.Session.of_family(family)
-    registered = {m["id"] for m in user.methods}
-    session = session.keeping(registered)  # a method removed since no longer vouches for the session
+    # A method removed since (or the sign-in mailbox, which is never a second factor) does not vouch.
+    session = session.keeping({m["id"] for m in methods_mod.independent_methods(user)})
     channels = [f["channel"] for f in session.second_factors]
     ip = client_ip(request)
     level, reasons = risk.assess(storage, settings, user, ip, record=False)

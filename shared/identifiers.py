@@ -104,3 +104,28 @@ def normalize_phone(value: str | None, *, region: str | None = None,
     if allowed_countries and country not in allowed_countries:
         raise BlockedNumber("country")
     return e164
+
+
+# ------------------------------------------------------------------ client addresses
+
+IPV6_SOURCE_PREFIX = 64
+
+
+def ip_source(ip: str | None) -> str | None:
+    """The unit per-IP limits and the IP-velocity risk signal count: an IPv4
+    address as it is, an IPv6 address by its /64 (one subscriber usually holds
+    a whole /64 and can rotate through it at will), an IPv4-mapped IPv6
+    address as its IPv4 address. None for anything that is not an address."""
+    import ipaddress
+
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    if addr.version == 6:
+        return str(ipaddress.ip_network(f"{addr}/{IPV6_SOURCE_PREFIX}", strict=False))
+    return str(addr)

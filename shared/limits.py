@@ -15,7 +15,7 @@ Counters (defaults in ``Settings``):
 * SMS per number prefix (E.164 without its last 3 digits): hourly velocity;
 * global: hourly SMS budget (a circuit breaker), email per minute and per hour.
 
-A limit hit is ``slow_down`` (HTTP 429) with ``Retry-After``, the same whether
+A limit hit is ``slow_down`` (HTTP 400, as every contract error) with ``Retry-After``, the same whether
 or not the account exists (unknown accounts are counted too, by destination).
 """
 
@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from . import errors
+from .identifiers import ip_source
 from .settings import Settings
 from .storage import Conflict, Modified, Storage, hash_key
 
@@ -70,8 +71,9 @@ def _rules(settings: Settings, channel: str, to: str, ip: str | None, now: float
             _global(f"m{minute}-email-global", settings.email_global_minute, 60 - int(now) % 60, "global email per minute"),
             _global(f"h{hour}-email-global", settings.email_global_hour, until_next_hour, "global email per hour"),
         ]
-    if ip:
-        rules.append(Rule(f"h{hour}-ip-{hash_key('ip', ip)[:32]}", settings.sends_per_ip_hour, until_next_hour, "IP hourly"))
+    source = ip_source(ip)
+    if source:  # an IPv6 client by its /64
+        rules.append(Rule(f"h{hour}-ip-{hash_key('ip', source)[:32]}", settings.sends_per_ip_hour, until_next_hour, "IP hourly"))
     return [r for r in rules if r.limit > 0]
 
 
@@ -125,11 +127,12 @@ def check_and_count_action(storage: Storage, settings: Settings, action: str, ip
     """Count one request of ``action`` (for example ``signup_start``) from this
     client IP in the current hour, or raise ``slow_down`` past ``limit``.
     One read and one conditional write in the day's partition; 0 disables."""
-    if not ip or limit <= 0:
+    source = ip_source(ip)  # an IPv6 client by its /64
+    if not source or limit <= 0:
         return
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
-    rk = f"h{time.strftime('%H', time.gmtime(now))}-{action}-{hash_key('ip', ip)[:32]}"
+    rk = f"h{time.strftime('%H', time.gmtime(now))}-{action}-{hash_key('ip', source)[:32]}"
     table = storage.table("limits")
     for _ in range(MAX_RETRIES):
         row = table.get(pk, rk)

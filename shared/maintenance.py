@@ -19,8 +19,10 @@ ENDPOINTS = (
     "resetpassword/v1.0/submit", "resetpassword/v1.0/poll_completion",
 )
 # The GET endpoints (discovery, health, the sample API, the OpenAPI document).
-GET_ENDPOINTS = (".well-known/openid-configuration", "discovery/v2.0/keys", "health", "sample/sensitive",
-                 "openapi.json")
+GET_ENDPOINTS = (".well-known/openid-configuration", "v2.0/.well-known/openid-configuration", "discovery/v2.0/keys",
+                 "health", "sample/sensitive", "openapi.json")
+# Served also under one tenant path segment (functions/_http.endpoint).
+TENANT_ALIASED = ENDPOINTS + GET_ENDPOINTS[:3]
 PURGE_BATCH = 500
 
 
@@ -35,7 +37,9 @@ def health(request: Request, settings: Settings) -> Response:
 def not_found(request: Request, settings: Settings) -> Response:
     path = urlsplit(request.url).path
     rel = path.split("/api/", 1)[1] if "/api/" in path else path.lstrip("/")
-    rel = rel.rstrip("/")
+    rel = rel.rstrip("/").lower()
+    if "/" in rel and rel.split("/", 1)[1] in TENANT_ALIASED:
+        rel = rel.split("/", 1)[1]  # /api/<tenant>/...
     if rel in ENDPOINTS:
         raise errors.MethodNotAllowed()
     if rel in GET_ENDPOINTS:

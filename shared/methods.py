@@ -18,7 +18,10 @@ mailbox stands behind the first factor in every flow: an email method on it
 (or on a plus-address, case or dot variant of it, :func:`mailbox_key`) adds
 nothing against a mailbox thief. Such a method is not offered as a second
 factor, does not count as proof, cannot be registered, and an account whose
-only method it is counts as an account with no independent method.
+only method it is counts as an account with no independent method: it may
+register one after proving the mailbox by code (a password alone is not
+enough), which is the proof a mailbox holder can always give (the accepted
+risk of SECURITY.md §3.1).
 
 Every method added or removed sends a notice to the account's address and
 is written to the sign-in log.
@@ -61,16 +64,31 @@ def independent_methods(user: User) -> list[dict[str, Any]]:
     return [m for m in user.methods if not is_sign_in_mailbox(m, user)]
 
 
+def proof_methods(user: User) -> list[dict[str, Any]]:
+    """The methods whose verification proves an existing method for the
+    registration rule: the independent ones, or, for an account that has
+    none, its sign-in mailbox methods (proof, never a second factor)."""
+    independent = independent_methods(user)
+    return independent or [m for m in user.methods if is_sign_in_mailbox(m, user)]
+
+
 def proven_existing(user: User, flow) -> bool:
     """Did this flow verify a code of one of the account's (still registered)
-    independent methods?"""
-    ids = {m["id"] for m in independent_methods(user)}
+    proof methods?"""
+    ids = {m["id"] for m in proof_methods(user)}
     return any(f.get("existing") and f.get("id") in ids for f in flow.json("second_factors", []))
 
 
 def may_register(user: User, flow) -> bool:
-    """The method-registration rule (see the module docstring)."""
-    return not independent_methods(user) or proven_existing(user, flow)
+    """The method-registration rule (see the module docstring): an account
+    with no method at all; or a flow that verified one of the account's
+    existing methods; or, for an account whose only methods are its sign-in
+    mailbox, a flow that verified that mailbox by code (an email-code first
+    factor, a reset or a sign-up: ``otp`` in its steps). A password alone
+    never opens registration on an account that has a method."""
+    if not user.methods or proven_existing(user, flow):
+        return True
+    return not independent_methods(user) and "otp" in flow.steps
 
 
 def predates_credential_change(user: User, flow) -> bool:
@@ -107,7 +125,7 @@ def add_method(storage: Storage, settings: Settings, flow, channel: str, target:
             added.clear()
             added["id"] = existing["id"]
             return None
-        if not may_register(u, flow) or predates_credential_change(u, flow):
+        if u.disabled or not may_register(u, flow) or predates_credential_change(u, flow):
             raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
         method = {"id": secrets.token_hex(8), "channel": channel, "target": target, "default": not methods,
                   "created": int(time.time())}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import errors, flows, gate, notify
+from . import errors, flows, gate, methods as methods_mod, notify
 from .directory import get_user_by_key
 from .methods import mask
 from .protocol import Form, Request, Response, ok
@@ -41,6 +41,12 @@ def challenge(storage: Storage, settings: Settings, flow: flows.Flow, method_id:
     method = next((m for m in flow.json("mfa_methods", []) if m["id"] == method_id), None)
     if method is None:
         raise errors.InvalidRequest("The id does not name one of this user's methods.")
+    # The account as it is now: no code to a method removed since the offer, to a
+    # disabled account, or for a sign-in that started before a password reset.
+    user = get_user_by_key(storage, flow["ident"])
+    if user is None or user.disabled or method_id not in {m["id"] for m in user.methods} \
+            or methods_mod.predates_credential_change(user, flow):
+        raise errors.InvalidGrant("This sign-in can no longer continue. Start again.")
     return send_code(storage, settings, flow, request, method["channel"], method["target"], "mfa_code",
                      state="mfa_challenge", mfa_method=method_id)
 

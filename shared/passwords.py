@@ -52,7 +52,7 @@ def _return_large_allocations_to_the_os() -> None:
 
 _return_large_allocations_to_the_os()
 _stats_lock = threading.Lock()
-_stats = {"running": 0, "peak": 0, "operations": 0}
+_stats = {"running": 0, "peak": 0, "operations": 0, "compared": 0}
 _strength_lock = threading.Lock()
 
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
@@ -97,6 +97,11 @@ def argon2_operations() -> int:
     return _stats["operations"]
 
 
+def passwords_compared() -> int:
+    """Verifications against a real stored hash (not the dummy): for tests."""
+    return _stats["compared"]
+
+
 def peak_concurrency() -> int:
     return _stats["peak"]
 
@@ -116,6 +121,9 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
     if len(password) > MAX_PASSWORD_CHARS:
         return False
     target = stored_hash or _dummy()
+    if stored_hash:
+        with _stats_lock:
+            _stats["compared"] += 1
     try:
         with _Slot():
             ok = _hasher.verify(target, _normalize(password))

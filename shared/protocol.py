@@ -237,12 +237,27 @@ def client_ip_of(request: Request, settings: Settings) -> str | None:
     if not entries or hops == 0:
         return request.client_ip
     candidate = entries[-hops] if len(entries) >= hops else entries[0]
-    if candidate.count(":") == 1 and "." in candidate:  # "1.2.3.4:5678" (App Service adds ports)
-        candidate = candidate.split(":")[0]
+    return parse_ip(candidate)
+
+
+def parse_ip(value: str) -> str | None:
+    """An address as proxies write it in X-Forwarded-For: ``1.2.3.4``,
+    ``1.2.3.4:5678`` (App Service adds ports), ``2001:db8::1``,
+    ``[2001:db8::1]:443``, ``::ffff:1.2.3.4`` (IPv4-mapped: its IPv4 address)."""
+    import ipaddress
+
+    text = value.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1 and "." in text:
+        text = text.split(":")[0]
     try:
-        return str(ipaddress.ip_address(candidate.strip("[]")))
+        addr = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 def _new_context(request: Request) -> Context:

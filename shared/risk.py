@@ -14,6 +14,7 @@ import json
 import time
 
 from .directory import User
+from .identifiers import ip_source
 from .settings import Settings
 from .storage import Conflict, Modified, Storage, hash_key
 
@@ -61,7 +62,7 @@ def _ip_velocity(storage: Storage, settings: Settings, ip: str, user_pk: str, re
     """Record this account for this IP and hour; True when the IP has carried
     more distinct accounts than the threshold this hour."""
     table = storage.table("limits")
-    pk = "ipacct-" + hash_key("ip", ip)[:40]
+    pk = "ipacct-" + hash_key("ip", ip_source(ip) or ip)[:40]  # an IPv6 client by its /64
     rk = time.strftime("%Y%m%d%H", time.gmtime())
     for _ in range(4):
         row = table.get(pk, rk)

@@ -183,16 +183,26 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         raise _failed(errors.InvalidCredentials(), None)
     # Read the user even for an unknown name: the same storage work either way.
     user = get_user_by_key(storage, flow["ident"])
-    now = int(time.time())
-    if user is None or user.disabled or user.locked_until() > now or not user.has_password:
+    if user is None or user.disabled or not user.has_password:
         # Same work and the same answer as a wrong password (no oracle): one
         # argon2 verification and one write.
         passwords.dummy_verify(password)
-        _record_unknown_failure(storage, flow["ident"])  # not counted against a locked account
+        _record_unknown_failure(storage, flow["ident"])
         raise _failed(errors.InvalidCredentials(), user)
-    if not passwords.verify_password(user.password_hash, password):
-        _record_password_failure(storage, settings, user)
+    # The attempt is counted before the password is compared (A21): a burst of
+    # parallel guesses cannot all be judged against the lock state they read
+    # when they started; the guess that reaches the threshold sets the lock,
+    # and later ones are refused without being compared.
+    counted = _reserve_password_attempt(storage, settings, user)
+    if counted is None:  # locked (or the record stayed contended): not compared, same answer and work
+        passwords.dummy_verify(password)
+        _record_unknown_failure(storage, flow["ident"])
         raise _failed(errors.InvalidCredentials(), user)
+    if not passwords.verify_password(counted.password_hash, password):
+        raise _failed(errors.InvalidCredentials(), counted)
+    # Right: this attempt was no failure. Earlier failures stay until the sign-in
+    # completes (they are a risk signal for this sign-in; issue_tokens clears them).
+    user = change_user(storage, counted, lambda u: _undo_attempt(settings, u)) or counted
     if user.entity.get("password_reset_required"):
         raise errors.PasswordResetRequired()
     flow.entity["steps"] = json.dumps(flow.steps + ["pwd"])
@@ -213,11 +223,21 @@ def _record_unknown_failure(storage: Storage, ident: str) -> None:
                                  "last_failed_at": now, "expires_at": now + 86400})
 
 
-def _record_password_failure(storage: Storage, settings: Settings, user: User) -> None:
-    """Progressive lockout: after `lockout_threshold` failures, lock for
-    base * 2^(n - threshold) seconds, capped; counts reset after 12 h idle."""
-    def compute(u: User) -> dict[str, Any]:
+def _reserve_password_attempt(storage: Storage, settings: Settings, user: User) -> User | None:
+    """Count one password attempt (If-Match, retried on races) before it is
+    compared. Progressive lockout: the attempt that reaches
+    ``lockout_threshold`` failures locks for base * 2^(n - threshold)
+    seconds, capped; counts reset after 12 h idle. Returns the user as
+    written, or None when the account is locked (nothing counted) or its
+    record stayed contended (then the attempt is not compared at all)."""
+    locked = {"now": False}
+
+    def compute(u: User) -> dict[str, Any] | None:
         now = int(time.time())
+        if u.locked_until() > now:
+            locked["now"] = True
+            return None
+        locked["now"] = False
         last = int(u.entity.get("last_failed_at") or 0)
         n = (0 if now - last > LOCKOUT_RESET_SECONDS else int(u.entity.get("failed_logins") or 0)) + 1
         lock = 0
@@ -225,7 +245,13 @@ def _record_password_failure(storage: Storage, settings: Settings, user: User) -
             lock = now + min(settings.lockout_base_seconds * 2 ** (n - settings.lockout_threshold), settings.lockout_max_seconds)
         return {"failed_logins": n, "last_failed_at": now, "lockout_until": lock}
 
-    change_user(storage, user, compute, counter=True)
+    counted = change_user(storage, user, compute, counter=True)
+    return None if locked["now"] else counted
+
+
+def _undo_attempt(settings: Settings, u: User) -> dict[str, Any]:
+    n = max(0, int(u.entity.get("failed_logins") or 0) - 1)
+    return {"failed_logins": n, "lockout_until": int(u.entity.get("lockout_until") or 0) if n >= settings.lockout_threshold else 0}
 
 
 def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes,

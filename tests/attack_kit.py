@@ -63,6 +63,8 @@ SCOPE = "openid profile offline_access"
 RESOURCE = "api://native-auth"
 FULL_SCOPE = f"{RESOURCE}/access_as_user {SCOPE}"
 CAPS = "mfa_required registration_required"
+# Our extension: the client can register a method after verifying another (shared/gate.py); no MSAL SDK sends it.
+CAPS_PROOF = CAPS + " registration_after_mfa"
 VOLATILE = ("error_description", "timestamp", "trace_id", "correlation_id")
 WRONG_CODE = 50181      # invalid_grant / invalid_oob_value: a wrong (or expired) code
 DEAD_CHALLENGE = 50053  # invalid_grant / invalid_oob_value: too many attempts (challenge or account)

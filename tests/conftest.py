@@ -25,6 +25,27 @@ sys.path.insert(0, str(ROOT))
 from devhost.azurite import Azurite  # noqa: E402
 from shared import directory, settings as settings_mod, storage as storage_mod  # noqa: E402
 
+import sdk_rules  # noqa: E402
+
+# Every answer the app gives during the suite is judged against the SDKs' rules
+# (tests/sdk_rules.py, docs/sdk-compatibility.md); a violation fails the test that caused it.
+sdk_rules.install()
+
+
+@pytest.fixture(autouse=True)
+def _sdk_rules_guard():
+    sdk_rules.take_violations()
+    yield
+    found = sdk_rules.take_violations()
+    if found:
+        pytest.fail("answers an MSAL SDK would reject (docs/sdk-compatibility.md):\n  " + "\n  ".join(found[:10]),
+                    pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"SDK rules: {sdk_rules.answers_checked()} native-auth answers checked "
+                                "against MSAL JS, iOS and Android rules")
+
 DEV_CLIENT = settings_mod.DEV_CLIENT_ID
 _functions_cache: list | None = None
 

@@ -158,6 +158,18 @@ def test_A53_sign_up_starts_are_rate_limited_per_ip(server, api):
         assert other.status == 200
 
 
+def test_A53_an_ipv6_subscriber_is_one_source(server, api):
+    """Per-IP limits count an IPv6 client by its /64: addresses rotated inside
+    one /64 share one budget, and X-Forwarded-For's bracketed form counts too."""
+    prefix = "2001:db8:%x:%x" % (random.getrandbits(16), random.getrandbits(16))
+    with server.override(signup_starts_per_ip_hour=3, trusted_proxy_hops=2):
+        forms = [f"{prefix}::{i + 1:x}" for i in range(3)] + [f"[{prefix}:0:0:0:99]:443"]
+        answers = [api.post("signup/v1.0/start", {"X-Forwarded-For": ip}, username=unique_email("v6"),
+                            challenge_type="oob password redirect") for ip in forms]
+    assert [a.status for a in answers[:3]] == [200, 200, 200]
+    assert answers[3]["error"] == "slow_down", answers[3].body
+
+
 def test_A54_concurrent_password_hashing_is_bounded_and_queued(server, api, make_user):
     from shared import passwords
 

@@ -167,7 +167,10 @@ def test_A45_password_alone_cannot_plant_a_factor_through_a_step_up_context(serv
     email, _ = make_user(methods=[email_method(mailbox)])
     _sms_only_for_context(policies, email)
     attacker_phone = random_phone()
-    r = password_first_factor(api, email, claims=context_claims("c1"))
+    # An MSAL client (no registration_after_mfa capability): a typed redirect, nothing sent.
+    sdk = password_first_factor(api, email, claims=context_claims("c1"))
+    assert sdk.status == 200 and sdk["challenge_type"] == "redirect" and "sms" in sdk["redirect_reason"], sdk.body
+    r = password_first_factor(api, email, claims=context_claims("c1"), caps=CAPS_PROOF)
     assert r.status == 400 and r["suberror"] == "mfa_required", r.body      # prove the existing method first
     _registration_refused(api, r["continuation_token"], attacker_phone)
     intro = api.post("oauth2/v2.0/introspect", continuation_token=r["continuation_token"])
@@ -188,7 +191,7 @@ def test_A45_the_owner_proves_the_existing_method_then_registers_the_required_on
     email, user = make_user(methods=[email_method(mailbox)])
     _sms_only_for_context(policies, email)
     phone = random_phone()
-    r = password_first_factor(api, email, claims=context_claims("c1"))
+    r = password_first_factor(api, email, claims=context_claims("c1"), caps=CAPS_PROOF)
     assert r["suberror"] == "mfa_required"
     proven = prove_method(api, outbox, r["continuation_token"], mailbox)
     assert proven.status == 400 and proven["suberror"] == "registration_required", proven.body
@@ -213,7 +216,7 @@ def test_A45_risk_raised_by_wrong_passwords_does_not_open_registration(server, a
              grant={"require_second_factor": True, "methods": ["sms"]})
     for _ in range(3):
         assert password_first_factor(api, email, "not the password at all").status == 400
-    r = password_first_factor(api, email)
+    r = password_first_factor(api, email, caps=CAPS_PROOF)
     assert r.status == 400 and r["suberror"] == "mfa_required", r.body
     _registration_refused(api, r["continuation_token"], random_phone())
 
@@ -226,7 +229,7 @@ def test_A45_a_targeted_client_does_not_open_registration(server, api, outbox, m
     policies(assignments={"users": {"include": [email]}, "clients": {"include": [client_id]}},
              grant={"require_second_factor": True, "methods": ["sms"]})
     other = RecordingApi(type(server.api)(server.api.base_url, client_id))
-    r = password_first_factor(other, email)
+    r = password_first_factor(other, email, caps=CAPS_PROOF)
     assert r.status == 400 and r["suberror"] == "mfa_required", r.body
     _registration_refused(other, r["continuation_token"], random_phone())
 
@@ -276,10 +279,62 @@ def test_A46_the_sign_in_mailbox_is_never_offered_or_registered_as_a_second_fact
                      challenge_channel="email", challenge_target=variant)
         assert c.status == 400 and 901001 in c["error_codes"], c.body
     assert outbox.count(f"{local}+mfa@{domain}") == 0
-    # With a password first factor it is not offered either.
-    p = password_first_factor(api, email)
-    assert p.status == 400 and p["suberror"] == "registration_required", p.body
     assert methods_of(server, email) == [("email", email)]
+
+
+def test_A45_a_password_alone_cannot_register_on_an_account_whose_only_method_is_its_mailbox(server, api, outbox,
+                                                                                           make_user, require_mfa):
+    """The account's only method is its sign-in mailbox (the old fast pass). It
+    is no second factor, but it is a method: registering needs it proven by a
+    code (an email-code first factor, a reset, or an MFA proof), never a
+    password alone."""
+    email = unique_email("fastpass")
+    make_user(email=email, methods=[email_method(email)])
+    require_mfa(email)
+    attacker_phone = random_phone()
+    sdk = password_first_factor(api, email)                                  # an MSAL client: a typed redirect
+    assert sdk.status == 200 and sdk["challenge_type"] == "redirect", sdk.body
+    r = password_first_factor(api, email, caps=CAPS_PROOF)
+    assert r.status == 400 and r["suberror"] == "mfa_required", r.body      # prove the mailbox first
+    _registration_refused(api, r["continuation_token"], attacker_phone)
+    assert outbox.count(attacker_phone) == 0 and methods_of(server, email) == [("email", email)]
+    # The owner proves the mailbox, then registers a phone; the token counts only the phone.
+    proven = prove_method(api, outbox, r["continuation_token"], email)
+    assert proven["suberror"] == "registration_required", proven.body
+    phone = random_phone()
+    t = register_method(api, outbox, proven["continuation_token"], "sms", phone)
+    assert t.status == 200, t.body
+    assert claims_of(t["id_token"])["amr"] == ["pwd", "otp", "sms", "mfa"]
+    assert methods_of(server, email) == [("email", email), ("sms", phone)]
+
+
+def test_A45_a_disabled_account_cannot_finish_a_registration(server, api, outbox, make_user, require_mfa):
+    email, _ = make_user()
+    require_mfa(email)
+    r = password_first_factor(api, email)
+    phone = random_phone()
+    c = api.post("register/v1.0/challenge", continuation_token=r["continuation_token"], challenge_type="oob",
+                 challenge_channel="sms", challenge_target=phone)
+    assert c.status == 200
+    directory.update_user(server.storage, directory.get_user(server.storage, email), disabled=True,
+                          rt_not_before=time.time())
+    done = api.post("register/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
+                    oob=outbox.last_code(phone))
+    assert done.status == 400 and done["error"] == "invalid_grant", done.body
+    assert methods_of(server, email) == []
+
+
+def test_A45_a_flow_from_before_a_reset_sends_no_more_codes(server, api, outbox, make_user, require_mfa):
+    phone = random_phone()
+    email, _ = make_user(methods=[sms_method(phone)])
+    require_mfa(email)
+    r = password_first_factor(api, email)                                   # a phished password
+    intro = api.post("oauth2/v2.0/introspect", continuation_token=r["continuation_token"])
+    reset_to_token(api, outbox, email, NEW_PW)                                # the owner resets
+    c = api.post("oauth2/v2.0/challenge", continuation_token=intro["continuation_token"], id="m1",
+                 challenge_type="password oob redirect")
+    assert c.status == 400 and c["error"] == "invalid_grant", c.body
+    assert outbox.count(phone) == 0
 
 
 def test_A46_plus_and_case_variants_of_the_sign_in_mailbox_are_not_a_second_factor(server, api, outbox, make_user,
@@ -322,14 +377,16 @@ def test_A46_a_password_reset_does_not_turn_the_mailbox_into_a_second_factor(ser
     ct = reset_to_token(api, outbox, email, NEW_PW)
     after = api.post("oauth2/v2.0/token", continuation_token=ct, grant_type="continuation_token", scope=SCOPE)
     assert_no_tokens(after)
-    r = password_first_factor(api, email, NEW_PW)
-    assert r.status == 400 and r["suberror"] == "registration_required", r.body
-    listed = api.post("register/v1.0/introspect", continuation_token=r["continuation_token"])
-    c = api.post("register/v1.0/challenge", continuation_token=listed["continuation_token"], challenge_type="oob",
+    sdk = password_first_factor(api, email, NEW_PW)
+    assert sdk.status == 200 and sdk["challenge_type"] == "redirect", sdk.body
+    r = password_first_factor(api, email, NEW_PW, caps=CAPS_PROOF)
+    assert r.status == 400 and r["suberror"] == "mfa_required", r.body     # proof of the mailbox, not a factor
+    t = prove_method(api, outbox, r["continuation_token"], email)
+    assert t.status == 400 and t["suberror"] == "registration_required", t.body   # no acr 2 from the mailbox
+    assert_no_tokens(t)
+    c = api.post("register/v1.0/challenge", continuation_token=t["continuation_token"], challenge_type="oob",
                  challenge_channel="email", challenge_target=email)
     assert c.status == 400 and 901001 in c["error_codes"]
-    i = api.post("oauth2/v2.0/introspect", continuation_token=listed["continuation_token"])
-    assert i.status == 400                                   # no mfa_required state to list the mailbox in
 
 
 def test_A45_a_flow_started_before_a_password_reset_cannot_finish(server, api, outbox, make_user, require_mfa):
@@ -350,7 +407,7 @@ def test_A45_a_method_removed_mid_flow_no_longer_counts_as_proof(server, api, ou
     first, second = unique_email("proof-a"), unique_email("proof-b")
     email, _ = make_user(methods=[email_method(first, "e1"), email_method(second, "e2", default=False)])
     _sms_only_for_context(policies, email)
-    r = password_first_factor(api, email, claims=context_claims("c1"))
+    r = password_first_factor(api, email, claims=context_claims("c1"), caps=CAPS_PROOF)
     proven = prove_method(api, outbox, r["continuation_token"], first, "e1")
     assert proven["suberror"] == "registration_required"
     directory.change_user(server.storage, directory.get_user(server.storage, email),   # e1 reported stolen

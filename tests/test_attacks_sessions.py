@@ -188,3 +188,21 @@ def test_A57_claims_on_refresh_are_granted_from_the_sessions_fresh_second_factor
     assert sensitive(api, r["access_token"]).status == 200
     later(700)
     assert_interaction_required(refresh_with(api, r["refresh_token"], claims=context_claims("c1")), 50076)
+
+
+def test_A49_the_sign_in_mailbox_never_vouches_for_a_session(server, api, outbox, make_user, policies):
+    """A family whose recorded second factor is the account's own sign-in
+    mailbox (written while that still counted) is not multi-factor at refresh."""
+    phone = random_phone()
+    email = unique_email("mailbox-session")
+    make_user(email=email, methods=[sms_method(phone), email_method(email, "e-self", default=False)])
+    policies(assignments={"users": {"include": [email]}}, grant={"require_second_factor": True})
+    t = mfa_session(api, outbox, email, phone)
+    pk, family = t["refresh_token"].split(".")[:2]
+    table = server.storage.table("refresh")
+    fam = table.get(pk, family)
+    session = json.loads(fam["session"])
+    session["second_factors"] = [{"id": "e-self", "channel": "email"}]
+    table.update({"PartitionKey": pk, "RowKey": family, "session": json.dumps(session)}, fam["_etag"])
+    assert_interaction_required(refresh_with(api, t["refresh_token"]), 50076)
+

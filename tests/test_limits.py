@@ -54,7 +54,7 @@ def test_sms_per_destination_hourly_cap(server, api, outbox, make_user, require_
     email = sms_user(make_user, number)
     with server.override(sms_per_destination_hour=3):
         results = [sms_challenge(api, email) for _ in range(4)]
-    assert [r.status for r in results] == [200, 200, 200, 429]
+    assert [r.status for r in results] == [200, 200, 200, 400]
     assert results[-1]["error"] == "slow_down" and int(results[-1].headers["retry-after"]) > 0
     assert outbox.count(number) == 3
 
@@ -64,7 +64,7 @@ def test_sms_cooldown_across_flows(server, api, outbox, make_user, require_mfa):
     email = sms_user(make_user, number)
     with server.override(sms_cooldown_seconds=60):
         first, second = sms_challenge(api, email), sms_challenge(api, email)
-    assert first.status == 200 and second.status == 429 and 0 < int(second.headers["retry-after"]) <= 61
+    assert first.status == 200 and second.status == 400 and 0 < int(second.headers["retry-after"]) <= 61
     assert outbox.count(number) == 1
 
 
@@ -74,7 +74,7 @@ def test_sms_prefix_velocity(server, api, outbox, make_user, require_mfa):
     emails = [sms_user(make_user, n) for n in numbers]
     with server.override(sms_per_prefix_hour=3):
         statuses = [sms_challenge(api, e).status for e in emails]
-    assert statuses == [200, 200, 200, 429]
+    assert statuses == [200, 200, 200, 400]
     assert outbox.count(numbers[-1]) == 0
 
 
@@ -86,7 +86,7 @@ def test_global_sms_budget_is_a_circuit_breaker(server, api, outbox, make_user, 
     emails = [sms_user(make_user, phone()) for _ in range(3)]
     with server.override(sms_global_hour=used + 2):
         statuses = [sms_challenge(api, e).status for e in emails]
-    assert statuses == [200, 200, 429]
+    assert statuses == [200, 200, 400]
 
 
 def test_per_ip_cap(server, api, outbox):
@@ -95,7 +95,7 @@ def test_per_ip_cap(server, api, outbox):
     with server.override(trusted_proxy_hops=2, sends_per_ip_hour=2):
         statuses = [email_challenge(api, unique_email("ip"), headers).status for _ in range(3)]
         other = email_challenge(api, unique_email("ip"), {"X-Forwarded-For": "198.51.100.255" if ip != "198.51.100.255" else "198.51.100.254"})
-    assert statuses == [200, 200, 429] and other.status == 200
+    assert statuses == [200, 200, 400] and other.status == 200
 
 
 def test_email_destination_cap_is_the_same_for_unknown_accounts(server, api, outbox, make_user):
@@ -104,7 +104,7 @@ def test_email_destination_cap_is_the_same_for_unknown_accounts(server, api, out
     with server.override(email_per_destination_hour=2):
         k = [email_challenge(api, known) for _ in range(3)]
         g = [email_challenge(api, ghost) for _ in range(3)]
-    assert [r.status for r in k] == [r.status for r in g] == [200, 200, 429]
+    assert [r.status for r in k] == [r.status for r in g] == [200, 200, 400]
     strip = lambda b: {x: y for x, y in b.items() if x not in ("error_description", "timestamp", "trace_id", "correlation_id")}  # noqa: E731
     assert strip(k[-1].body) == strip(g[-1].body)
     assert outbox.count(known) == 2 and outbox.count(ghost) == 0
@@ -119,7 +119,7 @@ def test_global_email_per_minute(server, api, monkeypatch):
     with server.override(email_global_minute=used + 2, email_global_hour=10 ** 6):
         statuses = [email_challenge(api, unique_email("g")).status for _ in range(3)]
     # The minute may roll over during the test, which would only let more through.
-    assert statuses[:2] == [200, 200] and (statuses[2] == 429 or time.gmtime().tm_min != now.tm_min)
+    assert statuses[:2] == [200, 200] and (statuses[2] == 400 or time.gmtime().tm_min != now.tm_min)
 
 
 def test_concurrent_sends_do_not_overshoot(server, api, outbox):
@@ -147,7 +147,7 @@ def test_limiter_fails_closed_when_storage_is_down():
 
 def test_limit_errors_have_the_contract_shape():
     exc = errors.SlowDown("x", retry_after=5)
-    assert exc.status == 429 and exc.error == "slow_down" and exc.retry_after == 5
+    assert exc.status == 400 and exc.error == "slow_down" and exc.retry_after == 5
 
 
 def test_sharded_global_budget_never_exceeds_the_budget(server):

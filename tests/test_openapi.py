@@ -209,10 +209,17 @@ def test_routes_and_document_match_both_ways():
     fallback = DOC["x-fallback-route"]
     documented = {path: {m for m in item if m in HTTP_METHODS} for path, item in DOC["paths"].items()}
     seen_paths = set()
+    tenant = DOC["x-tenant-routes"]
     for name, (route, methods) in routes.items():
         if route == fallback["route"]:
             assert name == fallback["function"]
             assert methods == {m.lower() for m in fallback["methods"]}
+            continue
+        if name.endswith(tenant["suffix"]):
+            # The same endpoint under a tenant path segment (x-tenant-routes).
+            assert route.startswith(tenant["prefix"]), (name, route)
+            base = routes[name[: -len(tenant["suffix"])]]
+            assert (route[len(tenant["prefix"]):], methods) == base, (name, route)
             continue
         path = "/" + route
         assert path in documented, f"route {route} ({name}) is not in the document"
@@ -235,9 +242,8 @@ def test_native_auth_operations_are_form_posts_with_the_contract_statuses():
         schema = body["content"]["application/x-www-form-urlencoded"]["schema"]
         assert "client_id" in schema["properties"]
         assert {"200", "400", "413", "500", "503"} <= set(op["responses"]), rel
-        if rel.endswith("/challenge"):
-            assert "429" in op["responses"], rel
-        for status in ("400", "500", "503") + (("429",) if "429" in op["responses"] else ()):
+        assert "429" not in op["responses"], rel  # slow_down is a 400 (docs/sdk-compatibility.md)
+        for status in ("400", "500", "503"):
             response, _ = _resolve(op["responses"][status])
             ref = response["content"]["application/json"]["schema"]
             assert ref == {"$ref": "#/components/schemas/Error"} or ref["allOf"] == [{"$ref": "#/components/schemas/Error"}]
@@ -516,12 +522,12 @@ def test_correlation_id_is_echoed(api):
     assert r["trace_id"] == r.headers["x-ms-request-id"]
 
 
-def test_resend_too_early_is_429_with_retry_after(server, api, make_user):
+def test_resend_too_early_is_400_slow_down_with_retry_after(server, api, make_user):
     email, _ = make_user(password=None)
     with server.override(resend_interval_seconds=60):
         r = post(api, "/oauth2/v2.0/initiate", 200, username=email, challenge_type="oob redirect")
         c = post(api, "/oauth2/v2.0/challenge", 200, continuation_token=r["continuation_token"])
-        again = post(api, "/oauth2/v2.0/challenge", 429, continuation_token=c["continuation_token"])
+        again = post(api, "/oauth2/v2.0/challenge", 400, continuation_token=c["continuation_token"])
         assert again["error"] == "slow_down" and 0 < int(again.headers["retry-after"]) <= 60
 
 
@@ -650,7 +656,7 @@ def test_every_success_and_error_status_was_exercised(request):
     post_paths = [p for p, item in DOC["paths"].items() if "post" in item]
     missing = [(p, s) for p in post_paths for s in (200, 400) if (p, "post", s) not in SEEN]
     assert not missing, f"never exercised: {missing}"
-    for key in (("/oauth2/v2.0/challenge", "post", 429), ("/oauth2/v2.0/initiate", "post", 503),
+    for key in (("/oauth2/v2.0/initiate", "post", 503),
                 ("/resetpassword/v1.0/start", "post", 500), ("/oauth2/v2.0/initiate", "post", 413),
                 ("/health", "get", 503), ("/sample/sensitive", "get", 200), ("/sample/sensitive", "get", 401)):
         assert key in SEEN, key

@@ -292,7 +292,7 @@ def test_resend_interval_is_honoured(server, api, make_user, outbox):
         r = email_code_flow(api, email)
         assert r["interval"] == 60
         again = challenge(api, r["continuation_token"], "oob redirect")
-    assert again.status == 429 and int(again.headers["retry-after"]) > 0
+    assert again.status == 400 and again["error"] == "slow_down" and int(again.headers["retry-after"]) > 0
     assert outbox.count(email) == 1
 
 

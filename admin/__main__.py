@@ -11,6 +11,7 @@ Azurite and in Azure to the real tables (export the app's settings, with
     python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id>
                           | disable <email> | enable <email> | unlock <email> | groups <email> <group>...
     python -m admin log tail [--limit N] [--days D]
+    python -m admin sends [report [--day YYYYMMDD] [--json]] | suspend prefix|country <value> [--hours H] | lift <key>
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("email")
     g.add_argument("groups", nargs="*")
 
+    sd = sub.add_parser("sends").add_subparsers(dest="action")
+    rep = sd.add_parser("report")
+    rep.add_argument("--day", default=None, help="UTC day, YYYYMMDD (default: today)")
+    rep.add_argument("--json", action="store_true")
+    sus = sd.add_parser("suspend")
+    sus.add_argument("kind", choices=["prefix", "country"])
+    sus.add_argument("value", help="an E.164 prefix (the number less its last four digits) or a country code")
+    sus.add_argument("--hours", type=float, default=6.0)
+    sd.add_parser("lift").add_argument("key", help="a suspension key as `sends` shows it (pfx-… or cty-…)")
+
     lg = sub.add_parser("log").add_subparsers(dest="action", required=True)
     t = lg.add_parser("tail")
     t.add_argument("--limit", type=int, default=20)
@@ -152,12 +163,57 @@ def _run(args, storage) -> int:
         print(f"named location {args.name!r}: {', '.join(args.cidrs)}")
     elif args.area == "users":
         return _users(args, storage)
+    elif args.area == "sends":
+        return _sends(args, storage)
     elif args.area == "log":
         rows = signinlog.tail(storage, days=args.days, limit=args.limit)
         for r in rows:
             r["policies"] = _policy_results(r.get("policies"))
         _print(rows, ["time", "result", "reason", "flow", "user", "user_oid", "client_id", "ip", "factors", "risk",
                       "policies", "correlation_id"])
+    return 0
+
+
+def _sends(args, storage) -> int:
+    """SMS sends, verifications and conversion per country and prefix, and the
+    active suspensions (shared/limits.py, the pumping defence)."""
+    import time
+
+    from shared import limits
+    from shared.settings import get_settings
+
+    action = args.action or "report"
+    if action == "suspend":
+        kind = "pfx" if args.kind == "prefix" else "cty"
+        value = args.value.strip().upper() if kind == "cty" else args.value.strip()
+        limits.suspend(storage, get_settings(), kind, value, "suspended by an operator", int(args.hours * 3600))
+        print(f"SMS to new numbers of {args.kind} {value} suspended for {args.hours:g} h")
+        return 0
+    if action == "lift":
+        if not limits.lift(storage, args.key):
+            print(f"no suspension {args.key}", file=sys.stderr)
+            return 2
+        print(f"lifted {args.key}")
+        return 0
+    report = limits.report(storage, getattr(args, "day", None))
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+
+    def rows(block: dict) -> list[dict]:
+        out = []
+        for name, v in sorted(block.items(), key=lambda kv: -kv[1]["sent"]):
+            conv = f"{100 * v['verified'] // v['sent']}%" if v["sent"] else "-"
+            out.append({"where": name, "sent": v["sent"], "verified": v["verified"], "conversion": conv})
+        return out
+
+    print(f"SMS on {report['day']} (UTC), by country:")
+    _print(rows(report["countries"]), ["where", "sent", "verified", "conversion"])
+    print("\nby number prefix (E.164 less its last four digits):")
+    _print(rows(report["prefixes"]), ["where", "sent", "verified", "conversion"])
+    print("\nactive suspensions of SMS to new numbers:")
+    _print([{"key": s["RowKey"], "what": s.get("label", ""), "until": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(s["until"]))),
+             "reason": s.get("reason", "")} for s in report["suspensions"]], ["key", "what", "until", "reason"])
     return 0
 
 

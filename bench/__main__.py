@@ -470,6 +470,13 @@ def soak(seconds: float, concurrency: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["pumping"]:
+        from bench import pumping
+
+        sp = argparse.ArgumentParser(prog="python -m bench pumping")
+        sp.add_argument("--seconds", type=float, default=60.0)
+        pumping.run(sp.parse_args(argv[1:]).seconds)
+        return 0
     if argv[:1] == ["hardening"]:
         from bench import hardening
 

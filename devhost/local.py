@@ -89,7 +89,12 @@ def main() -> int:
     print("  development client  %s" % values.get("AUTH_DEV_CLIENT_ID"))
     if demo is not None:
         print("  demo sign-in page   %s  (MSAL JS custom-auth)" % demo.url)
-    print("  one-time codes      printed below and appended to %s\n" % outbox, flush=True)
+    print("  one-time codes      printed below and appended to %s" % outbox)
+    if values.get("AUTH_LOCAL_DEVELOPER_RELIEF", "true").lower() not in ("0", "false", "no", "off"):
+        print("  send limits         relaxed for this machine (loopback): no per-IP limit, 10x the per-address caps,")
+        print("                      no global budget; other clients get the production limits")
+        print("                      (AUTH_LOCAL_DEVELOPER_RELIEF=false in local.settings.json to turn it off)")
+    print(flush=True)
     from devhost.__main__ import main as serve
 
     try:

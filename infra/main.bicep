@@ -113,6 +113,9 @@ param alwaysReadyHttpInstances int = 0
 ])
 param storageSkuName string = 'Standard_LRS'
 
+@description('Email address for the SMS-pumping alert (empty: the alert fires in Azure Monitor without a notification).')
+param alertEmail string = ''
+
 @description('Turn on Key Vault purge protection (irreversible).')
 param keyVaultPurgeProtection bool = false
 
@@ -164,6 +167,7 @@ module monitoring 'modules/monitoring.bicep' = {
     applicationInsightsName: 'appi-nativeauth-${resourceToken}'
     location: location
     tags: tags
+    alertEmail: alertEmail
   }
 }
 

@@ -141,6 +141,22 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
 
 
+def restore(storage: Storage, before: Flow, after: Flow) -> None:
+    """Put a flow back as it was before ``after`` was written (a send that was
+    reserved but then refused or failed): the same fields, the same secret, so
+    the client may retry at once with its continuation token. Best effort: if
+    the flow changed again meanwhile, or storage is gone, it stays as is."""
+    from .storage import StorageError
+
+    keys = [k for k in after.entity if not k.startswith("_") and k not in ("PartitionKey", "RowKey")
+            and after.entity.get(k) != before.entity.get(k)]
+    data = {k: before.entity.get(k, "") if before.entity.get(k) is not None else "" for k in keys}
+    try:
+        storage.table("flows").update({"PartitionKey": before.pk, "RowKey": before.id, **data}, after.entity["_etag"])
+    except (Modified, StorageError):
+        pass
+
+
 def finish(storage: Storage, flow: Flow) -> None:
     """End the flow: an If-Match update to ``done`` with a secret nobody has.
 
@@ -258,7 +274,11 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
         right = well_formed and code_matches(settings, flow, purpose, code)
         try:
             if right:
-                return advance(storage, flow, rotate=False, code_used=True)
+                used = advance(storage, flow, rotate=False, code_used=True)
+                from . import limits
+
+                limits.credit(storage, limits.Ticket.from_json(used.get("code_ticket")))  # a verified send
+                return used
             flow = advance(storage, flow, rotate=False, code_attempts=attempts + 1)
         except errors.InvalidGrant:
             flow = reload(storage, flow)

@@ -1,134 +1,433 @@
-"""Send limits against SMS pumping and email-quota exhaustion, shared by every
-instance through the ``limits`` table (security-baseline §0 item 10, A13–A16).
+"""Send limits that stop SMS pumping and budget exhaustion, not the user
+(security-baseline §0 item 10, A13–A16; SECURITY.md "Send limits").
 
-All counters touched by one send live in one partition per UTC day
-(``lim<yyyymmdd>``), so one send costs two storage round trips whatever the
-number of counters: one query reads them, one entity-group transaction
-increments them all with ``If-Match`` (a concurrent send makes it fail with
-412 and the check is repeated). If the store is unreachable the send is
-refused (fail closed): a limiter that cannot count must not let SMS through.
+Every code or notice is counted in the ``limits`` table, shared by all
+instances. All counters of one send live in one partition per UTC day
+(``lim<yyyymmdd>``): one query reads them, one entity-group transaction
+increments them with ``If-Match`` (a concurrent send makes it fail with 412
+and the check is repeated). If the store is unreachable nothing is sent
+(fail closed): a limiter that cannot count must not let SMS through.
 
-Counters (defaults in ``Settings``):
+**Conversion-aware.** Pumping sends codes that are never verified; users
+verify theirs. A send records where it was counted (its :class:`Ticket`, kept
+in the flow); when its code is verified, :func:`credit` marks it verified on
+the same counters. A verified send no longer holds its destination's
+cooldown, and no longer counts against the per-IP and per-prefix velocity,
+which limit *unverified* sends only (at today's thresholds).
 
-* per destination: hourly and daily caps, and a cooldown since the last send;
-* per client IP: hourly cap;
-* SMS per number prefix (E.164 without its last 3 digits): hourly velocity;
-* global: hourly SMS budget (a circuit breaker), email per minute and per hour.
+**Budgets by trust.** The global budgets (a cost and quota circuit breaker)
+are split into buckets, each with its own share, so a flood in one never
+empties another:
 
-A limit hit is ``slow_down`` (HTTP 400, as every contract error) with ``Retry-After``, the same whether
-or not the account exists (unknown accounts are counted too, by destination).
+* ``second_factor``: a code to a method the account already has (after its
+  first factor): nobody without the first factor can spend it;
+* ``new_method``: a code to a method being registered (JIT, the pumper's door);
+* ``sign_in``: email codes for sign-in and reset, for known and unknown names
+  alike (separate budgets for the two would make exhaustion an existence oracle);
+* ``sign_up``: sign-up codes and "someone tried to sign up" notices.
+
+**Pumping defence.** Per country and per number prefix (E.164 without its
+last four digits), SMS sends and verifications are counted by hour. When the
+unverified volume of a prefix (or country) reaches its threshold while its
+conversion is below ``AUTH_PUMPING_MIN_CONVERSION_PERCENT``, SMS to new
+numbers there is suspended for ``AUTH_PUMPING_SUSPEND_SECONDS`` (codes to
+numbers accounts already have keep going), an error line
+``pumping suspected`` is logged (the infra alert rule watches it) and
+``python -m admin sends`` shows it. Suspensions live in the ``suspend``
+partition and are cached per instance for 30 s.
+
+**Local development.** In local mode a loopback client (the developer) has
+no per-IP limit and ten times the per-destination caps, and the outbox has
+no global budget: ``make run`` prints this.
+
+A limit hit is ``slow_down`` (HTTP 400, as every contract error, with
+``Retry-After``), the same whether or not the account exists; the sign-in log
+records which limit. A suspended prefix or country is
+``access_denied``/``provider_blocked_by_rep`` (550024), which the SDKs turn
+into "use another method".
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import random
+import threading
 import time
-from dataclasses import dataclass
+from typing import Any
 
 from . import errors
 from .identifiers import ip_source
 from .settings import Settings
-from .storage import Conflict, Modified, Storage, hash_key
+from .storage import Conflict, Modified, Storage, StorageError, hash_key
+
+log = logging.getLogger("nativeauth.limits")
+metrics = logging.getLogger("nativeauth.metrics")
 
 MAX_RETRIES = 10
-# Global budgets are split over shards (one picked at random per send) so that
-# concurrent sends do not all race on one entity; each shard allows its share.
-GLOBAL_SHARDS = 8
+GLOBAL_SHARDS = 4  # each global budget bucket is spread over rows so that concurrent sends rarely collide
+SUSPEND_PK = "suspend"
+SUSPENSION_CACHE_SECONDS = 30.0
+LOCAL_DESTINATION_FACTOR = 10
+
+PURPOSE_BUCKET = {
+    "mfa_code": "second_factor", "register_code": "new_method", "signin_code": "sign_in", "reset_code": "sign_in",
+    "signup_code": "sign_up", "signup_attempt_notice": "sign_up",
+}
+# Shares of the global budgets (AUTH_EMAIL_GLOBAL_*, AUTH_SMS_GLOBAL_HOUR) per bucket: their sum is 1, so all
+# buckets together never exceed the configured budget (kept below ACS's default email quota).
+EMAIL_SHARES = {"second_factor": 0.35, "new_method": 0.15, "sign_in": 0.3, "sign_up": 0.2}
+SMS_SHARES = {"second_factor": 0.6, "new_method": 0.4}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Rule:
-    key: str  # RowKey
+    key: str          # RowKey (a shard prefix for global budgets)
     limit: int
     retry_after: int
     what: str
+    unverified: bool = False   # only unverified sends count
+    shards: int = 0            # > 0: a global budget spread over this many rows, one chosen with room
 
 
-def _global(key: str, limit: int, retry_after: int, what: str) -> Rule:
-    """One shard of a global budget: ceil(limit / shards) each, so the total
-    never exceeds the budget by more than the rounding (at most shards - 1)."""
-    share = -(-limit // GLOBAL_SHARDS) if limit > 0 else 0
-    return Rule(f"{key}-{random.randrange(GLOBAL_SHARDS)}", share, retry_after, what)
+@dataclasses.dataclass(frozen=True)
+class Ticket:
+    """Where one send was counted, kept with the flow so that its verification
+    can be credited to the same counters (:func:`credit`)."""
+    pk: str
+    verified_keys: tuple[str, ...]   # counters with a `verified` column
+    cooldown_key: str
+
+    def to_json(self) -> str:
+        return json.dumps({"pk": self.pk, "keys": list(self.verified_keys), "cd": self.cooldown_key},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> "Ticket | None":
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return cls(data["pk"], tuple(data["keys"]), data["cd"])
 
 
-def _rules(settings: Settings, channel: str, to: str, ip: str | None, now: float) -> list[Rule]:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    pk: str
+    rules: tuple[Rule, ...]
+    ticket: Ticket
+    pump_keys: tuple[tuple[str, str, str], ...]  # (RowKey, kind, value) of the pumping counters (SMS)
+    channel: str
+    bucket: str
+    to: str
+
+
+def _loopback_developer(settings: Settings, ip: str | None) -> bool:
+    """The developer's own requests in local mode (``AUTH_LOCAL_DEVELOPER_RELIEF``, on by default there)."""
+    import ipaddress
+
+    if not settings.is_local or not settings.local_developer_relief or not ip:
+        return False
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str, now: float | None = None) -> Plan:
+    """The counters one send touches (computed before the send is reserved, so
+    the flow can keep its ticket in the same write)."""
+    now = time.time() if now is None else now
     hour = time.strftime("%H", time.gmtime(now))
     minute = time.strftime("%H%M", time.gmtime(now))
-    to_hash = hash_key(channel, to)[:32]
-    until_next_hour = 3600 - int(now) % 3600
-    until_next_day = 86400 - int(now) % 86400
+    pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
+    d = hash_key(channel, to)[:32]
+    until_hour = 3600 - int(now) % 3600
+    until_day = 86400 - int(now) % 86400
+    developer = _loopback_developer(settings, ip)
+    factor = LOCAL_DESTINATION_FACTOR if developer else 1
+    bucket = PURPOSE_BUCKET.get(purpose, "notice")
+    rules: list[Rule] = []
+    verified_keys: list[str] = []
+    pump: list[tuple[str, str, str]] = []
     if channel == "sms":
-        rules = [
-            Rule(f"h{hour}-dest-{to_hash}", settings.sms_per_destination_hour, until_next_hour, "destination hourly"),
-            Rule(f"d-dest-{to_hash}", settings.sms_per_destination_day, until_next_day, "destination daily"),
-            Rule(f"h{hour}-prefix-{hash_key('prefix', to[:-3])[:32]}", settings.sms_per_prefix_hour, until_next_hour,
-                 "number prefix hourly"),
-            _global(f"h{hour}-sms-global", settings.sms_global_hour, until_next_hour, "global SMS budget"),
+        rules += [
+            Rule(f"h{hour}-dest-{d}", settings.sms_per_destination_hour * factor, until_hour, "destination hourly"),
+            Rule(f"dd-dest-{d}", settings.sms_per_destination_day * factor, until_day, "destination daily"),
+            Rule(f"h{hour}-prefix-{hash_key('prefix', to[:-3])[:32]}", settings.sms_per_prefix_hour, until_hour,
+                 "number prefix hourly", unverified=True),
         ]
+        verified_keys.append(rules[-1].key)
+        country = _country(to)
+        for kind, value in (("pfx", to[:-4]), ("cty", country)):
+            key = f"h{hour}-pump{kind}-{hash_key(kind, value)[:32]}"
+            pump.append((key, kind, value))
+            verified_keys.append(key)
+        share = SMS_SHARES.get(bucket, 0)
+        if share and settings.sms_global_hour > 0 and not developer:
+            rules.append(Rule(f"h{hour}-gsms-{bucket}-", max(1, int(settings.sms_global_hour * share)), until_hour,
+                              f"global SMS budget ({bucket})", shards=GLOBAL_SHARDS))
     else:
-        rules = [
-            Rule(f"h{hour}-dest-{to_hash}", settings.email_per_destination_hour, until_next_hour, "destination hourly"),
-            _global(f"m{minute}-email-global", settings.email_global_minute, 60 - int(now) % 60, "global email per minute"),
-            _global(f"h{hour}-email-global", settings.email_global_hour, until_next_hour, "global email per hour"),
-        ]
-    source = ip_source(ip)
-    if source:  # an IPv6 client by its /64
-        rules.append(Rule(f"h{hour}-ip-{hash_key('ip', source)[:32]}", settings.sends_per_ip_hour, until_next_hour, "IP hourly"))
-    return [r for r in rules if r.limit > 0]
+        rules.append(Rule(f"h{hour}-dest-{d}", settings.email_per_destination_hour * factor, until_hour,
+                          "destination hourly"))
+        share = EMAIL_SHARES.get(bucket, 0)
+        if share and not developer:
+            if settings.email_global_minute > 0:
+                rules.append(Rule(f"m{minute}-gmail-{bucket}-", max(1, int(settings.email_global_minute * share)),
+                                  60 - int(now) % 60, f"global email per minute ({bucket})", shards=GLOBAL_SHARDS))
+            if settings.email_global_hour > 0:
+                rules.append(Rule(f"h{hour}-gmail-{bucket}-", max(1, int(settings.email_global_hour * share)), until_hour,
+                                  f"global email per hour ({bucket})", shards=GLOBAL_SHARDS))
+    source = ip_source(ip)  # an IPv6 client by its /64
+    if source and not developer:
+        rules.append(Rule(f"h{hour}-ip-{hash_key('ip', source)[:32]}", settings.sends_per_ip_hour, until_hour,
+                          "IP hourly", unverified=True))
+        verified_keys.append(rules[-1].key)
+    rules = [r for r in rules if r.limit > 0]
+    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{d}"), tuple(pump), channel, bucket, to)
+
+
+def _country(e164: str) -> str:
+    try:
+        import phonenumbers
+
+        return phonenumbers.region_code_for_number(phonenumbers.parse(e164, None)) or "ZZ"
+    except Exception:  # noqa: BLE001 - a number the allow-list already accepted; be safe anyway
+        return "ZZ"
+
+
+def _filter(p: Plan) -> tuple[str, dict[str, Any]]:
+    keys = [r.key for r in p.rules if not r.shards] + [p.ticket.cooldown_key] + [k for k, _, _ in p.pump_keys]
+    params: dict[str, Any] = {"pk": p.pk}
+    terms = []
+    for i, key in enumerate(dict.fromkeys(keys)):
+        params[f"r{i}"] = key
+        terms.append(f"RowKey eq @r{i}")
+    for j, rule in enumerate(r for r in p.rules if r.shards):
+        params[f"lo{j}"], params[f"hi{j}"] = rule.key, rule.key[:-1] + "."  # '-' < '.': every shard of the rule
+        terms.append(f"( RowKey ge @lo{j} and RowKey lt @hi{j} )")
+    # Spaces around the parentheses: the SDK substitutes @names between spaces.
+    return "PartitionKey eq @pk and ( " + " or ".join(terms) + " )", params
 
 
 def check_and_count(storage: Storage, settings: Settings, channel: str, to: str, ip: str | None, *,
-                    enforce: bool = True) -> None:
-    """Count one send, or raise ``slow_down`` when any counter is at its limit.
-
-    ``enforce=False`` counts without refusing: for security notices (a method
-    was added or removed), which only an authenticated change can cause and
-    which an attacker must not be able to suppress by exhausting the
-    account's address limits first."""
-    now = time.time()
-    rules = _rules(settings, channel, to, ip, now)
-    if not rules:
-        return
-    pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
-    cooldown_key = f"d-dest-{hash_key(channel, to)[:32]}"
+                    purpose: str = "notice", enforce: bool = True, the_plan: Plan | None = None) -> Plan:
+    """Count one send, or raise ``slow_down`` when a counter is at its limit
+    (``BlockedContact`` when SMS to new numbers of this prefix or country is
+    suspended). ``enforce=False`` counts without refusing: for security
+    notices, which only an authenticated change can cause and which an
+    attacker must not be able to suppress by exhausting the address's limits."""
+    p = the_plan or plan(settings, channel, to, ip, purpose)
+    if channel == "sms" and enforce and p.bucket == "new_method":
+        _refuse_if_suspended(storage, settings, p)
     table = storage.table("limits")
-    # Spaces around the parentheses: the SDK substitutes @names between spaces.
-    flt = "PartitionKey eq @pk and ( " + " or ".join(f"RowKey eq @r{i}" for i in range(len(rules))) + " )"
-    params = {"pk": pk, **{f"r{i}": r.key for i, r in enumerate(rules)}}
+    flt, params = _filter(p)
+    now = time.time()
     expires = int(now) + 2 * 86400
     for _ in range(MAX_RETRIES):
         rows = {e["RowKey"]: e for e in table.query(flt, params)}
-        cooldown = settings.sms_cooldown_seconds if channel == "sms" else settings.email_cooldown_seconds
-        last = rows.get(cooldown_key, {}).get("last_sent", 0)
-        if enforce and cooldown and last and now - float(last) < cooldown:
-            wait = int(cooldown - (now - float(last))) + 1
-            raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
         ops = []
-        for rule in rules:
-            row = rows.get(rule.key)
+        cd = rows.get(p.ticket.cooldown_key)
+        cooldown = settings.sms_cooldown_seconds if channel == "sms" else settings.email_cooldown_seconds
+        if p.bucket == "notice":
+            cooldown = 0  # a notice neither waits for nor starts a destination's cooldown
+        if enforce and cooldown and cd:
+            last, verified_at = float(cd.get("last_sent") or 0), float(cd.get("last_verified") or 0)
+            if last and verified_at < last and now - last < cooldown:  # a verified send holds no cooldown
+                wait = int(cooldown - (now - last)) + 1
+                _refused(p, "destination cooldown")
+                raise errors.SlowDown(f"Wait {wait} seconds before asking for another code.", retry_after=wait)
+        if p.bucket != "notice":
+            fields = {"PartitionKey": p.pk, "RowKey": p.ticket.cooldown_key, "last_sent": now, "expires_at": expires}
+            ops.append(("update", {**fields, "_etag": cd["_etag"]}) if cd else ("create", {**fields, "last_verified": 0.0}))
+        for rule in p.rules:
+            if rule.shards:
+                shard_rows = {k: v for k, v in rows.items() if k.startswith(rule.key)}
+                counts = {f"{rule.key}{i}": int(shard_rows.get(f"{rule.key}{i}", {}).get("count", 0))
+                          for i in range(rule.shards)}
+                # All shards are read: the budget is exact (the sum), never refused while it has room;
+                # the write goes to the emptiest shard, so concurrent sends rarely touch the same row.
+                if enforce and sum(counts.values()) >= rule.limit:
+                    _refused(p, rule.what)
+                    raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
+                key = min(counts, key=lambda k: (counts[k], random.random()))
+                row = shard_rows.get(key)
+            else:
+                key, row = rule.key, rows.get(rule.key)
             count = int(row.get("count", 0)) if row else 0
-            if enforce and count >= rule.limit:
+            verified = int(row.get("verified", 0)) if row else 0
+            used = count - verified if rule.unverified else count
+            if enforce and not rule.shards and used >= rule.limit:
+                _refused(p, rule.what)
                 raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
-            fields = {"PartitionKey": pk, "RowKey": rule.key, "count": count + 1, "expires_at": expires}
-            if rule.key == cooldown_key:
-                fields["last_sent"] = now
-            ops.append(("update", {**fields, "_etag": row["_etag"]}) if row else ("create", fields))
+            fields = {"PartitionKey": p.pk, "RowKey": key, "count": count + 1, "expires_at": expires}
+            ops.append(("update", {**fields, "_etag": row["_etag"]}) if row else ("create", {**fields, "verified": 0}))
+        pump_rows = []
+        for key, kind, value in p.pump_keys:
+            row = rows.get(key)
+            fields = {"PartitionKey": p.pk, "RowKey": key, "kind": kind, "value": value,
+                      "count": (int(row.get("count", 0)) if row else 0) + 1, "expires_at": expires}
+            ops.append(("update", {**fields, "_etag": row["_etag"]}) if row else ("create", {**fields, "verified": 0}))
+            pump_rows.append((kind, value, fields["count"], int(row.get("verified", 0)) if row else 0))
         try:
             table.batch(ops)
-            return
         except (Conflict, Modified):
             # Another send counted at the same time: back off a little, read again, re-check.
             time.sleep(random.uniform(0.002, 0.02))
             continue
+        if channel == "sms":
+            metrics.info("metric %s", json.dumps({"metric": "sms_sent", "bucket": p.bucket,
+                                                   "country": next((v for _, k, v in p.pump_keys if k == "cty"), ""),
+                                                   "prefix_hash": hash_key("pfx", to[:-4])[:12]}))
+            if p.bucket == "new_method":
+                _detect_pumping(storage, settings, pump_rows)
+        return p
     raise errors.SlowDown("Too many codes are being requested right now. Try again shortly.", retry_after=2)
 
 
+def _refused(p: Plan, what: str) -> None:
+    """Say in the request's log context which limit refused (the sign-in log records it)."""
+    from .context import current
+
+    ctx = current()
+    if ctx is not None:
+        ctx.extra = {**(ctx.extra or {}), "limit": what}
+    log.info("send refused by limit: %s (channel=%s bucket=%s)", what, p.channel, p.bucket)
+
+
+def credit(storage: Storage, ticket: Ticket | None) -> None:
+    """Mark a send verified on the counters it was counted on (its code was
+    just verified). Best effort: a failure here never fails the user's step."""
+    if ticket is None:
+        return
+    table = storage.table("limits")
+    params: dict[str, Any] = {"pk": ticket.pk}
+    keys = list(ticket.verified_keys) + [ticket.cooldown_key]
+    params.update({f"r{i}": k for i, k in enumerate(keys)})
+    flt = "PartitionKey eq @pk and ( " + " or ".join(f"RowKey eq @r{i}" for i in range(len(keys))) + " )"
+    try:
+        for _ in range(MAX_RETRIES):
+            rows = table.query(flt, params)
+            ops = []
+            for row in rows:
+                if row["RowKey"] == ticket.cooldown_key:
+                    ops.append(("update", {"PartitionKey": ticket.pk, "RowKey": row["RowKey"], "last_verified": time.time(),
+                                           "_etag": row["_etag"]}))
+                else:
+                    verified = min(int(row.get("verified", 0)) + 1, int(row.get("count", 0)))
+                    ops.append(("update", {"PartitionKey": ticket.pk, "RowKey": row["RowKey"], "verified": verified,
+                                           "_etag": row["_etag"]}))
+                    if row.get("kind") == "cty":
+                        metrics.info("metric %s", json.dumps({"metric": "sms_verified", "country": row.get("value", "")}))
+            try:
+                table.batch(ops)
+                return
+            except (Conflict, Modified):
+                time.sleep(random.uniform(0.002, 0.02))
+    except StorageError as exc:
+        log.warning("verified send not credited: %s", type(exc).__name__)
+
+
+# ------------------------------------------------------------------ pumping defence
+
+_suspended: dict[int, tuple[float, dict[str, dict[str, Any]]]] = {}
+_suspend_lock = threading.Lock()
+
+
+def suspensions(storage: Storage, *, fresh: bool = False) -> dict[str, dict[str, Any]]:
+    """Active suspensions by RowKey (``pfx-<hash>`` / ``cty-<CC>``), cached per instance."""
+    now = time.monotonic()
+    with _suspend_lock:
+        hit = _suspended.get(id(storage))
+        if hit and hit[0] > now and not fresh:
+            return hit[1]
+    rows = storage.table("limits").query("PartitionKey eq @pk", {"pk": SUSPEND_PK})
+    active = {r["RowKey"]: r for r in rows if float(r.get("until") or 0) > time.time()}
+    with _suspend_lock:
+        _suspended[id(storage)] = (now + SUSPENSION_CACHE_SECONDS, active)
+    return active
+
+
+def clear_cache() -> None:
+    with _suspend_lock:
+        _suspended.clear()
+
+
+def _suspension_key(kind: str, value: str) -> str:
+    return f"cty-{value}" if kind == "cty" else f"pfx-{hash_key('pfx', value)[:32]}"
+
+
+def _refuse_if_suspended(storage: Storage, settings: Settings, p: Plan) -> None:
+    active = suspensions(storage)
+    for _, kind, value in p.pump_keys:
+        if _suspension_key(kind, value) in active:
+            _refused(p, f"SMS to new numbers suspended ({'country ' + value if kind == 'cty' else 'number prefix'})")
+            raise errors.BlockedContact()
+
+
+def _detect_pumping(storage: Storage, settings: Settings, rows: list[tuple[str, str, int, int]]) -> None:
+    for kind, value, count, verified in rows:
+        threshold = settings.pumping_country_unverified if kind == "cty" else settings.pumping_prefix_unverified
+        if threshold <= 0:
+            continue
+        unverified = count - verified
+        if unverified >= threshold and verified * 100 < settings.pumping_min_conversion_percent * count:
+            suspend(storage, settings, kind, value, f"{unverified} unverified of {count} SMS this hour "
+                                                    f"({100 * verified // max(count, 1)}% verified)")
+
+
+def suspend(storage: Storage, settings: Settings, kind: str, value: str, reason: str,
+            seconds: int | None = None) -> None:
+    """Suspend SMS to new numbers of a prefix (``pfx``, E.164 without its last
+    four digits) or a country (``cty``, ISO code) and raise the alert."""
+    until = time.time() + (seconds if seconds is not None else settings.pumping_suspend_seconds)
+    key = _suspension_key(kind, value)
+    try:
+        storage.table("limits").put({"PartitionKey": SUSPEND_PK, "RowKey": key, "kind": kind,
+                                     "label": value if kind == "cty" else value[:-2] + "**", "until": until,
+                                     "reason": reason[:200], "created": time.time(), "expires_at": int(until) + 86400})
+    except StorageError as exc:
+        log.warning("suspension not stored: %s", type(exc).__name__)
+        return
+    clear_cache()
+    log.error("pumping suspected: SMS to new numbers of %s %s suspended for %d s: %s",
+              "country" if kind == "cty" else "prefix", key, int(until - time.time()), reason)
+
+
+def lift(storage: Storage, key: str) -> bool:
+    """End a suspension (admin). False when there was none."""
+    table = storage.table("limits")
+    if table.get(SUSPEND_PK, key) is None:
+        return False
+    table.delete(SUSPEND_PK, key)
+    clear_cache()
+    return True
+
+
+def report(storage: Storage, day: str | None = None) -> dict[str, Any]:
+    """Sends, verifications and conversion per country and prefix for one UTC
+    day, and the active suspensions (``python -m admin sends``)."""
+    day = day or time.strftime("%Y%m%d", time.gmtime())
+    rows = storage.table("limits").query("PartitionKey eq @pk", {"pk": "lim" + day})
+    out: dict[str, dict[str, dict[str, int]]] = {"cty": {}, "pfx": {}}
+    for r in rows:
+        if r.get("kind") in out:
+            agg = out[r["kind"]].setdefault(r.get("value", "?"), {"sent": 0, "verified": 0})
+            agg["sent"] += int(r.get("count", 0))
+            agg["verified"] += int(r.get("verified", 0))
+    return {"day": day, "countries": out["cty"], "prefixes": out["pfx"],
+            "suspensions": list(suspensions(storage, fresh=True).values())}
+
+
+# ------------------------------------------------------------------ requests per client IP
+
 def check_and_count_action(storage: Storage, settings: Settings, action: str, ip: str | None, limit: int) -> None:
     """Count one request of ``action`` (for example ``signup_start``) from this
-    client IP in the current hour, or raise ``slow_down`` past ``limit``.
-    One read and one conditional write in the day's partition; 0 disables."""
-    source = ip_source(ip)  # an IPv6 client by its /64
-    if not source or limit <= 0:
+    client (an IPv6 client by its /64) in the current hour, or raise
+    ``slow_down`` past ``limit``. One read and one conditional write; 0
+    disables; a loopback developer in local mode is not limited."""
+    source = ip_source(ip)
+    if not source or limit <= 0 or _loopback_developer(settings, ip):
         return
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))

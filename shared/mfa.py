@@ -54,12 +54,10 @@ def challenge(storage: Storage, settings: Settings, flow: flows.Flow, method_id:
 def send_code(storage: Storage, settings: Settings, flow: flows.Flow, request: Request, channel: str, target: str,
               purpose: str, *, state: str, label_key: str = "challenge_target_label", label: str | None = None,
               **changes: Any) -> Response:
-    flows.check_can_send(settings, flow, same_target=flow.get("code_target") == target and flow.get("code_purpose") == purpose)
-    length = settings.sms_code_length if channel == "sms" else settings.email_code_length
-    code = flows.new_code(settings, flow, purpose, channel, length, target)
-    notify.send_code(storage, settings, flow, channel=channel, to=target, purpose=purpose, code=code.value,
-                     real_recipient=True, request=request)
-    flow = flows.advance(storage, flow, state=state, **code.changes, **changes)
+    """Send a code to a method (this flow's second factor, or one being registered) and answer the oob challenge."""
+    same_target = flow.get("code_target") == target and flow.get("code_purpose") == purpose
+    flow, length = notify.deliver_code(storage, settings, flow, request, channel=channel, to=target, purpose=purpose,
+                                       real_recipient=True, state=state, same_target=same_target, **changes)
     body = {"continuation_token": flow.token, "challenge_type": "oob", "binding_method": "prompt",
             "challenge_channel": channel, label_key: label if label is not None else mask(channel, target),
             "code_length": length, "interval": settings.resend_interval_seconds}

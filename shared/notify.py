@@ -46,12 +46,29 @@ def locale_of(request: Request | None) -> str | None:
     return None
 
 
-def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: str, purpose: str, code: str,
-              real_recipient: bool, request: Request | None) -> None:
-    """Send a code, or pretend to for an account that does not exist. The send
-    limits count both alike, so a limit hit reveals nothing about the account."""
-    from . import limits
+def deliver_code(storage: Storage, settings: Settings, flow, request: Request | None, *, channel: str, to: str,
+                 purpose: str, real_recipient: bool, state: str, same_target: bool = True,
+                 notice_instead: str | None = None, **changes):
+    """The one way a code leaves the service, for every flow: the send is
+    reserved on the flow first, then counted, then sent.
+
+    1. the flow's own rules (resend interval, five codes per flow) on the
+       flow as read, and for SMS today's allow-list and line-type rules;
+    2. the new code is written to the flow with ``If-Match`` (the step's one
+       conditional write: it rotates the continuation token). Of parallel
+       requests on one flow exactly one gets past here, so the per-flow cap
+       cannot be raced into extra messages;
+    3. the send limits count it (``limits.check_and_count``), the same for an
+       account that does not exist (nothing is sent then) and for the
+       "someone tried to sign up" notice sent instead of a sign-up code;
+    4. the message goes out.
+
+    If 3 or 4 fails, the flow is put back as it was (the client may retry at
+    once with the same continuation token); a refusal by a limit is written
+    to the sign-in log with the limit's name. Returns ``(flow, code length)``."""
+    from . import flows, limits
     from .protocol import current
+    from .storage import StorageError
 
     if channel == "sms":
         # Numbers registered earlier are checked again against today's allow-list
@@ -62,21 +79,49 @@ def send_code(storage: Storage, settings: Settings, flow, *, channel: str, to: s
             normalize_phone(to, allowed_countries=settings.sms_allowed_countries)
         except (BlockedNumber, InvalidIdentifier):
             raise errors.BlockedContact() from None
+    flows.check_can_send(settings, flow, same_target=same_target)
+    length = settings.sms_code_length if channel == "sms" else settings.email_code_length
+    code = flows.new_code(settings, flow, purpose, channel, length, to)
     ctx = current()
-    limits.check_and_count(storage, settings, channel, to, ctx.client_ip if ctx else None)
-    if not real_recipient:
-        log.info("code not sent: no such account (purpose=%s channel=%s)", purpose, channel)
-        return
-    from .delivery import DeliveryError, Message
+    ip = ctx.client_ip if ctx else None
+    plan = limits.plan(settings, channel, to, ip, purpose)
+    reserved = flows.advance(storage, flow, state=state, code_ticket=plan.ticket.to_json(), **code.changes, **changes)
+    try:
+        limits.check_and_count(storage, settings, channel, to, ip, purpose=purpose, the_plan=plan)
+        if notice_instead:
+            send_notice(storage, settings, to=to, purpose=notice_instead, request=request)
+        elif not real_recipient:
+            log.info("code not sent: no such account (purpose=%s channel=%s)", purpose, channel)
+        else:
+            _send(settings, Message_of(channel, to, purpose, code.value, request))
+    except (errors.AuthError, StorageError) as exc:
+        flows.restore(storage, flow, reserved)
+        if isinstance(exc, (errors.SlowDown, errors.BlockedContact)):
+            from . import signinlog
+
+            limit = ((ctx.extra or {}).get("limit") if ctx else None) or type(exc).__name__
+            signinlog.record(storage, flow, None, "throttled", str(limit)[:200], flow.steps, "none")
+        raise
+    return reserved, length
+
+
+def Message_of(channel: str, to: str, purpose: str, code: str, request: Request | None):  # noqa: N802 - a factory
+    from .delivery import Message
 
     try:
-        message = Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
+        return Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
     except ValueError:
         raise errors.InvalidRequest("The code cannot be sent to this address.", error_codes=(901001,)) from None
+
+
+def _send(settings: Settings, message) -> None:
+    from .delivery import DeliveryError
+
     try:
         sender(settings).send(message)
     except DeliveryError as exc:
-        log.warning("delivery failed: %s (purpose=%s channel=%s retryable=%s)", exc.reason, purpose, channel, exc.retryable)
+        log.warning("delivery failed: %s (purpose=%s channel=%s retryable=%s)", exc.reason, message.purpose,
+                    message.channel, exc.retryable)
         if exc.retryable:
             raise errors.ServiceUnavailable("The code could not be sent. Retry shortly.",
                                             retry_after=exc.retry_after or 5) from None
@@ -99,7 +144,8 @@ def send_notice(storage: Storage, settings: Settings, *, to: str, purpose: str, 
 
         ctx = current()
         try:
-            limits.check_and_count(storage, settings, "email", to, ctx.client_ip if ctx else None, enforce=False)
+            limits.check_and_count(storage, settings, "email", to, ctx.client_ip if ctx else None, purpose=purpose,
+                                   enforce=False)
         except StorageError as exc:
             log.warning("notice not counted: %s (purpose=%s)", type(exc).__name__, purpose)
     try:

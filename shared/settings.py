@@ -136,6 +136,11 @@ class Settings:
     email_cooldown_seconds: int
     sends_per_ip_hour: int
     signup_starts_per_ip_hour: int
+    local_developer_relief: bool
+    pumping_prefix_unverified: int
+    pumping_country_unverified: int
+    pumping_min_conversion_percent: int
+    pumping_suspend_seconds: int
 
     @property
     def is_local(self) -> bool:
@@ -251,6 +256,13 @@ class Settings:
             sends_per_ip_hour=i("AUTH_SENDS_PER_IP_HOUR", 30, 0, 10000000),
             # Sign-up starts run the password policy (zxcvbn): bounded per source. Local: one developer, generous.
             signup_starts_per_ip_hour=i("AUTH_SIGNUP_STARTS_PER_IP_HOUR", 1000 if local else 30, 0, 10000000),
+            # Local mode: the developer's own (loopback) requests have no per-IP limit, ten times the
+            # per-destination caps and no global budget (shared/limits.py). Never in Azure.
+            local_developer_relief=local and _bool(get("AUTH_LOCAL_DEVELOPER_RELIEF", "true"), "AUTH_LOCAL_DEVELOPER_RELIEF"),
+            pumping_prefix_unverified=i("AUTH_PUMPING_PREFIX_UNVERIFIED", 10, 0, 100000),
+            pumping_country_unverified=i("AUTH_PUMPING_COUNTRY_UNVERIFIED", 50, 0, 1000000),
+            pumping_min_conversion_percent=i("AUTH_PUMPING_MIN_CONVERSION_PERCENT", 30, 0, 100),
+            pumping_suspend_seconds=i("AUTH_PUMPING_SUSPEND_SECONDS", 6 * 3600, 60, 30 * 86400),
         )
 
 
@@ -359,6 +371,11 @@ SETTING_NAMES = (
     "AUTH_EMAIL_COOLDOWN_SECONDS",
     "AUTH_SENDS_PER_IP_HOUR",
     "AUTH_SIGNUP_STARTS_PER_IP_HOUR",
+    "AUTH_LOCAL_DEVELOPER_RELIEF",
+    "AUTH_PUMPING_PREFIX_UNVERIFIED",
+    "AUTH_PUMPING_COUNTRY_UNVERIFIED",
+    "AUTH_PUMPING_MIN_CONVERSION_PERCENT",
+    "AUTH_PUMPING_SUSPEND_SECONDS",
 )
 
 _current: Settings | None = None

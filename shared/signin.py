@@ -127,17 +127,12 @@ def send_email_code(storage: Storage, settings: Settings, flow: flows.Flow, purp
                     *, state: str = "oob_challenge") -> Response:
     """Send (or resend) an email code for this flow and answer the oob challenge."""
     email = flow["username"]
-    flows.check_can_send(settings, flow)
-    code = flows.new_code(settings, flow, purpose, "email", settings.email_code_length, email)
-    # Send first, then record: a failed send leaves no state behind and can be
-    # retried at once; a recorded-but-unsent code would block the resend.
-    notify.send_code(storage, settings, flow, channel="email", to=email, purpose=purpose, code=code.value,
-                            real_recipient=bool(flow["user_exists"]), request=request)
-    flow = flows.advance(storage, flow, state=state, **code.changes)
+    flow, length = notify.deliver_code(storage, settings, flow, request, channel="email", to=email, purpose=purpose,
+                                       real_recipient=bool(flow["user_exists"]), state=state)
     return ok({
         "continuation_token": flow.token, "challenge_type": "oob", "binding_method": "prompt",
         "challenge_channel": "email", "challenge_target_label": mask_email(email),
-        "code_length": settings.email_code_length, "interval": settings.resend_interval_seconds,
+        "code_length": length, "interval": settings.resend_interval_seconds,
     })
 
 

@@ -91,23 +91,14 @@ def challenge(request: Request, settings: Settings) -> Response:
     if flow["state"] not in ("started", "code_sent"):
         raise errors.InvalidGrant("This flow does not expect a challenge now.")
     email = flow["username"]
-    flows.check_can_send(settings, flow)
-    code = flows.new_code(settings, flow, "signup_code", "email", settings.email_code_length, email)
-    if flow["user_exists"]:
-        # The address is taken: tell its owner, send no code (the flow cannot complete).
-        # The send limits count it like a code, so a limit hit looks the same.
-        from . import limits
-        from .protocol import current
-
-        limits.check_and_count(storage, settings, "email", email, current().client_ip if current() else None)
-        notify.send_notice(storage, settings, to=email, purpose="signup_attempt_notice", request=request)
-    else:
-        notify.send_code(storage, settings, flow, channel="email", to=email, purpose="signup_code", code=code.value,
-                         real_recipient=True, request=request)
-    flow = flows.advance(storage, flow, state="code_sent", **code.changes)
+    # The address is taken: its owner gets a notice instead of a code (the flow can
+    # never complete); the send limits count it like a code, so a limit hit looks the same.
+    flow, length = notify.deliver_code(storage, settings, flow, request, channel="email", to=email, purpose="signup_code",
+                                       real_recipient=not flow["user_exists"], state="code_sent",
+                                       notice_instead="signup_attempt_notice" if flow["user_exists"] else None)
     return ok({"continuation_token": flow.token, "challenge_type": "oob", "binding_method": "prompt",
                "challenge_channel": "email", "challenge_target_label": mask_email(email),
-               "code_length": settings.email_code_length, "interval": settings.resend_interval_seconds})
+               "code_length": length, "interval": settings.resend_interval_seconds})
 
 
 def continue_(request: Request, settings: Settings) -> Response:

@@ -98,3 +98,27 @@ def test_log_tail_shows_outcomes(server, api, make_user):
     api.signin_password(email, "correct horse battery staple")
     out = ok(admin(server, "log", "tail", "--limit", "200"))
     assert "success" in out and "correct horse" not in out
+
+
+def test_sends_report_suspend_and_lift(server, api, make_user):
+    """`python -m admin sends`: SMS sent and verified per country and prefix, and
+    the suspensions of SMS to new numbers (the pumping defence), set and lifted."""
+    import random
+
+    from shared import limits
+
+    number = "+49151" + "".join(random.choice("0123456789") for _ in range(8))
+    limits.check_and_count(server.storage, server.settings, "sms", number, None, purpose="mfa_code")
+    report = json.loads(ok(admin(server, "sends", "report", "--json")))
+    assert report["countries"]["DE"]["sent"] >= 1 and number[:-4] in report["prefixes"]
+    table = ok(admin(server, "sends"))
+    assert "by country" in table and "DE" in table and "conversion" in table
+    out = ok(admin(server, "sends", "suspend", "prefix", number[:-4], "--hours", "1"))
+    assert "suspended" in out
+    key = next(k for k, v in limits.suspensions(server.storage, fresh=True).items() if v["kind"] == "pfx"
+               and v["label"] == number[:-6] + "**")
+    assert key in ok(admin(server, "sends"))
+    assert "lifted" in ok(admin(server, "sends", "lift", key))
+    assert key not in limits.suspensions(server.storage, fresh=True)
+    missing = admin(server, "sends", "lift", "pfx-nothing")
+    assert missing.returncode == 2

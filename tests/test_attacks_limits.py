@@ -180,3 +180,155 @@ def test_A16_email_quota_exhaustion_is_stopped_by_own_limits(server, api, outbox
 
 
 # ====================================================================== A17-A21: enumeration and brute force
+
+
+# ====================================================================== A61-A68: limits that know a user from a pump
+
+def _verified_sms_sign_in(api, outbox, email: str, phone: str, headers: dict | None = None) -> Any:
+    t = password_first_factor(api, email, headers=headers)
+    assert t["suberror"] == "mfa_required", t.body
+    c = mfa_challenge(api, t["continuation_token"])
+    if c.status != 200:
+        return c
+    return api.post("oauth2/v2.0/token", headers, continuation_token=c["continuation_token"], grant_type="mfa_oob",
+                    oob=outbox.last_code(phone), scope=SCOPE)
+
+
+def test_A61_a_local_developer_is_never_locked_out(server, api, outbox):
+    """Local mode, loopback client (the developer's own machine): no per-IP limit,
+    ten times the per-destination caps, no global budget (`make run` says so)."""
+    with server.override(local_developer_relief=True, sends_per_ip_hour=30, email_per_destination_hour=10,
+                         email_global_minute=25, email_global_hour=90):
+        answers = [email_code_challenge(api, unique_email("afternoon")) for _ in range(40)]
+        assert {a.status for a in answers} == {200}, [a.body for a in answers if a.status != 200][:1]
+        # The relief is for loopback only: another address still meets the per-IP limit.
+        with server.override(trusted_proxy_hops=2, email_global_minute=10 ** 6, email_global_hour=10 ** 6):
+            ip = {"X-Forwarded-For": random_ip()}
+            far = [email_code_challenge(api, unique_email("remote"), ip) for _ in range(31)]
+    assert [a.status for a in far[:30]] == [200] * 30 and far[30]["error"] == "slow_down"
+
+
+def test_A62_a_verified_code_holds_no_cooldown(server, api, outbox, make_user, require_mfa):
+    """Sign in with the SMS factor, sign out, sign in again within the cooldown:
+    the last code to that number was verified, so nothing holds the next one;
+    an unverified one still does."""
+    phone = random_phone()
+    email, _ = make_user(methods=[sms_method(phone)])
+    require_mfa(email)
+    with server.override(sms_cooldown_seconds=60):
+        assert _verified_sms_sign_in(api, outbox, email, phone).status == 200
+        again = _verified_sms_sign_in(api, outbox, email, phone)
+        assert again.status == 200, again.body
+        t = password_first_factor(api, email)                        # a code sent and never verified...
+        assert mfa_challenge(api, t["continuation_token"]).status == 200
+        t = password_first_factor(api, email)
+        held = mfa_challenge(api, t["continuation_token"])            # ...holds the cooldown
+    assert held.status == 400 and held["error"] == "slow_down" and int(held.headers["retry-after"]) <= 61
+
+
+def test_A62_verified_sends_do_not_count_against_a_shared_ip(server, api, outbox, make_user, require_mfa):
+    """Carrier-grade NAT: 35 users behind one address who verify their codes are
+    not stopped by a per-IP cap of 30; 31 unverified sends are."""
+    ip = {"X-Forwarded-For": random_ip()}          # a /64 of its own: no other test's sends
+    with server.override(trusted_proxy_hops=2, sends_per_ip_hour=30):
+        for _ in range(35):
+            phone = random_phone()
+            email, _ = make_user(methods=[sms_method(phone)])
+            require_mfa(email)
+            assert _verified_sms_sign_in(api, outbox, email, phone, ip).status == 200
+        pump = [email_code_challenge(api, unique_email("nat-pump"), ip) for _ in range(31)]
+    assert [p.status for p in pump[:30]] == [200] * 30 and pump[30]["error"] == "slow_down"
+
+
+def test_A63_made_up_addresses_cannot_use_up_the_budget_of_existing_accounts(server, api, outbox, make_user, require_mfa):
+    """85 sign-in codes for made-up addresses from rotating sources, then the
+    second factor of an existing account by email still goes out."""
+    second = unique_email("second-mailbox")
+    email, _ = make_user(methods=[email_method(second)])
+    require_mfa(email)
+    with server.override(trusted_proxy_hops=2, email_global_minute=25, email_global_hour=90):
+        for i in range(85):
+            email_code_challenge(api, unique_email("made-up"), {"X-Forwarded-For": random_ip()})
+        blocked = email_code_challenge(api, unique_email("made-up"), {"X-Forwarded-For": random_ip()})
+        assert blocked.status == 400 and blocked["error"] == "slow_down"      # the anonymous budget is spent...
+        t = password_first_factor(api, email, headers={"X-Forwarded-For": random_ip()})
+        c = mfa_challenge(api, t["continuation_token"], "e1")
+    assert c.status == 200, c.body                                            # ...the second factor's is not
+    log = [e for e in signinlog.tail(server.storage, limit=400) if e["result"] == "throttled"]
+    assert any("global email" in e["reason"] and "sign_in" in e["reason"] for e in log), log[:3]
+
+
+def test_A66_the_email_cooldown_is_enforced(server, api, outbox, make_user):
+    email, _ = make_user(password=None)
+    with server.override(email_cooldown_seconds=30):
+        answers = [email_code_challenge(api, email) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 400, 400, 400]
+    assert outbox.count(email) == 1
+
+
+def test_A67_parallel_resends_on_one_flow_send_one_message(server, api, outbox, make_user, require_mfa):
+    email, _ = make_user(password=None)
+    c = email_code_challenge(api, email)
+    before = outbox.count(email)
+    results = parallel(10, lambda i: api.post("oauth2/v2.0/challenge", continuation_token=c["continuation_token"],
+                                              challenge_type="oob redirect"))
+    assert sum(r.status == 200 for r in results) == 1
+    assert outbox.count(email) - before == 1
+    # Registration: 12 parallel challenges with different numbers, one SMS.
+    newbie, _ = make_user()
+    require_mfa(newbie)
+    t = password_first_factor(api, newbie)
+    numbers = [random_phone() for _ in range(12)]
+    results = parallel(12, lambda i: api.post("register/v1.0/challenge", continuation_token=t["continuation_token"],
+                                              challenge_type="oob", challenge_channel="sms", challenge_target=numbers[i]))
+    assert sum(r.status == 200 for r in results) == 1
+    assert sum(outbox.count(n) for n in numbers) == 1
+
+
+@pytest.fixture
+def pumping(server):
+    from shared import limits
+
+    with server.override(pumping_prefix_unverified=5, pumping_country_unverified=0, pumping_min_conversion_percent=30):
+        yield
+    for key in list(limits.suspensions(server.storage, fresh=True)):
+        limits.lift(server.storage, key)
+
+
+def test_A68_pumping_a_prefix_suspends_new_numbers_there_not_existing_ones(server, api, outbox, make_user, require_mfa,
+                                                                         pumping, caplog):
+    """Unverified registrations to one number prefix (E.164 less its last four
+    digits): after 5 with no verification, SMS to new numbers of that prefix is
+    refused for a while; an account's existing number there keeps working."""
+    from shared import limits
+
+    prefix = "+49151" + "".join(random.choice("0123456789") for _ in range(4))
+    pumped = []
+    for i in range(8):
+        victim, _ = make_user()
+        require_mfa(victim)
+        t = password_first_factor(api, victim, headers={"X-Forwarded-For": random_ip()})
+        number = prefix + "%04d" % random.randint(0, 9999)
+        r = api.post("register/v1.0/challenge", continuation_token=t["continuation_token"], challenge_type="oob",
+                     challenge_channel="sms", challenge_target=number)
+        pumped.append((r.status, r.get("suberror")))
+    assert pumped[:5] == [(200, None)] * 5, pumped
+    assert set(pumped[5:]) == {(400, "provider_blocked_by_rep")}, pumped
+    assert any("pumping suspected" in r.getMessage() for r in caplog.records)
+    assert any(s.get("kind") == "pfx" for s in limits.suspensions(server.storage, fresh=True).values())
+    # An existing account whose number is in that prefix still gets its second factor.
+    existing = prefix + "%04d" % random.randint(0, 9999)
+    email, _ = make_user(methods=[sms_method(existing)])
+    require_mfa(email)
+    assert _verified_sms_sign_in(api, outbox, email, existing).status == 200
+
+
+def test_A68_a_prefix_whose_codes_are_verified_is_not_suspended(server, api, outbox, make_user, require_mfa, pumping):
+    prefix = "+49151" + "".join(random.choice("0123456789") for _ in range(4))
+    for i in range(12):
+        user, _ = make_user()
+        require_mfa(user)
+        t = password_first_factor(api, user)
+        number = prefix + "%04d" % random.randint(0, 9999)
+        r = register_method(api, outbox, t["continuation_token"], "sms", number)
+        assert r.status == 200, (i, r.body)

@@ -1117,3 +1117,21 @@ def test_check_catches_mutation(sources, check, file, old, new):
     mutated = dict(sources)
     mutated[file] = sources[file].replace(old, new, 1)
     assert check(mutated), f"{check.__name__} did not notice the mutation in {file}"
+
+
+def test_sms_pumping_alert(sources):
+    """The log alert the pumping defence relies on (shared/limits.py logs "pumping suspected" and one
+    "metric" line per SMS sent and verified): scoped to Application Insights, on both signals."""
+    rules = resources_of(sources, "Microsoft.Insights/scheduledQueryRules")
+    assert len(rules) == 1, rules
+    rule = rules[0]
+    assert string_value(rule.get("kind")) == "LogAlert"
+    query = text(rule.body)
+    for needle in ("pumping suspected", "sms_sent", "sms_verified", "applicationInsights.id"):
+        assert needle in query, needle
+    import re as _re
+    from shared import limits
+
+    assert '"pumping suspected' in Path(limits.__file__).read_text()          # the app writes what the alert reads
+    assert "sms_sent" in Path(limits.__file__).read_text() and "sms_verified" in Path(limits.__file__).read_text()
+    assert _re.search(r"param alertEmail string", sources["infra/main.bicep"])

@@ -78,15 +78,59 @@ def test_sms_prefix_velocity(server, api, outbox, make_user, require_mfa):
     assert outbox.count(numbers[-1]) == 0
 
 
-def test_global_sms_budget_is_a_circuit_breaker(server, api, outbox, make_user, require_mfa, monkeypatch):
-    monkeypatch.setattr(limits, "GLOBAL_SHARDS", 1)  # one shard: the budget is exact
-    pk = "lim" + time.strftime("%Y%m%d", time.gmtime())
-    row = server.storage.table("limits").get(pk, "h" + time.strftime("%H", time.gmtime()) + "-sms-global-0")
-    used = int(row["count"]) if row else 0
-    emails = [sms_user(make_user, phone()) for _ in range(3)]
-    with server.override(sms_global_hour=used + 2):
-        statuses = [sms_challenge(api, e).status for e in emails]
-    assert statuses == [200, 200, 400]
+def isolated(server, **env: str):
+    """Settings and storage of their own (a fresh table prefix): global budgets without the suite's traffic."""
+    base = {"AUTH_ENVIRONMENT": "local", "AUTH_STORAGE_CONNECTION_STRING": server.settings.storage_connection_string,
+            "AUTH_SMS_COOLDOWN_SECONDS": "0", "AUTH_EMAIL_COOLDOWN_SECONDS": "0",
+            "AUTH_SMS_PER_DESTINATION_HOUR": "0", "AUTH_SMS_PER_DESTINATION_DAY": "0", "AUTH_SMS_PER_PREFIX_HOUR": "0",
+            "AUTH_EMAIL_PER_DESTINATION_HOUR": "0", "AUTH_SENDS_PER_IP_HOUR": "0",
+            "AUTH_PUMPING_PREFIX_UNVERIFIED": "0", "AUTH_PUMPING_COUNTRY_UNVERIFIED": "0",
+            "AUTH_TABLE_PREFIX": "lim" + "".join(random.choice("abcdefghij") for _ in range(8))}
+    settings = Settings.from_env({**base, **env})
+    store = storage_mod.Storage(settings)
+    store.ensure_tables()
+    return settings, store
+
+
+def sends(store, settings, n: int, channel: str, purpose: str) -> int:
+    allowed = 0
+    for _ in range(n):
+        try:
+            limits.check_and_count(store, settings, channel, phone() if channel == "sms" else unique_email("g"),
+                                   "198.51.100.1", purpose=purpose)
+            allowed += 1
+        except errors.SlowDown:
+            pass
+    return allowed
+
+
+def test_global_sms_budget_is_an_exact_circuit_breaker_per_bucket(server):
+    """The budget is split by trust; each bucket's share is exact (all its shards are read), never
+    refused while it has room (a full shard used to refuse with others empty)."""
+    settings, store = isolated(server, AUTH_SMS_GLOBAL_HOUR="20")
+    second = int(20 * limits.SMS_SHARES["second_factor"])
+    new = int(20 * limits.SMS_SHARES["new_method"])
+    assert sends(store, settings, new + 5, "sms", "register_code") == new            # a flood of new numbers...
+    assert sends(store, settings, second + 5, "sms", "mfa_code") == second            # ...leaves the MFA budget whole
+
+
+def test_global_email_budgets_by_trust(server):
+    """Sign-in codes for made-up addresses (counted like real ones) and sign-ups cannot use up the
+    budget of the second factor of existing accounts."""
+    settings, store = isolated(server, AUTH_EMAIL_GLOBAL_MINUTE="100000", AUTH_EMAIL_GLOBAL_HOUR="40")
+    budget = {b: int(40 * share) for b, share in limits.EMAIL_SHARES.items()}
+    assert sends(store, settings, budget["sign_in"] + 10, "email", "signin_code") == budget["sign_in"]
+    assert sends(store, settings, budget["sign_up"] + 10, "email", "signup_code") == budget["sign_up"]
+    assert sends(store, settings, budget["second_factor"], "email", "mfa_code") == budget["second_factor"]
+    assert sends(store, settings, 3, "email", "reset_code") == 0                      # reset shares sign-in's budget
+
+
+def test_global_email_per_minute(server):
+    settings, store = isolated(server, AUTH_EMAIL_GLOBAL_MINUTE="10", AUTH_EMAIL_GLOBAL_HOUR="100000")
+    share = int(10 * limits.EMAIL_SHARES["sign_in"])
+    now = time.gmtime()
+    allowed = sends(store, settings, share + 3, "email", "signin_code")
+    assert allowed == share or time.gmtime().tm_min != now.tm_min   # the minute may roll over
 
 
 def test_per_ip_cap(server, api, outbox):
@@ -108,18 +152,6 @@ def test_email_destination_cap_is_the_same_for_unknown_accounts(server, api, out
     strip = lambda b: {x: y for x, y in b.items() if x not in ("error_description", "timestamp", "trace_id", "correlation_id")}  # noqa: E731
     assert strip(k[-1].body) == strip(g[-1].body)
     assert outbox.count(known) == 2 and outbox.count(ghost) == 0
-
-
-def test_global_email_per_minute(server, api, monkeypatch):
-    monkeypatch.setattr(limits, "GLOBAL_SHARDS", 1)
-    now = time.gmtime()
-    pk = "lim" + time.strftime("%Y%m%d", now)
-    row = server.storage.table("limits").get(pk, "m" + time.strftime("%H%M", now) + "-email-global-0")
-    used = int(row["count"]) if row else 0
-    with server.override(email_global_minute=used + 2, email_global_hour=10 ** 6):
-        statuses = [email_challenge(api, unique_email("g")).status for _ in range(3)]
-    # The minute may roll over during the test, which would only let more through.
-    assert statuses[:2] == [200, 200] and (statuses[2] == 400 or time.gmtime().tm_min != now.tm_min)
 
 
 def test_concurrent_sends_do_not_overshoot(server, api, outbox):
@@ -148,25 +180,3 @@ def test_limiter_fails_closed_when_storage_is_down():
 def test_limit_errors_have_the_contract_shape():
     exc = errors.SlowDown("x", retry_after=5)
     assert exc.status == 400 and exc.error == "slow_down" and exc.retry_after == 5
-
-
-def test_sharded_global_budget_never_exceeds_the_budget(server):
-    """With shards, each holds ceil(budget / shards); the sum over shards stays within the budget
-    plus rounding, and the budget trips once every shard is full."""
-    settings = server.settings.__class__.from_env({"AUTH_ENVIRONMENT": "local",
-                                                   "AUTH_STORAGE_CONNECTION_STRING": server.settings.storage_connection_string,
-                                                   "AUTH_SMS_GLOBAL_HOUR": str(limits.GLOBAL_SHARDS * 2),
-                                                   "AUTH_SMS_COOLDOWN_SECONDS": "0", "AUTH_SMS_PER_DESTINATION_HOUR": "0",
-                                                   "AUTH_SMS_PER_DESTINATION_DAY": "0", "AUTH_SMS_PER_PREFIX_HOUR": "0",
-                                                   "AUTH_SENDS_PER_IP_HOUR": "0", "AUTH_TABLE_PREFIX": "shardtest"})
-    store = storage_mod.Storage(settings)
-    store.ensure_tables()
-    allowed = 0
-    for i in range(limits.GLOBAL_SHARDS * 6):
-        try:
-            limits.check_and_count(store, settings, "sms", phone(), None)
-            allowed += 1
-        except errors.SlowDown:
-            pass
-    assert allowed <= limits.GLOBAL_SHARDS * 2  # never more than the budget
-    assert allowed >= limits.GLOBAL_SHARDS  # and the shards did fill up

@@ -150,3 +150,19 @@ def test_health_reports_storage(api):
 def test_errors_are_never_cached(api):
     r = api.post("oauth2/v2.0/initiate")
     assert r.headers["cache-control"] == "no-store"
+
+
+def test_client_ip_in_every_form_a_proxy_writes():
+    """X-Forwarded-For entries as App Service and other proxies write them: with a
+    port, bracketed IPv6 with a port, IPv4-mapped IPv6 (counted as its IPv4)."""
+    from shared.identifiers import ip_source
+    from shared.protocol import parse_ip
+
+    assert parse_ip("203.0.113.7") == "203.0.113.7"
+    assert parse_ip("203.0.113.7:50123") == "203.0.113.7"
+    assert parse_ip("[2001:db8::7]:443") == "2001:db8::7"
+    assert parse_ip("2001:db8::7") == "2001:db8::7"
+    assert parse_ip("::ffff:203.0.113.7") == "203.0.113.7"
+    assert parse_ip("unknown") is None and parse_ip("") is None
+    assert ip_source("2001:db8:1:2:3:4:5:6") == ip_source("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert ip_source("203.0.113.7") == "203.0.113.7"

@@ -90,9 +90,11 @@ def main() -> int:
     if demo is not None:
         print("  demo sign-in page   %s  (MSAL JS custom-auth)" % demo.url)
     print("  one-time codes      printed below and appended to %s" % outbox)
-    if values.get("AUTH_LOCAL_DEVELOPER_RELIEF", "true").lower() not in ("0", "false", "no", "off"):
-        print("  send limits         relaxed for this machine (loopback): no per-IP limit, 10x the per-address caps,")
-        print("                      no global budget; other clients get the production limits")
+    if values.get("AUTH_LOCAL_DEVELOPER_RELIEF", "true").lower() not in ("0", "false", "no", "off") \
+            and values.get("AUTH_DELIVERY", "outbox").lower() == "outbox":
+        print("  send limits         relaxed for this machine (loopback): no per-IP or per-account limit, 10x the")
+        print("                      per-address caps, no global budget; other clients, and everyone once")
+        print("                      AUTH_DELIVERY=acs sends real messages, get the production limits")
         print("                      (AUTH_LOCAL_DEVELOPER_RELIEF=false in local.settings.json to turn it off)")
     print(flush=True)
     from devhost.__main__ import main as serve

@@ -141,16 +141,18 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
 
 
-def restore(storage: Storage, before: Flow, after: Flow) -> None:
+def restore(storage: Storage, before: Flow, after: Flow, **extra: Any) -> None:
     """Put a flow back as it was before ``after`` was written (a send that was
     reserved but then refused or failed): the same fields, the same secret, so
-    the client may retry at once with its continuation token. Best effort: if
-    the flow changed again meanwhile, or storage is gone, it stays as is."""
+    the client may retry at once with its continuation token; ``extra`` fields
+    are written with it. Best effort: if the flow changed again meanwhile, or
+    storage is gone, it stays as is."""
     from .storage import StorageError
 
     keys = [k for k in after.entity if not k.startswith("_") and k not in ("PartitionKey", "RowKey")
             and after.entity.get(k) != before.entity.get(k)]
     data = {k: before.entity.get(k, "") if before.entity.get(k) is not None else "" for k in keys}
+    data.update(extra)
     try:
         storage.table("flows").update({"PartitionKey": before.pk, "RowKey": before.id, **data}, after.entity["_etag"])
     except (Modified, StorageError):

@@ -74,6 +74,7 @@ LOCAL_DESTINATION_FACTOR = 10
 PURPOSE_BUCKET = {
     "mfa_code": "second_factor", "register_code": "new_method", "signin_code": "sign_in", "reset_code": "sign_in",
     "signup_code": "sign_up", "signup_attempt_notice": "sign_up",
+    "account_code": "second_factor",  # only a signed-in user (a valid access token) can ask for one
 }
 # Shares of the global budgets (AUTH_EMAIL_GLOBAL_*, AUTH_SMS_GLOBAL_HOUR) per bucket: their sum is 1, so all
 # buckets together never exceed the configured budget (kept below ACS's default email quota).
@@ -89,6 +90,7 @@ class Rule:
     what: str
     unverified: bool = False   # only unverified sends count
     shards: int = 0            # > 0: a global budget spread over this many rows, one chosen with room
+    counted: bool = True       # False: checked, not counted (a send that does not go out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,10 +125,13 @@ class Plan:
 
 
 def _loopback_developer(settings: Settings, ip: str | None) -> bool:
-    """The developer's own requests in local mode (``AUTH_LOCAL_DEVELOPER_RELIEF``, on by default there)."""
+    """The developer's own requests in local mode (``AUTH_LOCAL_DEVELOPER_RELIEF``, on by default there)
+    while codes go to the local outbox. The address comes from X-Forwarded-For, which a caller can
+    write under ``func start``: so the relief never applies when real messages are sent
+    (``AUTH_DELIVERY=acs``), where it would make them free to pump."""
     import ipaddress
 
-    if not settings.is_local or not settings.local_developer_relief or not ip:
+    if not settings.is_local or not settings.local_developer_relief or not ip or settings.delivery != "outbox":
         return False
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -134,9 +139,16 @@ def _loopback_developer(settings: Settings, ip: str | None) -> bool:
         return False
 
 
-def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str, now: float | None = None) -> Plan:
+def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str, now: float | None = None, *,
+         account: str | None = None, real: bool = True) -> Plan:
     """The counters one send touches (computed before the send is reserved, so
-    the flow can keep its ticket in the same write)."""
+    the flow can keep its ticket in the same write).
+
+    ``account`` (the user's key) adds the per-account caps to second-factor and
+    new-method sends. ``real=False`` (an unknown name: nothing goes out) checks
+    the global budget without spending it, so made-up names cannot empty the
+    budget real users' codes need; every other counter counts it as a send, so
+    the answer is the same as for an account that exists."""
     now = time.time() if now is None else now
     hour = time.strftime("%H", time.gmtime(now))
     minute = time.strftime("%H%M", time.gmtime(now))
@@ -147,13 +159,19 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
     developer = _loopback_developer(settings, ip)
     factor = LOCAL_DESTINATION_FACTOR if developer else 1
     bucket = PURPOSE_BUCKET.get(purpose, "notice")
+    # Per destination and bucket: registering someone's number as a new method, or asking sign-in codes
+    # for their address, does not use up the caps of their own second factor.
+    db = f"{bucket}-{d}"
     rules: list[Rule] = []
     verified_keys: list[str] = []
     pump: list[tuple[str, str, str]] = []
     if channel == "sms":
+        hourly = settings.sms_per_destination_hour
+        if bucket == "new_method":
+            hourly = min(hourly, settings.new_method_per_destination_hour)
         rules += [
-            Rule(f"h{hour}-dest-{d}", settings.sms_per_destination_hour * factor, until_hour, "destination hourly"),
-            Rule(f"dd-dest-{d}", settings.sms_per_destination_day * factor, until_day, "destination daily"),
+            Rule(f"h{hour}-dest-{db}", hourly * factor, until_hour, "destination hourly"),
+            Rule(f"dd-dest-{db}", settings.sms_per_destination_day * factor, until_day, "destination daily"),
             Rule(f"h{hour}-prefix-{hash_key('prefix', to[:-3])[:32]}", settings.sms_per_prefix_hour, until_hour,
                  "number prefix hourly", unverified=True),
         ]
@@ -166,25 +184,35 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
         share = SMS_SHARES.get(bucket, 0)
         if share and settings.sms_global_hour > 0 and not developer:
             rules.append(Rule(f"h{hour}-gsms-{bucket}-", max(1, int(settings.sms_global_hour * share)), until_hour,
-                              f"global SMS budget ({bucket})", shards=GLOBAL_SHARDS))
+                              f"global SMS budget ({bucket})", shards=GLOBAL_SHARDS, counted=real))
     else:
-        rules.append(Rule(f"h{hour}-dest-{d}", settings.email_per_destination_hour * factor, until_hour,
-                          "destination hourly"))
+        hourly = settings.email_per_destination_hour
+        if bucket == "new_method":
+            hourly = min(hourly, settings.new_method_per_destination_hour)
+        rules.append(Rule(f"h{hour}-dest-{db}", hourly * factor, until_hour, "destination hourly"))
         share = EMAIL_SHARES.get(bucket, 0)
         if share and not developer:
             if settings.email_global_minute > 0:
                 rules.append(Rule(f"m{minute}-gmail-{bucket}-", max(1, int(settings.email_global_minute * share)),
-                                  60 - int(now) % 60, f"global email per minute ({bucket})", shards=GLOBAL_SHARDS))
+                                  60 - int(now) % 60, f"global email per minute ({bucket})", shards=GLOBAL_SHARDS,
+                                  counted=real))
             if settings.email_global_hour > 0:
                 rules.append(Rule(f"h{hour}-gmail-{bucket}-", max(1, int(settings.email_global_hour * share)), until_hour,
-                                  f"global email per hour ({bucket})", shards=GLOBAL_SHARDS))
+                                  f"global email per hour ({bucket})", shards=GLOBAL_SHARDS, counted=real))
+    if account and bucket in ("second_factor", "new_method") and not developer:
+        a = hash_key("acct", account)[:32]
+        rules.append(Rule(f"h{hour}-acct-{a}", settings.sends_per_account_hour, until_hour, "account hourly"))
+        if bucket == "new_method":
+            rules.append(Rule(f"h{hour}-acctnew-{a}", settings.new_method_unverified_per_account_hour, until_hour,
+                              "account new methods hourly", unverified=True))
+            verified_keys.append(rules[-1].key)
     source = ip_source(ip)  # an IPv6 client by its /64
     if source and not developer:
         rules.append(Rule(f"h{hour}-ip-{hash_key('ip', source)[:32]}", settings.sends_per_ip_hour, until_hour,
                           "IP hourly", unverified=True))
         verified_keys.append(rules[-1].key)
     rules = [r for r in rules if r.limit > 0]
-    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{d}"), tuple(pump), channel, bucket, to)
+    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{db}"), tuple(pump), channel, bucket, to)
 
 
 def _country(e164: str) -> str:
@@ -260,10 +288,16 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
             if enforce and not rule.shards and used >= rule.limit:
                 _refused(p, rule.what)
                 raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
+            if not rule.counted:
+                continue
             fields = {"PartitionKey": p.pk, "RowKey": key, "count": count + 1, "expires_at": expires}
             ops.append(("update", {**fields, "_etag": row["_etag"]}) if row else ("create", {**fields, "verified": 0}))
         pump_rows = []
-        for key, kind, value in p.pump_keys:
+        # The pumping counters count numbers, not sends: only the first send to a number this hour
+        # (a user retrying their own number ten times is one number, not a pumped prefix).
+        hourly = next((r.key for r in p.rules if r.key.startswith("h") and "-dest-" in r.key), None)
+        first_to_number = not hourly or not int((rows.get(hourly) or {}).get("count", 0))
+        for key, kind, value in p.pump_keys if first_to_number else ():
             row = rows.get(key)
             fields = {"PartitionKey": p.pk, "RowKey": key, "kind": kind, "value": value,
                       "count": (int(row.get("count", 0)) if row else 0) + 1, "expires_at": expires}
@@ -279,8 +313,7 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
             metrics.info("metric %s", json.dumps({"metric": "sms_sent", "bucket": p.bucket,
                                                    "country": next((v for _, k, v in p.pump_keys if k == "cty"), ""),
                                                    "prefix_hash": hash_key("pfx", to[:-4])[:12]}))
-            if p.bucket == "new_method":
-                _detect_pumping(storage, settings, pump_rows)
+            _detect_pumping(storage, settings, pump_rows)
         return p
     raise errors.SlowDown("Too many codes are being requested right now. Try again shortly.", retry_after=2)
 
@@ -360,48 +393,86 @@ def _suspension_key(kind: str, value: str) -> str:
 def _refuse_if_suspended(storage: Storage, settings: Settings, p: Plan) -> None:
     active = suspensions(storage)
     for _, kind, value in p.pump_keys:
-        if _suspension_key(kind, value) in active:
+        row = active.get(_suspension_key(kind, value))
+        if row is not None and not row.get("alert_only"):
             _refused(p, f"SMS to new numbers suspended ({'country ' + value if kind == 'cty' else 'number prefix'})")
             raise errors.BlockedContact()
 
 
 def _detect_pumping(storage: Storage, settings: Settings, rows: list[tuple[str, str, int, int]]) -> None:
+    """Every SMS bucket feeds detection (second-factor codes to numbers an account
+    holds can be pumped too); a suspension refuses only codes to new numbers."""
     for kind, value, count, verified in rows:
         threshold = settings.pumping_country_unverified if kind == "cty" else settings.pumping_prefix_unverified
         if threshold <= 0:
             continue
         unverified = count - verified
         if unverified >= threshold and verified * 100 < settings.pumping_min_conversion_percent * count:
-            suspend(storage, settings, kind, value, f"{unverified} unverified of {count} SMS this hour "
-                                                    f"({100 * verified // max(count, 1)}% verified)")
+            if _suspension_key(kind, value) in suspensions(storage):
+                continue  # already suspended (or alerted): one alert per suspension
+            suspend(storage, settings, kind, value, f"{unverified} unverified numbers of {count} sent to this hour "
+                                                    f"({100 * verified // max(count, 1)}% verified)",
+                    alert_only=kind == "cty" and not settings.pumping_suspend_country)
 
 
 def suspend(storage: Storage, settings: Settings, kind: str, value: str, reason: str,
-            seconds: int | None = None) -> None:
+            seconds: int | None = None, *, alert_only: bool = False) -> None:
     """Suspend SMS to new numbers of a prefix (``pfx``, E.164 without its last
-    four digits) or a country (``cty``, ISO code) and raise the alert."""
+    four digits) or a country (``cty``, ISO code) and raise the alert.
+    ``alert_only`` records and alerts without refusing anything (a country, by
+    default: one account could otherwise close SMS registration in a whole
+    country)."""
     until = time.time() + (seconds if seconds is not None else settings.pumping_suspend_seconds)
     key = _suspension_key(kind, value)
     try:
         storage.table("limits").put({"PartitionKey": SUSPEND_PK, "RowKey": key, "kind": kind,
                                      "label": value if kind == "cty" else value[:-2] + "**", "until": until,
-                                     "reason": reason[:200], "created": time.time(), "expires_at": int(until) + 86400})
+                                     "reason": reason[:200], "created": time.time(), "expires_at": int(until) + 86400,
+                                     "alert_only": alert_only})
     except StorageError as exc:
         log.warning("suspension not stored: %s", type(exc).__name__)
         return
     clear_cache()
-    log.error("pumping suspected: SMS to new numbers of %s %s suspended for %d s: %s",
-              "country" if kind == "cty" else "prefix", key, int(until - time.time()), reason)
+    log.error("pumping suspected: SMS to new numbers of %s %s %s for %d s: %s",
+              "country" if kind == "cty" else "prefix", key, "alerted, not suspended," if alert_only else "suspended",
+              int(until - time.time()), reason)
 
 
 def lift(storage: Storage, key: str) -> bool:
-    """End a suspension (admin). False when there was none."""
+    """End a suspension (admin). False when there was none. The hour's
+    unverified count of that prefix or country is forgiven too, so the next
+    genuine send does not suspend it again at once."""
     table = storage.table("limits")
-    if table.get(SUSPEND_PK, key) is None:
+    row = table.get(SUSPEND_PK, key)
+    if row is None:
         return False
     table.delete(SUSPEND_PK, key)
+    kind = row.get("kind", key[:3])
+    digest = hash_key("cty", key[4:])[:32] if kind == "cty" else key[4:]
+    now = time.time()
+    pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
+    pump_key = f"h{time.strftime('%H', time.gmtime(now))}-pump{kind}-{digest}"
+    for _ in range(MAX_RETRIES):
+        pump = table.get(pk, pump_key)
+        if pump is None:
+            break
+        try:
+            table.update({"PartitionKey": pk, "RowKey": pump_key, "count": int(pump.get("verified", 0))}, pump["_etag"])
+            break
+        except (Conflict, Modified):
+            time.sleep(random.uniform(0.002, 0.02))
     clear_cache()
     return True
+
+
+def release_cooldown(storage: Storage, ticket: Ticket) -> None:
+    """A counted send that could not be delivered holds no cooldown: the client
+    may retry at once (the counters keep it: it was an attempt)."""
+    try:
+        storage.table("limits").put({"PartitionKey": ticket.pk, "RowKey": ticket.cooldown_key, "last_sent": 0.0,
+                                     "last_verified": 0.0, "expires_at": int(time.time()) + 2 * 86400})
+    except StorageError as exc:
+        log.warning("cooldown not released: %s", type(exc).__name__)
 
 
 def report(storage: Storage, day: str | None = None) -> dict[str, Any]:
@@ -421,13 +492,17 @@ def report(storage: Storage, day: str | None = None) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ requests per client IP
 
-def check_and_count_action(storage: Storage, settings: Settings, action: str, ip: str | None, limit: int) -> None:
+def check_and_count_action(storage: Storage, settings: Settings, action: str, ip: str | None, limit: int, *,
+                           source: str | None = None, error: type[errors.SlowDown] = errors.SlowDown) -> None:
     """Count one request of ``action`` (for example ``signup_start``) from this
     client (an IPv6 client by its /64) in the current hour, or raise
     ``slow_down`` past ``limit``. One read and one conditional write; 0
     disables; a loopback developer in local mode is not limited."""
-    source = ip_source(ip)
-    if not source or limit <= 0 or _loopback_developer(settings, ip):
+    if source is None:  # by client IP (``source`` counts something else, e.g. a user)
+        source = ip_source(ip)
+        if not source or _loopback_developer(settings, ip):
+            return
+    if limit <= 0:
         return
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
@@ -437,8 +512,7 @@ def check_and_count_action(storage: Storage, settings: Settings, action: str, ip
         row = table.get(pk, rk)
         count = int(row.get("count", 0)) if row else 0
         if count >= limit:
-            raise errors.SlowDown("Too many requests from this network. Try again later.",
-                                  retry_after=3600 - int(now) % 3600)
+            raise error("Too many requests. Try again later.", retry_after=3600 - int(now) % 3600)
         try:
             if row is None:
                 table.insert({"PartitionKey": pk, "RowKey": rk, "count": 1, "expires_at": int(now) + 2 * 86400})
@@ -447,4 +521,4 @@ def check_and_count_action(storage: Storage, settings: Settings, action: str, ip
             return
         except (Conflict, Modified):
             time.sleep(random.uniform(0.002, 0.02))
-    raise errors.SlowDown("Too many requests right now. Try again shortly.", retry_after=2)
+    raise error("Too many requests right now. Try again shortly.", retry_after=2)

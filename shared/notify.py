@@ -84,10 +84,13 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
     code = flows.new_code(settings, flow, purpose, channel, length, to)
     ctx = current()
     ip = ctx.client_ip if ctx else None
-    plan = limits.plan(settings, channel, to, ip, purpose)
+    plan = limits.plan(settings, channel, to, ip, purpose, account=flow.get("ident"),
+                       real=real_recipient or bool(notice_instead))
     reserved = flows.advance(storage, flow, state=state, code_ticket=plan.ticket.to_json(), **code.changes, **changes)
+    counted = False
     try:
         limits.check_and_count(storage, settings, channel, to, ip, purpose=purpose, the_plan=plan)
+        counted = True
         if notice_instead:
             send_notice(storage, settings, to=to, purpose=notice_instead, request=request)
         elif not real_recipient:
@@ -95,8 +98,14 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
         else:
             _send(settings, Message_of(channel, to, purpose, code.value, request))
     except (errors.AuthError, StorageError) as exc:
-        flows.restore(storage, flow, reserved)
-        if isinstance(exc, (errors.SlowDown, errors.BlockedContact)):
+        throttled = isinstance(exc, (errors.SlowDown, errors.BlockedContact))
+        # A refusal is written to the sign-in log once per flow: a client retrying the same
+        # continuation token against a full limit does not fill the log.
+        first_refusal = throttled and not flow.get("throttle_logged")
+        flows.restore(storage, flow, reserved, **({"throttle_logged": 1} if first_refusal else {}))
+        if counted:
+            limits.release_cooldown(storage, plan.ticket)  # not delivered: the client may retry at once
+        if first_refusal:
             from . import signinlog
 
             limit = ((ctx.extra or {}).get("limit") if ctx else None) or type(exc).__name__

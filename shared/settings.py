@@ -20,7 +20,8 @@ from typing import Mapping
 DEV_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
 DEV_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
 LOCAL_ISSUER = "http://127.0.0.1:7071/api"
-DEFAULT_RESOURCES = {"api://native-auth": ["access_as_user"]}
+# access_as_user: the sample API; account: the account API (/api/me) of the signed-in user.
+DEFAULT_RESOURCES = {"api://native-auth": ["access_as_user", "account"]}
 # SMS only to these countries unless configured (security-baseline §0 item 10: a conservative allow-list).
 DEFAULT_SMS_COUNTRIES = "US,CA,GB,IE,DE,AT,CH,FR,NL,BE,LU,DK,SE,NO,FI,IS,ES,PT,IT,AU,NZ"
 # Azurite's documented development account (public well-known key, not a secret).
@@ -120,6 +121,9 @@ class Settings:
     sms_allowed_countries: tuple[str, ...]
     default_phone_region: str | None
     sample_auth_context: str
+    account_resource: str
+    account_auth_context: str
+    account_freshness_seconds: int
     # sign-up and passwords
     password_min_length: int
     signup_attributes: tuple[dict, ...]
@@ -135,12 +139,16 @@ class Settings:
     email_global_hour: int
     email_cooldown_seconds: int
     sends_per_ip_hour: int
+    sends_per_account_hour: int
+    new_method_per_destination_hour: int
+    new_method_unverified_per_account_hour: int
     signup_starts_per_ip_hour: int
     local_developer_relief: bool
     pumping_prefix_unverified: int
     pumping_country_unverified: int
     pumping_min_conversion_percent: int
     pumping_suspend_seconds: int
+    pumping_suspend_country: bool
 
     @property
     def is_local(self) -> bool:
@@ -241,6 +249,9 @@ class Settings:
             sms_allowed_countries=tuple(c.strip().upper() for c in (get("AUTH_SMS_ALLOWED_COUNTRIES", DEFAULT_SMS_COUNTRIES) or "").split(",") if c.strip()),
             default_phone_region=(get("AUTH_DEFAULT_PHONE_REGION") or "").upper() or None,
             sample_auth_context=get("AUTH_SAMPLE_AUTH_CONTEXT", "c1") or "c1",
+            account_resource=get("AUTH_ACCOUNT_RESOURCE", next(iter(resources))) or next(iter(resources)),
+            account_auth_context=_context_id(get("AUTH_ACCOUNT_AUTH_CONTEXT", "acct") or "acct", "AUTH_ACCOUNT_AUTH_CONTEXT"),
+            account_freshness_seconds=i("AUTH_ACCOUNT_FRESHNESS_SECONDS", 300, 60, 3600),
             password_min_length=i("AUTH_PASSWORD_MIN_LENGTH", 15, 8, 64),
             signup_attributes=_attribute_schema(get("AUTH_SIGNUP_ATTRIBUTES")),
             extensions_app_id=(get("AUTH_EXTENSIONS_APP_ID", "") or "").replace("-", "").lower(),
@@ -254,6 +265,12 @@ class Settings:
             email_global_hour=i("AUTH_EMAIL_GLOBAL_HOUR", 90, 0, 10000000),
             email_cooldown_seconds=i("AUTH_EMAIL_COOLDOWN_SECONDS", 30, 0, 3600),
             sends_per_ip_hour=i("AUTH_SENDS_PER_IP_HOUR", 30, 0, 10000000),
+            # Codes one account can cause per hour (second factor and new methods, verified or not), and
+            # codes to numbers/addresses being registered: one account holder cannot spend everyone's
+            # budget, flood someone else's number, or pump (shared/limits.py).
+            sends_per_account_hour=i("AUTH_SENDS_PER_ACCOUNT_HOUR", 20, 0, 100000),
+            new_method_per_destination_hour=i("AUTH_NEW_METHOD_PER_DESTINATION_HOUR", 3, 0, 100000),
+            new_method_unverified_per_account_hour=i("AUTH_NEW_METHOD_UNVERIFIED_PER_ACCOUNT_HOUR", 5, 0, 100000),
             # Sign-up starts run the password policy (zxcvbn): bounded per source. Local: one developer, generous.
             signup_starts_per_ip_hour=i("AUTH_SIGNUP_STARTS_PER_IP_HOUR", 1000 if local else 30, 0, 10000000),
             # Local mode: the developer's own (loopback) requests have no per-IP limit, ten times the
@@ -263,7 +280,15 @@ class Settings:
             pumping_country_unverified=i("AUTH_PUMPING_COUNTRY_UNVERIFIED", 50, 0, 1000000),
             pumping_min_conversion_percent=i("AUTH_PUMPING_MIN_CONVERSION_PERCENT", 30, 0, 100),
             pumping_suspend_seconds=i("AUTH_PUMPING_SUSPEND_SECONDS", 6 * 3600, 60, 30 * 86400),
+            # A country-wide pump raises the alert; suspending a whole country is an operator's choice.
+            pumping_suspend_country=_bool(get("AUTH_PUMPING_SUSPEND_COUNTRY", "false"), "AUTH_PUMPING_SUSPEND_COUNTRY"),
         )
+
+
+def _context_id(value: str, name: str) -> str:
+    if not (value.isalnum() and len(value) <= 16):
+        raise SettingsError(f"{name} must be letters and digits, at most 16")
+    return value
 
 
 def _cidrs(value: str, name: str) -> tuple[str, ...]:
@@ -357,6 +382,9 @@ SETTING_NAMES = (
     "AUTH_SMS_ALLOWED_COUNTRIES",
     "AUTH_DEFAULT_PHONE_REGION",
     "AUTH_SAMPLE_AUTH_CONTEXT",
+    "AUTH_ACCOUNT_RESOURCE",
+    "AUTH_ACCOUNT_AUTH_CONTEXT",
+    "AUTH_ACCOUNT_FRESHNESS_SECONDS",
     "AUTH_PASSWORD_MIN_LENGTH",
     "AUTH_SIGNUP_ATTRIBUTES",
     "AUTH_EXTENSIONS_APP_ID",
@@ -370,12 +398,16 @@ SETTING_NAMES = (
     "AUTH_EMAIL_GLOBAL_HOUR",
     "AUTH_EMAIL_COOLDOWN_SECONDS",
     "AUTH_SENDS_PER_IP_HOUR",
+    "AUTH_SENDS_PER_ACCOUNT_HOUR",
+    "AUTH_NEW_METHOD_PER_DESTINATION_HOUR",
+    "AUTH_NEW_METHOD_UNVERIFIED_PER_ACCOUNT_HOUR",
     "AUTH_SIGNUP_STARTS_PER_IP_HOUR",
     "AUTH_LOCAL_DEVELOPER_RELIEF",
     "AUTH_PUMPING_PREFIX_UNVERIFIED",
     "AUTH_PUMPING_COUNTRY_UNVERIFIED",
     "AUTH_PUMPING_MIN_CONVERSION_PERCENT",
     "AUTH_PUMPING_SUSPEND_SECONDS",
+    "AUTH_PUMPING_SUSPEND_COUNTRY",
 )
 
 _current: Settings | None = None

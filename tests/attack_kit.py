@@ -360,10 +360,10 @@ def reset_to_token(api, outbox, email: str, new_password: str = NEW_PW) -> str:
     return p["continuation_token"]
 
 
-def mfa_challenge(api, ct_mfa_required: str, method_id: str = "m1"):
-    intro = api.post("oauth2/v2.0/introspect", continuation_token=ct_mfa_required)
+def mfa_challenge(api, ct_mfa_required: str, method_id: str = "m1", headers: dict | None = None):
+    intro = api.post("oauth2/v2.0/introspect", headers, continuation_token=ct_mfa_required)
     assert intro.status == 200, intro.body
-    return api.post("oauth2/v2.0/challenge", continuation_token=intro["continuation_token"], id=method_id,
+    return api.post("oauth2/v2.0/challenge", headers, continuation_token=intro["continuation_token"], id=method_id,
                     challenge_type="password oob redirect")
 
 
@@ -498,7 +498,10 @@ def code_failures(server, email: str) -> int:
 def limit_row(server, channel: str, to: str):
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
-    return server.storage.table("limits").get(pk, f"cd-{hash_key(channel, to)[:32]}")  # written by every counted send
+    d = hash_key(channel, to)[:32]
+    rows = server.storage.table("limits").query("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                                                {"pk": pk, "lo": "cd-", "hi": "cd."})
+    return next((r for r in rows if r["RowKey"].endswith("-" + d)), None)  # a cooldown row: written by every counted send
 
 
 def b64url(data: bytes) -> str:

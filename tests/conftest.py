@@ -112,8 +112,10 @@ def make_settings(azurite: Azurite, tmp: Path, **env: str) -> settings_mod.Setti
         "AUTH_SMS_PER_PREFIX_HOUR": "100000", "AUTH_SMS_GLOBAL_HOUR": "1000000",
         "AUTH_EMAIL_PER_DESTINATION_HOUR": "100000", "AUTH_EMAIL_GLOBAL_MINUTE": "1000000",
         "AUTH_EMAIL_GLOBAL_HOUR": "1000000", "AUTH_SENDS_PER_IP_HOUR": "1000000",
+        "AUTH_SENDS_PER_ACCOUNT_HOUR": "100000", "AUTH_NEW_METHOD_PER_DESTINATION_HOUR": "100000",
+        "AUTH_NEW_METHOD_UNVERIFIED_PER_ACCOUNT_HOUR": "100000",
         # The suite exercises the production limits: no local-developer relief; pumping detection off
-        # (the suite sends many unverified SMS to German numbers; tests/test_pumping.py turns it on).
+        # (the suite sends many unverified SMS to German numbers; tests/test_attacks_limits.py turns it on).
         "AUTH_LOCAL_DEVELOPER_RELIEF": "false",
         "AUTH_PUMPING_PREFIX_UNVERIFIED": "0", "AUTH_PUMPING_COUNTRY_UNVERIFIED": "0",
     }

@@ -8,7 +8,7 @@ Azurite and in Azure to the real tables (export the app's settings, with
     python -m admin clients add <client-id> <name> | list | disable <client-id> | enable <client-id>
     python -m admin policies list | create <file.json|-> | enable|disable|report-only|delete <name> | seed-default
     python -m admin locations set <name> <cidr>...
-    python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id>
+    python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id> | delete <email>
                           | disable <email> | enable <email> | unlock <email> | groups <email> <group>...
     python -m admin log tail [--limit N] [--days D]
     python -m admin sends [report [--day YYYYMMDD] [--json]] | suspend prefix|country <value> [--hours H] | lift <key>
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     cu.add_argument("email")
     cu.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     cu.add_argument("--name", default="")
-    for name in ("show", "disable", "enable", "unlock"):
+    for name in ("show", "disable", "enable", "unlock", "delete"):
         u.add_parser(name).add_argument("email")
     rm = u.add_parser("remove-method")
     rm.add_argument("email")
@@ -244,6 +244,22 @@ def _users(args, storage) -> int:
         except InvalidIdentifier:
             raise SystemExit(f"not an email address: {args.email}")
         print(f"created {user.email} ({user.oid})")
+        return 0
+    if args.action == "delete":
+        # Idempotent, like DELETE /me: an address without an account is nothing to do.
+        from shared import account
+        from shared.settings import get_settings
+
+        try:
+            found = directory.get_user(storage, normalize_email(args.email))
+        except InvalidIdentifier:
+            raise SystemExit(f"not an email address: {args.email}")
+        if found is None:
+            print(f"no account for {args.email} (nothing to delete)")
+            return 0
+        account.delete_user(storage, get_settings(), found, actor="admin")
+        print(f"deleted {found.email}: account, methods, sessions and open flows; the sign-in log keeps a "
+              f"pseudonymous record; a goodbye email was sent")
         return 0
     user = _user(storage, args.email)
     if args.action == "show":

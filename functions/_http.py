@@ -34,7 +34,7 @@ def serve(name: str, req: func.HttpRequest, handler: Callable, methods: str = "P
 
 
 def endpoint(bp: func.Blueprint, name: str, route: str, handler: Callable, methods: str = "POST",
-             *, aliases: dict[str, str] | None = None) -> None:
+             *, aliases: dict[str, str] | None = None, tenant_alias: bool = True) -> None:
     """Register one API endpoint as its own HTTP function (so the host and
     Application Insights see each step by name), at ``route`` and at every
     alias, each also under a tenant path segment: the SDKs build every URL
@@ -44,7 +44,7 @@ def endpoint(bp: func.Blueprint, name: str, route: str, handler: Callable, metho
     case-insensitively by the host (MSAL Android refreshes at ``oAuth2/v2.0/token``)."""
     verbs = [m.strip() for m in methods.split(",")] + ["OPTIONS"]
     for base, path in {name: route, **(aliases or {})}.items():
-        for tenant in (False, True):
+        for tenant in (False, True) if tenant_alias else (False,):
             fname = base + ("_tenant" if tenant else "")
 
             def run(req: func.HttpRequest) -> func.HttpResponse:

@@ -125,6 +125,12 @@ def _signals(settings: Settings, user: User, client_id: str, ip: str | None, cou
                           country=country, risk=level, risk_reasons=reasons, auth_contexts=contexts)
 
 
+def load_policies(storage: Storage, settings: Settings) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """The stored policies and the built-in ones (policy.builtin)."""
+    stored, locations = policy.load(storage)
+    return stored + policy.builtin(settings.account_auth_context, settings.account_freshness_seconds), locations
+
+
 def satisfied(decision: policy.Decision, channels, mfa_at: int = 0, now: float | None = None,
               *, session: bool = False) -> bool:
     """Does a second factor through one of ``channels`` (done at ``mfa_at``)
@@ -157,7 +163,7 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, for
     else:
         level, reasons = risk.assess(storage, settings, user, ip)
     signals = _signals(settings, user, flow["client_id"], ip, _country(request, settings), level, reasons, contexts)
-    policies, locations = policy.load(storage)
+    policies, locations = load_policies(storage, settings)
     decision = policy.evaluate(policies, signals, locations)
     if ctx is not None:
         ctx.extra = {"risk": level, "risk_reasons": list(reasons), "policies": decision.results}
@@ -233,6 +239,8 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
         if step in steps and user.entity.get(code_failures_field(channel)):
             changes[code_failures_field(channel)] = 0
+    if now - int(user.entity.get("last_sign_in") or 0) >= 3600:  # shown by GET /me; at most one write an hour
+        changes["last_sign_in"] = now
     ip = flow.get("ip") or client_ip(request)
     networks = risk.remember_network(user, ip)
     if networks:
@@ -273,7 +281,7 @@ def refresh_subject(storage: Storage, settings: Settings, family: dict[str, Any]
     channels = [f["channel"] for f in session.second_factors]
     ip = client_ip(request)
     level, reasons = risk.assess(storage, settings, user, ip, record=False)
-    policies, locations = policy.load(storage)
+    policies, locations = load_policies(storage, settings)
     country = _country(request, settings)
 
     def decide(contexts: tuple[str, ...]) -> policy.Decision:

@@ -340,6 +340,19 @@ def save_location(storage: Storage, name: str, cidrs: list[str]) -> None:
     clear_cache()
 
 
+def builtin(account_context: str, freshness_seconds: int) -> list[dict[str, Any]]:
+    """Policies the service always applies, next to the stored ones: changes to
+    an account through the account API (/api/me: its methods, deleting it)
+    need a second factor at most ``freshness_seconds`` old, asked for with
+    the account's authentication context (the API's claims challenge)."""
+    return [validate({
+        "name": "built-in: account changes need a fresh second factor", "state": "on",
+        "conditions": {"auth_contexts": [account_context]},
+        "grant": {"require_second_factor": True, "methods": list(ALL_METHODS)},
+        "session": {"second_factor_freshness_seconds": freshness_seconds},
+    })]
+
+
 DEFAULT_LOCAL_POLICY = {
     "name": "Require a second factor for every sign-in",
     "state": "on",

@@ -121,6 +121,38 @@ def parse_form(request: Request, settings: Settings, *, allow_query: bool = Fals
     return Form(fields)
 
 
+def parse_json(request: Request, settings: Settings, *, required: bool = True) -> dict[str, Any]:
+    """A JSON object body (the account API): content type, size, UTF-8, no
+    duplicate names, an object. An empty body is ``{}`` unless ``required``."""
+    if not request.body and not required:
+        return {}
+    ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise errors.InvalidRequest("The request body must be application/json.")
+    if len(request.body) > settings.max_body_bytes:
+        raise errors.InvalidRequest("The request body is too large.")
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("The request body is not valid UTF-8.") from None
+
+    def no_duplicates(pairs):
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise errors.InvalidRequest(f"The name '{key[:40]}' appears more than once.")
+            seen[key] = value
+        return seen
+
+    try:
+        data = json.loads(text, object_pairs_hook=no_duplicates)
+    except (ValueError, RecursionError):
+        raise errors.InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise errors.InvalidRequest("The request body must be a JSON object.")
+    return data
+
+
 def json_field(value: str, name: str) -> Any:
     """A form field holding JSON (``attributes``, ``claims``). Malformed or
     absurdly nested JSON is the client's mistake: ``invalid_request``."""

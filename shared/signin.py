@@ -188,7 +188,7 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
     # parallel guesses cannot all be judged against the lock state they read
     # when they started; the guess that reaches the threshold sets the lock,
     # and later ones are refused without being compared.
-    counted = _reserve_password_attempt(storage, settings, user)
+    counted = reserve_password_attempt(storage, settings, user)
     if counted is None:  # locked (or the record stayed contended): not compared, same answer and work
         passwords.dummy_verify(password)
         _record_unknown_failure(storage, flow["ident"])
@@ -197,7 +197,7 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         raise _failed(errors.InvalidCredentials(), counted)
     # Right: this attempt was no failure. Earlier failures stay until the sign-in
     # completes (they are a risk signal for this sign-in; issue_tokens clears them).
-    user = change_user(storage, counted, lambda u: _undo_attempt(settings, u)) or counted
+    user = change_user(storage, counted, lambda u: undo_password_attempt(settings, u)) or counted
     if user.entity.get("password_reset_required"):
         raise errors.PasswordResetRequired()
     flow.entity["steps"] = json.dumps(flow.steps + ["pwd"])
@@ -218,7 +218,7 @@ def _record_unknown_failure(storage: Storage, ident: str) -> None:
                                  "last_failed_at": now, "expires_at": now + 86400})
 
 
-def _reserve_password_attempt(storage: Storage, settings: Settings, user: User) -> User | None:
+def reserve_password_attempt(storage: Storage, settings: Settings, user: User) -> User | None:
     """Count one password attempt (If-Match, retried on races) before it is
     compared. Progressive lockout: the attempt that reaches
     ``lockout_threshold`` failures locks for base * 2^(n - threshold)
@@ -244,7 +244,7 @@ def _reserve_password_attempt(storage: Storage, settings: Settings, user: User) 
     return None if locked["now"] else counted
 
 
-def _undo_attempt(settings: Settings, u: User) -> dict[str, Any]:
+def undo_password_attempt(settings: Settings, u: User) -> dict[str, Any]:
     n = max(0, int(u.entity.get("failed_logins") or 0) - 1)
     return {"failed_logins": n, "lockout_until": int(u.entity.get("lockout_until") or 0) if n >= settings.lockout_threshold else 0}
 

@@ -24,7 +24,10 @@ def claims_challenge(context: str) -> str:
     return base64.b64encode(claims.encode()).decode()
 
 
-def _unauthorized(settings: Settings, error: str, description: str, context: str | None = None) -> Response:
+def unauthorized(settings: Settings, error: str, description: str, context: str | None = None) -> Response:
+    """401 with a ``WWW-Authenticate`` Bearer challenge; with ``context``, the
+    claims challenge (Entra / CAE format) the app answers by signing in again
+    with ``claims``: the one step-up answer of this service."""
     parts = [f'Bearer realm="{settings.issuer}"', f'error="{error}"', f'error_description="{description}"']
     if context:
         parts.append(f'authorization_uri="{settings.issuer}/oauth2/v2.0/authorize"')
@@ -33,23 +36,27 @@ def _unauthorized(settings: Settings, error: str, description: str, context: str
                     {"WWW-Authenticate": ", ".join(parts), "Cache-Control": "no-store"})
 
 
-def sensitive(request: Request, settings: Settings) -> Response:
+def bearer_claims(request: Request, settings: Settings, audiences) -> dict | Response:
+    """The claims of a valid access token of ours for one of ``audiences``, or the 401 answer."""
     auth = request.header("authorization") or ""
     if not auth.lower().startswith("bearer ") or len(auth) > 8192:
-        return _unauthorized(settings, "invalid_token", "An access token is required.")
+        return unauthorized(settings, "invalid_token", "An access token is required.")
     token = auth[7:].strip()
     storage = get_storage(settings)
-    claims = None
-    for audience in settings.resources:
+    for audience in audiences:
         try:
-            claims = tokens.validate(storage, settings, token, audience=audience)
-            break
+            return tokens.validate(storage, settings, token, audience=audience)
         except tokens.InvalidToken:
             continue
-    if claims is None:
-        return _unauthorized(settings, "invalid_token", "The access token is not valid.")
+    return unauthorized(settings, "invalid_token", "The access token is not valid.")
+
+
+def sensitive(request: Request, settings: Settings) -> Response:
+    claims = bearer_claims(request, settings, settings.resources)
+    if isinstance(claims, Response):
+        return claims
     context = settings.sample_auth_context
     if context not in (claims.get("acrs") or []):
-        return _unauthorized(settings, "insufficient_claims", "This action needs a fresh second factor.", context)
+        return unauthorized(settings, "insufficient_claims", "This action needs a fresh second factor.", context)
     return Response(200, {"message": "Sensitive action allowed.", "sub": claims["sub"], "acrs": claims["acrs"],
                           "amr": claims.get("amr", [])}, {"Cache-Control": "no-store"})

@@ -44,9 +44,11 @@ PURPOSES = (
     "signup_attempt_notice",
     "method_added",
     "method_removed",
+    "account_code",
+    "account_deleted",
 )
 # Purposes whose message carries a one-time code.
-CODE_PURPOSES = frozenset({"signup_code", "signin_code", "mfa_code", "register_code", "reset_code"})
+CODE_PURPOSES = frozenset({"signup_code", "signin_code", "mfa_code", "register_code", "reset_code", "account_code"})
 
 DEFAULT_LANGUAGE = "en"
 MAX_APP_NAME = 64
@@ -147,6 +149,17 @@ _TEXTS: dict[str, dict[str, dict[str, str]]] = {
             "detail": "If you made this change, there is nothing else to do. If you did not, reset your password right away and contact support.",
             "sms": "{target} was removed from your {app} account. If this was not you, reset your password now.",
         },
+        "account_code": {
+            "subject": "Confirm the change to your {app} account",
+            "intro": "Use this code to confirm the change you asked for in your {app} account:",
+            "sms": "{code} is your {app} code to confirm a change to your account.",
+        },
+        "account_deleted": {
+            "subject": "Your {app} account was deleted",
+            "intro": "Your {app} account and the data kept about it were deleted, as you asked.",
+            "detail": "You can create a new account with this address at any time. If you did not ask for this, contact support right away.",
+            "sms": "Your {app} account was deleted. If you did not ask for this, contact support.",
+        },
     },
     "de": {
         "signup_code": {
@@ -198,6 +211,17 @@ _TEXTS: dict[str, dict[str, dict[str, str]]] = {
             "detail": "Wenn Sie das waren, ist nichts weiter zu tun. Falls nicht, setzen Sie Ihr Passwort sofort zurück und wenden Sie sich an den Support.",
             "sms": "{target} wurde aus Ihrem {app}-Konto entfernt. Falls nicht Sie, setzen Sie Ihr Passwort sofort zurueck.",
         },
+        "account_code": {
+            "subject": "Bestätigen Sie die Änderung an Ihrem {app}-Konto",
+            "intro": "Verwenden Sie diesen Code, um die gewünschte Änderung an Ihrem {app}-Konto zu bestätigen:",
+            "sms": "{code} ist Ihr Code für {app} zur Bestätigung einer Kontoänderung.",
+        },
+        "account_deleted": {
+            "subject": "Ihr {app}-Konto wurde gelöscht",
+            "intro": "Ihr {app}-Konto und die dazu gespeicherten Daten wurden wie gewünscht gelöscht.",
+            "detail": "Sie können mit dieser Adresse jederzeit ein neues Konto erstellen. Falls Sie das nicht veranlasst haben, wenden Sie sich sofort an den Support.",
+            "sms": "Ihr {app}-Konto wurde geloescht. Falls nicht Sie, wenden Sie sich an den Support.",
+        },
     },
     "fr": {
         "signup_code": {
@@ -248,6 +272,17 @@ _TEXTS: dict[str, dict[str, dict[str, str]]] = {
             "intro": "{target} vient d'être retiré de votre compte {app}.",
             "detail": "Si vous êtes à l'origine de ce changement, vous n'avez rien à faire. Sinon, réinitialisez immédiatement votre mot de passe et contactez le support.",
             "sms": "{target} a ete retire de votre compte {app}. Si ce n'etait pas vous, reinitialisez votre mot de passe.",
+        },
+        "account_code": {
+            "subject": "Confirmez la modification de votre compte {app}",
+            "intro": "Utilisez ce code pour confirmer la modification demandée de votre compte {app} :",
+            "sms": "{code} est votre code {app} pour confirmer une modification de votre compte.",
+        },
+        "account_deleted": {
+            "subject": "Votre compte {app} a été supprimé",
+            "intro": "Votre compte {app} et les données qui s'y rapportent ont été supprimés, comme vous l'avez demandé.",
+            "detail": "Vous pouvez créer un nouveau compte avec cette adresse à tout moment. Si vous n'êtes pas à l'origine de cette demande, contactez immédiatement le support.",
+            "sms": "Votre compte {app} a ete supprime. Si ce n'etait pas vous, contactez le support.",
         },
     },
 }

@@ -339,6 +339,10 @@ def issue(storage: Storage, settings: Settings, client_id: str, subject: Subject
     }
     if refresh_token is None:
         refresh_token = create_family(storage, settings, client_id, subject)
+    # sid: the session (refresh-token family) the tokens belong to; the account API uses it to
+    # refuse tokens of a revoked session and to keep the caller's session on a password change.
+    sid = refresh_token.split(".")[1]
+    at_claims["sid"] = id_claims["sid"] = sid
     return {
         "token_type": "Bearer",
         "scope": scopes.granted,
@@ -408,7 +412,10 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
             if now >= int(fam["expires_at"]) or now >= int(fam["absolute_expires"]):
                 raise errors.InvalidGrant("The refresh token has expired.", error_codes=(700082,))
             user = get_user_by_key(storage, fam["user_pk"])
-            if user is None or user.disabled or float(user.entity.get("rt_not_before") or 0) >= float(fam.get("issued_at") or fam["created"]):
+            # The oid check: an account deleted and signed up again under the same address is another
+            # account, and the old sessions must not reach it.
+            if user is None or user.disabled or user.oid != fam.get("oid") \
+                    or float(user.entity.get("rt_not_before") or 0) >= float(fam.get("issued_at") or fam["created"]):
                 _revoke(table, fam)
                 raise invalid
             if judge is not None:
@@ -501,6 +508,6 @@ def openid_configuration(settings: Settings) -> dict[str, Any]:
         "grant_types_supported": ["password", "oob", "mfa_oob", "continuation_token", "refresh_token"],
         "scopes_supported": list(OIDC_SCOPES) + [f"{r}/{s}" for r, ss in settings.resources.items() for s in ss],
         "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "oid", "tid", "preferred_username", "email",
-                             "name", "amr", "acr", "acrs", "auth_time", "ver"],
+                             "name", "amr", "acr", "acrs", "auth_time", "ver", "sid"],
         "tenant_region_scope": None,
     }

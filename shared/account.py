@@ -8,13 +8,14 @@ out by "sign out everywhere" or a password change) and to the account as it
 is now (same object id: an account deleted and signed up again is another).
 
 **Fresh proof.** Adding or removing a method and deleting the account need
-a second factor at most ``2 × AUTH_ACCOUNT_FRESHNESS_SECONDS`` old, asked for
+a second factor at most ``AUTH_ACCOUNT_FRESHNESS_SECONDS`` old (the time the
+session's second factor was verified, not the token's: refreshing does not
+make it fresh), asked for
 with the step-up the project already has: without it the answer is 401 with
 a claims challenge for ``AUTH_ACCOUNT_AUTH_CONTEXT`` (``acct``); the app signs
 in again passing those claims, the built-in policy (``policy.builtin``)
 demands a second factor no older than ``AUTH_ACCOUNT_FRESHNESS_SECONDS``, and
-the new access token (with ``acrs: ["acct"]``, used within the same window)
-is the proof. An account without an independent method proves itself with an
+the new access token (with ``acrs: ["acct"]``, of that session) is the proof. An account without an independent method proves itself with an
 email code instead: ``POST /me/confirmation`` sends one, and the call carries
 ``confirmation`` and ``code``.
 
@@ -34,7 +35,7 @@ from .directory import User, change_user, get_user_by_key, update_user
 from .identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from .protocol import Request, Response, parse_json
 from .settings import Settings
-from .storage import Storage, StorageError, get_storage
+from .storage import Modified, NotFound, Storage, StorageError, get_storage
 
 SCOPE = "account"
 READS_PER_HOUR = 300
@@ -106,8 +107,7 @@ def _caller(request: Request, settings: Settings, *, change: bool) -> Caller | R
         family = storage.table("refresh").get("r" + hashlib.sha256(sid.encode()).hexdigest()[:2], sid)
     user = get_user_by_key(storage, family["user_pk"]) if family else None
     if family is None or family.get("revoked") or user is None or user.disabled or user.oid != claims.get("oid") \
-            or family.get("oid") != user.oid \
-            or float(user.entity.get("rt_not_before") or 0) >= float(claims.get("iat") or 0) + 1:
+            or family.get("oid") != user.oid or tokens.session_ended(user, family):
         return stepup.unauthorized(settings, "invalid_token", "The session of this access token has ended.")
     limits.check_and_count_action(storage, settings, "me-change" if change else "me-read", None,
                                   CHANGES_PER_HOUR if change else READS_PER_HOUR, source=f"user:{user.oid}",
@@ -141,8 +141,11 @@ def _fresh(caller: Caller, body: dict[str, Any]) -> tuple[list[str], list[dict[s
     independent = methods.independent_methods(caller.user)
     if independent:
         context = settings.account_auth_context
-        if context in (claims.get("acrs") or []) and time.time() - float(claims.get("iat") or 0) <= settings.account_freshness_seconds:
-            session = tokens.Session.of_family(caller.family).keeping({m["id"] for m in independent})
+        session = tokens.Session.of_family(caller.family).keeping({m["id"] for m in independent})
+        # Fresh = the session's second factor itself is recent (not the token: a refreshed token is new,
+        # its second factor is not), and the token was minted for the account context.
+        if context in (claims.get("acrs") or []) and session.second_factors \
+                and time.time() - session.mfa_at <= settings.account_freshness_seconds:
             proof = [{"channel": f["channel"], "id": f["id"], "existing": True} for f in session.second_factors]
             return list(session.first_amr), proof
         return stepup.unauthorized(settings, "insufficient_claims",
@@ -458,6 +461,28 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     goodbye email is sent. Idempotent (a gone user is nothing to do); the
     address can sign up again as a new account (new object id)."""
     email, oid = user.email, user.oid
+    # One deletion of parallel ones does the work (an If-Match mark; the others find it marked or gone);
+    # a mark older than a minute is a deletion that died half-way, and is finished.
+    for _ in range(3):
+        started = float(user.entity.get("deleting_at") or 0)
+        if started and time.time() - started < 60:
+            return
+        try:
+            storage.table("users").update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time()},
+                                          user.entity["_etag"])
+            break
+        except (Modified, NotFound):
+            fresh = get_user_by_key(storage, user.pk)
+            if fresh is None or fresh.oid != oid:
+                return
+            user = fresh
+    else:
+        return
+    alias = _alias(settings, oid)
+    # The one record of the deletion first (pseudonymous: an alias nobody can turn back into the id
+    # without the code key), so a parallel DELETE of this session already finds it.
+    signinlog.record(storage, {"kind": f"account:{actor}", "client_id": ""}, None, "account_deleted", "oid:" + alias, [],
+                     "none")
     storage.table("users").delete(user.pk, "user")
     for fam in _families(storage, user):
         storage.table("refresh").delete(fam["PartitionKey"], fam["RowKey"])
@@ -473,7 +498,6 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
                                                "state": "done", "code_hash": "", "secret_hash": ""}, f["_etag"])
             except StorageError:
                 pass
-    alias = _alias(settings, oid)
     for entry in _log_entries(storage, oid):
         try:
             storage.table("signinlog").update({"PartitionKey": entry["PartitionKey"], "RowKey": entry["RowKey"],
@@ -481,9 +505,6 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
                                               entry["_etag"])
         except StorageError:
             pass
-    # The one record of the deletion: pseudonymous (an alias nobody can turn back into the id without the code key).
-    signinlog.record(storage, {"kind": f"account:{actor}", "client_id": ""}, None, "account_deleted", "oid:" + alias, [],
-                     "none")
     notify.send_notice(storage, settings, to=email, purpose="account_deleted", request=request, count=True)
 
 

@@ -384,6 +384,14 @@ def create_family(storage: Storage, settings: Settings, client_id: str, subject:
     return f"{pk}.{family}.{secret}"
 
 
+def session_ended(user, family: dict[str, Any]) -> bool:
+    """The one rule for "signed out": a refresh-token family issued before the
+    user's ``rt_not_before`` (sign out everywhere, a password change or reset)
+    has ended, and so has every access token of that session (the account API
+    checks it on each call; other APIs see it at the next refresh)."""
+    return float(user.entity.get("rt_not_before") or 0) >= float(family.get("issued_at") or family.get("created") or 0)
+
+
 def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, token: str | None,
                          scope_raw: str | None, judge=None) -> dict[str, Any]:
     """``grant_type=refresh_token``: rotate, detect reuse, re-check the user.
@@ -414,8 +422,7 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
             user = get_user_by_key(storage, fam["user_pk"])
             # The oid check: an account deleted and signed up again under the same address is another
             # account, and the old sessions must not reach it.
-            if user is None or user.disabled or user.oid != fam.get("oid") \
-                    or float(user.entity.get("rt_not_before") or 0) >= float(fam.get("issued_at") or fam["created"]):
+            if user is None or user.disabled or user.oid != fam.get("oid") or session_ended(user, fam):
                 _revoke(table, fam)
                 raise invalid
             if judge is not None:

@@ -1,0 +1,231 @@
+"""The account API (/api/me) under attack: catalogue rows A75-A84.
+
+Who holds what: only the password, only a stolen access or refresh token,
+another user's session, a deleted account's tokens, fifty parallel requests.
+Shared fixtures and helpers: tests/attack_kit.py; the account API's own
+helpers come from tests/test_account.py. SECURITY.md §7 maps every row to its
+tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from attack_kit import *  # noqa: F401,F403 - the kit's fixtures and helpers
+from attack_kit import _QUIET  # noqa: F401
+from test_account import ACCOUNT_SCOPE, call, phone, sign_in, sms, step_up
+
+from shared import account as account_mod
+
+
+def _family(server, access_token: str) -> dict:
+    sid = claims_of(access_token)["sid"]
+    return server.storage.table("refresh").get("r" + hashlib.sha256(sid.encode()).hexdigest()[:2], sid)
+
+
+def _signed_in(api, make_user, **kwargs):
+    email, user = make_user(**kwargs)
+    t = sign_in(api, email)
+    assert t.status == 200, t.body
+    return email, t
+
+
+def test_A75_the_password_alone_changes_nothing_that_needs_the_second_factor(server, api, outbox, make_user):
+    """No policy asks for a second factor at sign-in, so the password alone gets
+    an account token: it reads the profile, but cannot add or remove a method
+    or delete the account; the step-up sign-in stops at the second factor."""
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    at = t["access_token"]
+    assert call(api, "GET", "me", at).status == 200
+    for method, path, body in (("POST", "me/methods", {"channel": "sms", "target": phone()}),
+                               ("DELETE", "me/methods/m1", None), ("DELETE", "me", None),
+                               ("POST", "me/confirmation", None)):
+        r = call(api, method, path, at, body)
+        assert r.status == 401 and r["error"] == "insufficient_claims", (path, r.status, r.body)
+        assert 'claims="' in r.headers["www-authenticate"]
+    # The claims challenge leads to the second factor, which the password holder does not have.
+    ctx = server.settings.account_auth_context
+    claims = json.dumps({"access_token": {"acrs": {"essential": True, "value": ctx}}})
+    r = sign_in(api, email, claims=claims)
+    assert r.status == 400 and r["suberror"] == "mfa_required"
+    intro = api.post("oauth2/v2.0/introspect", continuation_token=r["continuation_token"])
+    c = api.post("oauth2/v2.0/challenge", continuation_token=intro["continuation_token"], id="m1")
+    bad = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="mfa_oob",
+                   oob=wrong(outbox.last_code(number)), scope=ACCOUNT_SCOPE)
+    assert_no_tokens(bad)
+    # A token asked for with the claims at the password step (no second factor): no acrs, no proof.
+    assert "acrs" not in claims_of(at)
+    user = directory.get_user(server.storage, email)
+    assert user is not None and [m["target"] for m in user.methods] == [number]
+
+
+def test_A76_a_refreshed_token_is_not_a_fresh_second_factor(server, api, outbox, make_user, monkeypatch):
+    """A stolen refresh token of a stepped-up session: refreshing mints a new
+    access token (new iat, acrs kept while the second factor is fresh), but
+    freshness is the second factor's own time, so the refreshed token stops
+    proving it when the second factor gets old."""
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    fresh = step_up(api, outbox, email, number, server)
+    window = server.settings.account_freshness_seconds
+    fam = _family(server, fresh["access_token"])
+    session = json.loads(fam["session"])
+    session["mfa_at"] = int(time.time()) - window + 20        # the second factor: 20 s of freshness left
+    server.storage.table("refresh").update({"PartitionKey": fam["PartitionKey"], "RowKey": fam["RowKey"],
+                                            "session": json.dumps(session)}, fam["_etag"])
+    r = refresh(api, fresh["refresh_token"], ACCOUNT_SCOPE)
+    assert r.status == 200 and claims_of(r["access_token"])["acrs"] == [server.settings.account_auth_context]
+    later = time.time() + 30                                  # the token is 30 s old, the second factor window + 10
+    monkeypatch.setattr(account_mod, "time", type("T", (), {"time": staticmethod(lambda: later),
+                                                            "strftime": staticmethod(time.strftime),
+                                                            "gmtime": staticmethod(time.gmtime)}))
+    stale = call(api, "DELETE", "me", r["access_token"])
+    assert stale.status == 401 and stale["error"] == "insufficient_claims", stale.body
+    assert directory.get_user(server.storage, email) is not None
+
+
+def test_A77_tokens_for_anything_else_do_not_open_the_account_api(server, api, outbox, make_user, bearer):
+    email, t = _signed_in(api, make_user)
+    assert_401(call(api, "GET", "me", t["id_token"]))                       # an ID token is not an access token
+    plain = sign_in(api, email, scope=SCOPE)                                  # the app's default API scope
+    r = call(api, "GET", "me", plain["access_token"])
+    assert r.status in (401, 403), r.body                                     # another audience or no 'account' scope
+    no_scope = sign_in(api, email, scope="api://native-auth/access_as_user openid offline_access")
+    r = call(api, "GET", "me", no_scope["access_token"])
+    assert r.status == 403 and r["error"] == "insufficient_scope", r.body
+    forged = bearer.forge(aud="api://native-auth", scp="account", sid="f" * 32)
+    assert_401(call(api, "GET", "me", forged))              # signed with the real key, but no such session
+    assert_401(call(api, "GET", "me", t["access_token"][:-4] + "AAAA"))      # signature broken
+    assert_401(call(api, "GET", "me", None))
+
+
+def test_A78_another_users_session_cannot_use_a_verification(server, api, outbox, make_user):
+    """B's pending method verification (and its code) cannot be completed with
+    A's token, nor A's method ids removed with B's token."""
+    a_number, b_number = phone(), phone()
+    a_email, a_t = _signed_in(api, make_user, methods=[sms(a_number)])
+    b_email, b_t = _signed_in(api, make_user, methods=[sms(b_number)])
+    b_fresh = step_up(api, outbox, b_email, b_number, server)
+    target = phone()
+    sent = call(api, "POST", "me/methods", b_fresh["access_token"], {"channel": "sms", "target": target})
+    assert sent.status == 202, sent.body
+    a_fresh = step_up(api, outbox, a_email, a_number, server)
+    stolen = call(api, "POST", "me/methods/verify", a_fresh["access_token"],
+                  {"verification": sent["verification"], "code": outbox.last_code(target)})
+    assert stolen.status == 400, stolen.body
+    assert [m["target"] for m in directory.get_user(server.storage, a_email).methods] == [a_number]
+    # Another session of B itself (not the one that asked) cannot complete it either.
+    b_other = step_up(api, outbox, b_email, b_number, server)
+    assert call(api, "POST", "me/methods/verify", b_other["access_token"],
+                {"verification": sent["verification"], "code": outbox.last_code(target)}).status == 400
+    # A's methods are not B's to remove: B's token only ever sees B's methods.
+    r = call(api, "DELETE", "me/methods/m1", b_fresh["access_token"])
+    assert r.status in (204, 409), r.body
+    assert [m["target"] for m in directory.get_user(server.storage, a_email).methods] == [a_number]
+
+
+def test_A79_a_deleted_or_signed_out_account_is_closed_at_once(server, api, outbox, make_user):
+    """After sign-out everywhere the access token (still within its lifetime)
+    is refused by /me at once and its refresh token is dead; after deletion and
+    a new sign-up under the same address, the old tokens reach nothing."""
+    email, t = _signed_in(api, make_user)
+    other = sign_in(api, email)
+    assert call(api, "POST", "me/revoke-sessions", t["access_token"]).status == 204
+    for token in (t["access_token"], other["access_token"]):
+        r = call(api, "GET", "me", token)
+        assert r.status == 401 and 'error="invalid_token"' in r.headers["www-authenticate"], r.body
+    assert refresh(api, other["refresh_token"], ACCOUNT_SCOPE).status == 400
+    # Delete (no second factor: email confirmation), sign up again, then the old session is another account's.
+    t2 = sign_in(api, email)
+    conf = call(api, "POST", "me/confirmation", t2["access_token"])
+    assert conf.status == 202, conf.body
+    gone = call(api, "DELETE", "me", t2["access_token"], {"confirmation": conf["confirmation"],
+                                                           "code": outbox.last_code(email)})
+    assert gone.status == 204, gone.body
+    directory.create_user(server.storage, email, password=PW, display_name="new owner")
+    for r in (call(api, "GET", "me", t2["access_token"]), call(api, "PATCH", "me", t2["access_token"],
+                                                                {"attributes": {"displayName": "x"}})):
+        assert r.status == 401, r.body
+    assert refresh(api, t2["refresh_token"], ACCOUNT_SCOPE).status == 400
+    assert directory.get_user(server.storage, email).display_name == "new owner"
+
+
+def test_A80_a_stolen_access_token_cannot_guess_the_current_password(server, api, make_user):
+    """/me/password counts wrong current passwords with the sign-in lockout:
+    after the threshold even the right one is refused, and sign-in is locked
+    too, so a token cannot be turned into a password oracle."""
+    email, t = _signed_in(api, make_user)
+    threshold = server.settings.lockout_threshold
+    answers = [call(api, "POST", "me/password", t["access_token"],
+                    {"currentPassword": f"guess number {i} of many", "newPassword": NEW_PW})
+               for i in range(threshold)]
+    assert {a.status for a in answers} == {400} and {a["error"] for a in answers} == {"invalid_grant"}
+    right = call(api, "POST", "me/password", t["access_token"], {"currentPassword": PW, "newPassword": NEW_PW})
+    assert right.status == 400, right.body
+    assert directory.get_user(server.storage, email).locked_until() > time.time()
+    assert sign_in(api, email).status == 400
+
+
+def test_A81_parallel_verifications_and_deletions_happen_once(server, api, outbox, make_user):
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    fresh = step_up(api, outbox, email, number, server)
+    target = phone()
+    sent = call(api, "POST", "me/methods", fresh["access_token"], {"channel": "sms", "target": target})
+    code = outbox.last_code(target)
+    results = parallel(12, lambda i: call(api, "POST", "me/methods/verify", fresh["access_token"],
+                                          {"verification": sent["verification"], "code": code}))
+    assert sum(r.status == 201 for r in results) == 1, [r.status for r in results]
+    assert [m["target"] for m in directory.get_user(server.storage, email).methods] == [number, target]
+    before = len(outbox.messages(email))
+    results = parallel(12, lambda i: call(api, "DELETE", "me", fresh["access_token"]))
+    assert {r.status for r in results} == {204}, [(r.status, r.body) for r in results if r.status != 204][:2]
+    assert directory.get_user(server.storage, email) is None
+    goodbyes = [m for m in outbox.messages(email)[before:] if m["purpose"] == "account_deleted"]
+    assert len(goodbyes) == 1, len(goodbyes)
+    records = [e for e in signinlog.tail(server.storage, limit=500) if e["result"] == "account_deleted"
+               and e["reason"] == "oid:" + account_mod._alias(server.settings, claims_of(t["access_token"])["oid"])]
+    assert len(records) == 1, records
+
+
+def test_A82_patch_cannot_set_what_the_schema_does_not_allow(server, api, make_user):
+    email, t = _signed_in(api, make_user)
+    before = directory.get_user(server.storage, email).entity
+    for attrs in ({"oid": "00000000-0000-0000-0000-000000000000"}, {"password_hash": "$argon2id$x"},
+                  {"email": "other@example.com"}, {"groups": "admins"}, {"disabled": False}, {"PartitionKey": "x"},
+                  {"methods": "[]"}, {"failed_logins": 0}):
+        r = call(api, "PATCH", "me", t["access_token"], {"attributes": attrs})
+        assert r.status == 400 and r["error"] == "invalid_request", (attrs, r.status, r.body)
+    after = directory.get_user(server.storage, email).entity
+    for key in ("oid", "password_hash", "email", "groups", "disabled", "methods"):
+        assert after.get(key) == before.get(key), key
+
+
+def test_A83_export_and_logs_hold_no_secrets_and_deletion_leaves_no_identity(server, api, outbox, make_user):
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    r = call(api, "GET", "me/export", t["access_token"])
+    text = json.dumps(r.body)
+    assert r.status == 200 and number in text                            # the user's own data, unmasked
+    for needle in ("$argon2", "password_hash", "current_hash", "previous_hash", "code_hash", "secret_hash",
+                   t["refresh_token"].split(".")[-1], t["access_token"]):
+        assert needle not in text, needle
+    oid = claims_of(t["access_token"])["oid"]
+    fresh = step_up(api, outbox, email, number, server)
+    assert call(api, "DELETE", "me", fresh["access_token"]).status == 204
+    entries = signinlog.tail(server.storage, limit=500)
+    assert not [e for e in entries if e.get("user_oid") == oid or email in json.dumps(e)], "identity left in the log"
+    assert any(e["result"] == "account_deleted" for e in entries)
+
+
+def test_A84_claims_sent_at_refresh_do_not_make_a_session_fresh(server, api, outbox, make_user):
+    """Asking for the account context at refresh, for a session that signed in
+    with the password alone, is 'interaction required', never a token with acrs."""
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    ctx = server.settings.account_auth_context
+    r = api.post("oauth2/v2.0/token", grant_type="refresh_token", refresh_token=t["refresh_token"],
+                 scope=ACCOUNT_SCOPE, client_info="1",
+                 claims=json.dumps({"access_token": {"acrs": {"essential": True, "value": ctx}}}))
+    assert r.status == 400 and r["error"] == "invalid_grant" and "access_token" not in r.body, r.body

@@ -11,6 +11,7 @@ Azurite and in Azure to the real tables (export the app's settings, with
     python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id> | delete <email>
                           | disable <email> | enable <email> | unlock <email> | groups <email> <group>...
     python -m admin log tail [--limit N] [--days D]
+    python -m admin doctor [--json]
     python -m admin sends [report [--day YYYYMMDD] [--json]] | suspend prefix|country <value> [--hours H] | lift <key>
 """
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     sus.add_argument("--hours", type=float, default=6.0)
     sd.add_parser("lift").add_argument("key", help="a suspension key as `sends` shows it (pfx-… or cty-…)")
 
+    dr = sub.add_parser("doctor", help="readiness report: settings, storage, tables, keys, delivery, monitoring, clock")
+    dr.add_argument("--json", action="store_true")
+
     lg = sub.add_parser("log").add_subparsers(dest="action", required=True)
     t = lg.add_parser("tail")
     t.add_argument("--limit", type=int, default=20)
@@ -110,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     load_local_settings(Path(args.settings))
+    if args.area == "doctor":
+        return _doctor(args)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -172,6 +178,23 @@ def _run(args, storage) -> int:
         _print(rows, ["time", "result", "reason", "flow", "user", "user_oid", "client_id", "ip", "factors", "risk",
                       "policies", "correlation_id"])
     return 0
+
+
+def _doctor(args) -> int:
+    """Readiness report from this machine's settings (the app's, exported; or local.settings.json).
+    Exit status 0 when nothing failed, 1 otherwise."""
+    from shared.maintenance import readiness
+
+    checks = readiness()
+    if args.json:
+        print(json.dumps({"checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+        for c in checks:
+            print(f"{marks[c.status]}  {c.name}: {c.detail}")
+            if c.fix and c.status in ("warn", "fail"):
+                print(f"      fix: {c.fix}")
+    return 1 if any(c.status == "fail" for c in checks) else 0
 
 
 def _sends(args, storage) -> int:

@@ -19,6 +19,13 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     return serve("health", req, maintenance.health, methods="GET")
 
 
+@bp.function_name("health_detail")
+@bp.route(route="health/detail", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
+def health_detail(req: func.HttpRequest) -> func.HttpResponse:
+    """The readiness report (python -m admin doctor): the host's admin (master) key is required in Azure."""
+    return serve("health_detail", req, maintenance.health_detail, methods="GET")
+
+
 @bp.function_name("purge_expired")
 @bp.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=True)
 def purge_expired(timer: func.TimerRequest) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 import sys
 import time
@@ -36,9 +37,9 @@ class Smoke:
         self.base = args.base_url.rstrip("/")
         self.ctx = ssl.create_default_context(cafile=args.ca_file) if args.ca_file else None
 
-    def call(self, method: str, path: str, form: dict | None = None) -> tuple[int, dict]:
+    def call(self, method: str, path: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
         data = None
-        headers = {}
+        headers = dict(headers or {})
         if form is not None:
             form = {"client_id": self.args.client_id, **{k: v for k, v in form.items() if v is not None}}
             data = urlencode(form).encode()
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--base-url", required=True)
     p.add_argument("--client-id", default="00000000-0000-0000-0000-000000000001")
-    p.add_argument("--username", required=True)
+    p.add_argument("--username", help="a test account (required unless --readiness-only)")
+    p.add_argument("--admin-key", default=os.environ.get("SMOKE_ADMIN_KEY"),
+                   help="the Function App's admin (master) key: the readiness report /health/detail runs first "
+                        "(default $SMOKE_ADMIN_KEY)")
+    p.add_argument("--readiness-only", action="store_true",
+                   help="stop after readiness, health, discovery and JWKS (no sign-in; the azd post-deploy hook)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     p.add_argument("--password", help="the password (prefer --password-stdin)")
     p.add_argument("--outbox", help="read codes from this local outbox file instead of prompting")
@@ -88,10 +94,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--register-email")
     p.add_argument("--ca-file", help="extra CA bundle for https (test deployments)")
     args = p.parse_args(argv)
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
-    if not password:
-        p.error("give the password with --password-stdin or --password")
     s = Smoke(args)
+    if args.admin_key or args.base_url.startswith(("http://127.0.0.1", "http://localhost")):
+        # The readiness report first (python -m admin doctor, served to the admin key): what is wrong, and how to fix it.
+        status, report = s.call("GET", "health/detail", headers={"x-functions-key": args.admin_key} if args.admin_key else {})
+        for c in report.get("checks", []):
+            print(f"      {c['status']:4}  {c['name']}: {c['detail']}" + (f"  (fix: {c['fix']})" if c.get("fix")
+                                                                           and c["status"] in ("warn", "fail") else ""))
+        step("readiness", status == 200, f"{status} {report.get('status', report.get('error', ''))}")
+    else:
+        print("      (no --admin-key: the readiness report /health/detail is skipped)")
+    if not args.readiness_only:
+        if not args.username:
+            p.error("--username is required (or --readiness-only)")
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else args.password
+        if not password:
+            p.error("give the password with --password-stdin or --password")
 
     status, body = s.call("GET", "health")
     step("health", status == 200 and body.get("storage") == "reachable", f"{status} {body}")
@@ -99,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     step("discovery", status == 200 and disco.get("issuer") == s.base, f"issuer {disco.get('issuer')}")
     status, jwks = s.call("GET", "discovery/v2.0/keys")
     step("jwks", status == 200 and bool(jwks.get("keys")), f"{len(jwks.get('keys', []))} key(s)")
+    if args.readiness_only:
+        return 0
 
     status, r = s.call("POST", "oauth2/v2.0/initiate", {"username": args.username, "challenge_type": "password oob redirect",
                                                          "capabilities": CAPS})

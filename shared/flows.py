@@ -227,7 +227,9 @@ def resend_wait(settings: Settings, flow: Flow) -> int:
 
 def code_matches(settings: Settings, flow: Flow, purpose: str, code: str) -> bool:
     challenge_id = f"{flow.id}:{int(flow.get('code_sends', 0))}"
-    return otp.matches(settings.code_hash_key, challenge_id, purpose, code, flow.get("code_hash"))
+    # The current key, then any key still accepted while a rotation reaches every instance (docs/deploy.md).
+    return any(otp.matches(key, challenge_id, purpose, code, flow.get("code_hash"))
+               for key in (settings.code_hash_key, *settings.code_hash_keys_accepted))
 
 
 def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, code: str | None,

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 from . import errors
 from .context import Context, count_storage_op, current, enter, leave  # noqa: F401 - current/count re-exported
-from .settings import Settings, get_settings
+from .settings import Settings, SettingsError, get_settings
 from .storage import StorageUnavailable
 
 log = logging.getLogger("nativeauth.request")
@@ -300,10 +300,30 @@ def _new_context(request: Request) -> Context:
     return Context(request_id, correlation_id, request.client_ip, locale)
 
 
+def _misconfigured(name: str, request: Request, exc: Exception) -> Response:
+    """Settings that cannot be used (missing, malformed, an unresolved Key Vault
+    reference): nothing is issued; /health says why (setting names, never
+    values); every other endpoint answers 503 in the contract's shape."""
+    log.error("settings invalid, serving nothing: %s", exc)
+    ctx = _new_context(request)
+    if name == "health":
+        response = Response(503, {"status": "misconfigured", "reason": str(exc)}, {"Retry-After": "30"})
+    else:
+        response = error_response(errors.ServiceUnavailable(
+            "The service is not configured correctly (see /api/health).", retry_after=30), ctx)
+    response.headers.setdefault("x-ms-request-id", ctx.request_id)
+    response.headers.setdefault("client-request-id", ctx.correlation_id)
+    return response
+
+
 def handle(name: str, request: Request, handler: Handler, *, methods: str = "POST",
            settings: Settings | None = None) -> Response:
     """Run one endpoint: CORS, method check, errors, ids and the log line."""
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except SettingsError as exc:
+            return _misconfigured(name, request, exc)
     request.client_ip = client_ip_of(request, settings)
     ctx = _new_context(request)
     token = enter(ctx)
@@ -332,6 +352,11 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
         if isinstance(exc, StorageUnavailable):
             response = error_response(errors.ServiceUnavailable(retry_after=5), ctx)
             ctx.outcome = "storage_unavailable"
+        elif type(exc).__name__ == "KeyUnreadable":  # tokens.KeyUnreadable: a secret changed without the procedure
+            log.error("signing keys unreadable in %s: %s", name, exc)
+            response = error_response(errors.ServiceUnavailable(
+                "The service cannot sign tokens right now (see /api/health).", retry_after=30), ctx)
+            ctx.outcome = "signing_keys_unreadable"
         else:
             log.error("unhandled %s in %s (correlation %s)", type(exc).__name__, name, ctx.correlation_id,
                       exc_info=settings.is_local)

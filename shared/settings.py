@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Mapping
 
 DEV_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
@@ -55,15 +56,42 @@ def _int(value: str, name: str, lo: int, hi: int) -> int:
     return n
 
 
+KEY_VAULT_REFERENCE = "@microsoft.keyvault("
+_HEX = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$|^[A-Za-z0-9_-]+={0,2}$")
+# Azure table names: ^[A-Za-z][A-Za-z0-9]{2,62}$; the prefix is followed by the longest table suffix.
+TABLE_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+TABLE_PREFIX_MAX = 63 - len("signinlog")
+
+
+def unresolved_reference(value: str | None) -> bool:
+    """App Service leaves ``@Microsoft.KeyVault(...)`` in a setting whose Key
+    Vault reference it could not resolve (identity or role not ready, wrong
+    secret URI): the literal text, which must never be used as a value."""
+    return isinstance(value, str) and value.strip().lower().startswith(KEY_VAULT_REFERENCE)
+
+
 def _secret(value: str, name: str) -> bytes:
-    """Secrets are given as base64 (or hex); at least 32 bytes of key material."""
+    """Secrets are given as base64 (standard or URL-safe) or hex: 32 to 512
+    bytes of key material, strictly parsed. Anything else (an unresolved Key
+    Vault reference above all) is refused, never turned into a key."""
     raw = value.strip()
-    try:
-        key = bytes.fromhex(raw) if all(c in "0123456789abcdefABCDEF" for c in raw) else base64.b64decode(raw + "=" * (-len(raw) % 4), validate=False)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be base64 or hex") from exc
-    if len(key) < 32:
-        raise SettingsError(f"{name} must hold at least 32 bytes of key material")
+    if unresolved_reference(raw):
+        raise SettingsError(f"{name} is an unresolved Key Vault reference: App Service could not read the secret "
+                            "(the identity's 'Key Vault Secrets User' role may still be propagating, or the secret "
+                            "URI is wrong); docs/deploy.md 'Key Vault references'")
+    if _HEX.match(raw) and len(raw) >= 64:
+        key = bytes.fromhex(raw)
+    elif _BASE64.match(raw) and len(raw) % 4 != 1:
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_" if ("-" in raw or "_" in raw) else None,
+                                   validate=True)
+        except ValueError as exc:
+            raise SettingsError(f"{name} is not valid base64 or hex key material") from exc
+    else:
+        raise SettingsError(f"{name} is not valid base64 or hex key material")
+    if not 32 <= len(key) <= 512:
+        raise SettingsError(f"{name} must hold 32 to 512 bytes of key material (got {len(key)})")
     return key
 
 
@@ -83,6 +111,8 @@ class Settings:
     # secrets
     code_hash_key: bytes
     signing_key_secret: bytes
+    code_hash_keys_accepted: tuple[bytes, ...]        # also accepted when checking codes (rotation)
+    signing_key_secrets_accepted: tuple[bytes, ...]   # also tried when decrypting signing keys (rotation)
     # HTTP
     cors_allowed_origins: tuple[str, ...]
     max_body_bytes: int
@@ -158,6 +188,12 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
 
+        unresolved = sorted(k for k, v in env.items() if k.startswith("AUTH_") and unresolved_reference(v))
+        if unresolved:
+            raise SettingsError(f"unresolved Key Vault reference in {', '.join(unresolved)}: App Service could not "
+                                "read the secret (role still propagating, or a wrong secret URI); nothing is issued "
+                                "until it resolves (docs/deploy.md 'Key Vault references')")
+
         def get(name: str, default: str | None = None) -> str | None:
             value = env.get(name)
             return value if value not in (None, "") else default
@@ -186,6 +222,15 @@ class Settings:
                 return hashlib.sha256(b"local-development-only:" + name.encode()).digest()
             return _secret(value, name)
 
+        def accepted(name: str) -> tuple[bytes, ...]:
+            """Extra keys accepted for reading only (a rotation in progress: docs/deploy.md)."""
+            return tuple(_secret(v, name) for v in (get(name, "") or "").split(",") if v.strip())
+
+        table_prefix = get("AUTH_TABLE_PREFIX", "nativeauth") or "nativeauth"
+        if not TABLE_PREFIX_RE.match(table_prefix) or len(table_prefix) > TABLE_PREFIX_MAX:
+            raise SettingsError(f"AUTH_TABLE_PREFIX must be a letter followed by letters or digits, at most "
+                                f"{TABLE_PREFIX_MAX} characters (table names are the prefix plus e.g. 'signinlog')")
+
         resources_raw = get("AUTH_RESOURCES")
         try:
             resources = json.loads(resources_raw) if resources_raw else DEFAULT_RESOURCES
@@ -208,13 +253,15 @@ class Settings:
             storage_connection_string=conn,
             storage_table_endpoint=endpoint,
             storage_client_id=get("AUTH_STORAGE_CLIENT_ID"),
-            table_prefix=get("AUTH_TABLE_PREFIX", "nativeauth") or "nativeauth",
+            table_prefix=table_prefix,
             issuer=(get("AUTH_ISSUER", LOCAL_ISSUER if local else None) or _missing("AUTH_ISSUER")).rstrip("/"),
             tenant_id=get("AUTH_TENANT_ID", DEV_TENANT_ID) or DEV_TENANT_ID,
             dev_client_id=(get("AUTH_DEV_CLIENT_ID", DEV_CLIENT_ID) if local else get("AUTH_DEV_CLIENT_ID")),
             resources=resources,
             code_hash_key=secret("AUTH_CODE_HASH_KEY"),
             signing_key_secret=secret("AUTH_SIGNING_KEY_SECRET"),
+            code_hash_keys_accepted=accepted("AUTH_CODE_HASH_KEY_ACCEPTED"),
+            signing_key_secrets_accepted=accepted("AUTH_SIGNING_KEY_SECRET_ACCEPTED"),
             cors_allowed_origins=origins,
             max_body_bytes=i("AUTH_MAX_BODY_BYTES", 64 * 1024, 1024, 1024 * 1024),
             enumeration_protection=_bool(get("AUTH_ENUMERATION_PROTECTION", "true"), "AUTH_ENUMERATION_PROTECTION"),
@@ -342,6 +389,8 @@ SETTING_NAMES = (
     "AUTH_STORAGE_TABLE_ENDPOINT",
     "AUTH_STORAGE_CLIENT_ID",
     "AUTH_TABLE_PREFIX",
+    "AUTH_CODE_HASH_KEY_ACCEPTED",
+    "AUTH_SIGNING_KEY_SECRET_ACCEPTED",
     "AUTH_ISSUER",
     "AUTH_TENANT_ID",
     "AUTH_DEV_CLIENT_ID",

@@ -86,14 +86,33 @@ class SigningKey:
         return self.private_key.public_key()
 
 
-def _aead(settings: Settings):
+def _aead(secret: bytes):
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"nativeauth signing-key encryption").derive(
-        settings.signing_key_secret)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"nativeauth signing-key encryption").derive(secret)
     return AESGCM(key)
+
+
+class KeyUnreadable(Exception):
+    """A stored signing key that no configured secret decrypts."""
+
+
+def decrypt_key_pem(settings: Settings, entity: dict[str, Any]) -> tuple[bytes, bool]:
+    """The private key PEM of a stored signing key, and whether the current
+    secret (not one only accepted during a rotation) encrypted it."""
+    from cryptography.exceptions import InvalidTag
+
+    blob = base64.b64decode(entity["private_key_enc"])
+    for i, secret in enumerate((settings.signing_key_secret, *settings.signing_key_secrets_accepted)):
+        try:
+            return _aead(secret).decrypt(blob[:12], blob[12:], entity["RowKey"].encode()), i == 0
+        except InvalidTag:
+            continue
+    raise KeyUnreadable(f"signing key {entity['RowKey']} cannot be decrypted with AUTH_SIGNING_KEY_SECRET "
+                        "(nor any AUTH_SIGNING_KEY_SECRET_ACCEPTED): the secret changed without the rotation "
+                        "procedure (docs/deploy.md)")
 
 
 def _public_jwk(kid: str, private_key) -> dict[str, str]:
@@ -114,8 +133,7 @@ class KeyRing:
     def _decrypt(self, entity: dict[str, Any]) -> SigningKey:
         from cryptography.hazmat.primitives import serialization
 
-        blob = base64.b64decode(entity["private_key_enc"])
-        pem = _aead(self.settings).decrypt(blob[:12], blob[12:], entity["RowKey"].encode())
+        pem, _ = decrypt_key_pem(self.settings, entity)
         key = serialization.load_pem_private_key(pem, password=None)
         return SigningKey(entity["RowKey"], int(entity["created"]), pem, _public_jwk(entity["RowKey"], key))
 
@@ -129,7 +147,7 @@ class KeyRing:
         # kid from the creation time plus randomness, sortable by age.
         kid = time.strftime("%Y%m%d%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(4)
         nonce = os.urandom(12)
-        enc = nonce + _aead(self.settings).encrypt(nonce, pem, kid.encode())
+        enc = nonce + _aead(self.settings.signing_key_secret).encrypt(nonce, pem, kid.encode())
         try:
             self.storage.table("keys").insert({
                 "PartitionKey": KEYS_PK, "RowKey": kid, "created": now,

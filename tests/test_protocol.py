@@ -144,7 +144,7 @@ def test_cors_headers_on_post_expose_the_request_id(api):
 
 def test_health_reports_storage(api):
     r = api.get("health")
-    assert r.status == 200 and r.body == {"status": "ok", "storage": "reachable"}
+    assert r.status == 200 and r.body == {"status": "ok", "storage": "reachable", "signing_keys": "readable"}
 
 
 def test_errors_are_never_cached(api):

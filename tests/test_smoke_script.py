@@ -45,3 +45,17 @@ def test_smoke_fails_loudly_on_a_wrong_password(server, make_user):
     email, _ = make_user(password="another long passphrase here")
     r = run(server, "--username", email)
     assert r.returncode == 1 and "FAIL  tokens" in r.stdout
+
+
+def test_smoke_runs_the_readiness_report_first(server):
+    """Against the local host the readiness report (/health/detail) runs
+    before anything else; --readiness-only stops before the sign-in (the azd
+    post-deploy hook has no test account)."""
+    r = subprocess.run([sys.executable, "scripts/smoke.py", "--base-url", server.host.base_url, "--readiness-only"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    first_pass = next(i for i, line in enumerate(lines) if line.startswith("PASS"))
+    assert lines[first_pass].startswith("PASS  readiness"), lines
+    assert any("ok    tables:" in line for line in lines) and "PASS  jwks" in r.stdout
+    assert "initiate" not in r.stdout

@@ -51,9 +51,18 @@ param authSigningKeySecret string
 
 // ---- application ------------------------------------------------------------
 
-@minLength(3)
-@maxLength(50)
-@description('Prefix of the app table names (AUTH_TABLE_PREFIX); letters and digits, starting with a letter.')
+// Azure table names must match ^[A-Za-z][A-Za-z0-9]{2,62}$ and the app's tables
+// are tablePrefix + each of tableSuffixes (below). Bicep cannot check a pattern,
+// only lengths, so:
+//   max 54 = 63 - len('signinlog'), the longest suffix;
+//   min 1  : every suffix has at least 4 letters, so one letter already gives a
+//            valid 5+ character name.
+// The characters (a letter, then letters/digits) are checked by the app at start
+// (shared/settings.py) and by tests/test_infra.py for the default. Adding a longer
+// suffix lowers the maximum; the test recomputes both bounds from tableSuffixes.
+@minLength(1)
+@maxLength(54)
+@description('Prefix of the app table names (AUTH_TABLE_PREFIX): a letter followed by letters or digits (A-Z, a-z, 0-9; no hyphens or underscores), 1 to 54 characters. Table names are the prefix plus a suffix (longest: signinlog) and must match ^[A-Za-z][A-Za-z0-9]{2,62}$, so 54 + 9 = 63 is the longest allowed.')
 param tablePrefix string = 'nativeauth'
 
 @description('Tenant id put into issued tokens (AUTH_TENANT_ID).')
@@ -92,8 +101,16 @@ param useCustomEmailDomain bool = false
 ])
 param instanceMemoryMB int = 2048
 
-@description('Flex Consumption maximum instance count.')
-@minValue(1)
+// 40..1000 is the range the Flex Consumption documentation gave for the maximum
+// instance count ("the lowest maximum instance count value is 40, and the highest
+// supported maximum instance count value is 1000", Learn: Event-driven scaling in
+// Azure Functions, "Limit scale-out") and the range Microsoft's Flex Consumption
+// Bicep samples declare. Newer revisions of that page give 1 as the lowest value;
+// every value in 40..1000 is accepted under both. tests/test_infra.py checks both
+// declarations (here and modules/functionapp.bicep) and the default in
+// main.parameters.json.
+@description('Flex Consumption maximum instance count (per function group; always-ready instances do not count). 40-1000: 1000 is the documented ceiling, 40 the lowest maximum given by the Flex Consumption docs and Microsoft samples (valid on every documented version of the platform). The regional memory quota may stop scale-out earlier.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 

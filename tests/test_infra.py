@@ -12,21 +12,30 @@ a list of problems. The tests run each check on the real files (expecting no
 problems) and on deliberately broken copies (expecting a problem), so a check
 that silently stopped seeing anything would fail too.
 
-Needs the dev packages ``tree-sitter`` and ``tree-sitter-bicep``.
+The azd project file (azure.yaml) is read with PyYAML; its postdeploy hook
+(infra/hooks/postdeploy.py, the smoke test) is also run against a local
+stand-in for the API.
+
+Needs the dev packages ``tree-sitter``, ``tree-sitter-bicep`` and ``PyYAML``.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import http.server
 import json
+import os
 import re
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import tree_sitter_bicep
+import yaml
 from tree_sitter import Language, Node, Parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +119,26 @@ SETTING_KEY = re.compile(r"^(AUTH_\w+|APPLICATIONINSIGHTS_\w+|AzureWebJobs\w*|FU
 GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 
 Sources = dict  # relative path (posix) -> source text
+
+# Flex Consumption maximum instance count: the range the Flex Consumption docs and
+# Microsoft's Bicep samples give ("the lowest maximum instance count value is 40, and
+# the highest supported maximum instance count value is 1000": Learn, Event-driven
+# scaling in Azure Functions, Limit scale-out). Newer revisions of that page give 1 as
+# the lowest; 40..1000 is valid under both.
+FLEX_MAX_INSTANCES = (40, 1000)
+
+# Azure Table Storage table names.
+TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+TABLE_NAME_MAX = 63
+TABLE_NAME_MIN = 3
+
+# Properties of a conditional resource (or module) that Bicep computes at compile
+# time, so reading them raises no BCP318 "may be null" warning (the compiler's
+# EmitConstants.ResourceInfoProperties; for modules only `name`).
+RESOURCE_INFO_PROPERTIES = frozenset({"id", "name", "type", "apiVersion"})
+MODULE_INFO_PROPERTIES = frozenset({"name"})
+
+HOOK_SCRIPT = "infra/hooks/postdeploy.py"
 
 
 # ---------------------------------------------------------------------------
@@ -230,6 +259,25 @@ def decorator_names(decl: Node) -> set[str]:
             if call is not None and call.type == "call_expression":
                 names.add(text(call.child_by_field_name("function")))
     return names
+
+
+def decorator_args(decl: Node) -> dict[str, list[Node]]:
+    """Decorators of a declaration: name -> argument nodes (``@maxLength(54)`` -> [number 54])."""
+    prev = decl.prev_named_sibling
+    out: dict[str, list[Node]] = {}
+    if prev is not None and prev.type == "decorators":
+        for dec in prev.named_children:
+            call = dec.named_children[0] if dec.named_children else None
+            if call is not None and call.type == "call_expression":
+                args = call.child_by_field_name("arguments")
+                out[text(call.child_by_field_name("function"))] = list(args.named_children) if args is not None else []
+    return out
+
+
+def decorator_literal(decl: Node, name: str):
+    """Literal value of a one-argument decorator (``@minValue(40)`` -> 40), None if absent."""
+    args = decorator_args(decl).get(name)
+    return literal(args[0]) if args else None
 
 
 class Resource:
@@ -829,6 +877,264 @@ def check_main_conventions(sources: Sources) -> list[str]:
     return problems
 
 
+def _module_callers(sources: Sources, target_file: str) -> Iterator[tuple[str, Node]]:
+    """(file, module declaration) of every module that deploys target_file."""
+    for file, src in sources.items():
+        for mod in declarations(parse(src), "module").values():
+            target = ((ROOT / file).parent / module_path(file, mod)).resolve()
+            if target == (ROOT / target_file).resolve():
+                yield file, mod
+
+
+def _param_chain(sources: Sources, file: str, value: Node | None) -> list[tuple[str, str, Node | None]]:
+    """Follow a value back through module params: [(file, param name or literal text, param decl)]."""
+    if value is None:
+        return []
+    if value.type != "identifier":
+        return [(file, text(value), None)]
+    name = text(value)
+    decl = declarations(parse(sources[file]), "parameter").get(name)
+    if decl is None:
+        return [(file, name, None)]
+    chain = [(file, name, decl)]
+    for caller, mod in _module_callers(sources, file):
+        chain += _param_chain(sources, caller, get_path(module_body(mod), "params", name))
+    return chain
+
+
+def _parameters_file_default(params: dict, name: str):
+    """Default of an azd substitution '${VAR=default}' (or the literal value) in main.parameters.json."""
+    value = params.get(name, {}).get("value")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*(?:=(.*))?\}", value)
+        if m:
+            value = m.group(1)
+        try:
+            return int(value) if value not in (None, "") else None
+        except ValueError:
+            return value
+    return value
+
+
+def check_max_instance_count(sources: Sources, parameters: dict | None = None) -> list[str]:
+    """Flex Consumption maximumInstanceCount: every parameter it comes from (the site's
+    module parameter and whatever main.bicep passes into it) allows exactly the documented
+    range, says why, and its defaults (Bicep and main.parameters.json) lie inside it."""
+    lo, hi = FLEX_MAX_INSTANCES
+    sites = _sites(sources)
+    if len(sites) != 1:
+        return [f"expected one Function App, found {len(sites)}"]
+    value = sites[0].get("properties", "functionAppConfig", "scaleAndConcurrency", "maximumInstanceCount")
+    chain = _param_chain(sources, sites[0].file, value)
+    if not chain:
+        return ["functionAppConfig.scaleAndConcurrency.maximumInstanceCount is not set"]
+    problems = []
+    names_in_main = []
+    for file, name, decl in chain:
+        if decl is None:
+            problems.append(f"{file}: maximumInstanceCount comes from {name!r}, not from a parameter with "
+                            f"@minValue({lo})/@maxValue({hi})")
+            continue
+        if file == MAIN:
+            names_in_main.append(name)
+        got = (decorator_literal(decl, "minValue"), decorator_literal(decl, "maxValue"))
+        if got != (lo, hi):
+            problems.append(f"{file}: param {name} allows {got[0]}..{got[1]}; the Flex Consumption range is {lo}..{hi} "
+                            f"(@minValue({lo}) @maxValue({hi}))")
+        description = string_value((decorator_args(decl).get("description") or [None])[0]) or ""
+        if str(lo) not in description or str(hi) not in description:
+            problems.append(f"{file}: param {name} needs a @description that gives the range {lo}-{hi} and why")
+        default = literal(declaration_value(decl))
+        if not isinstance(default, int) or not lo <= default <= hi:
+            problems.append(f"{file}: param {name} default {default!r} is outside {lo}..{hi}")
+    if not names_in_main:
+        problems.append(f"{MAIN} does not pass a parameter into the Function App's maximumInstanceCount")
+    if parameters is not None:
+        for name in names_in_main:
+            if name not in parameters:
+                continue
+            default = _parameters_file_default(parameters, name)
+            if not isinstance(default, int) or not lo <= default <= hi:
+                problems.append(f"main.parameters.json: {name} default {default!r} is outside {lo}..{hi}")
+    return problems
+
+
+def table_suffixes(sources: Sources) -> list[str]:
+    var = declarations(parse(sources[MAIN]), "variable").get("tableSuffixes")
+    if var is None or declaration_value(var) is None:
+        return []
+    return [literal(n) for n in declaration_value(var).named_children if isinstance(literal(n), str)]
+
+
+def table_prefix_bounds(suffixes: list[str]) -> tuple[int, int]:
+    """(min, max) prefix length so that prefix + every suffix is a valid table name
+    (3..63 characters), with at least one character: the first letter."""
+    return max(1, TABLE_NAME_MIN - min(map(len, suffixes))), TABLE_NAME_MAX - max(map(len, suffixes))
+
+
+def check_table_prefix(sources: Sources) -> list[str]:
+    """tablePrefix: Bicep cannot match ^[A-Za-z][A-Za-z0-9]{2,62}$, so its length bounds are
+    computed from the table suffixes (longest suffix -> max, shortest -> min), its description
+    states the rule, and its default passes it."""
+    root = parse(sources[MAIN])
+    decl = declarations(root, "parameter").get("tablePrefix")
+    if decl is None:
+        return [f"{MAIN} has no param tablePrefix"]
+    suffixes = table_suffixes(sources)
+    if not suffixes:
+        return [f"{MAIN} has no literal var tableSuffixes"]
+    want_min, want_max = table_prefix_bounds(suffixes)
+    got_min, got_max = decorator_literal(decl, "minLength"), decorator_literal(decl, "maxLength")
+    longest = max(suffixes, key=len)
+    problems = []
+    if got_max != want_max:
+        problems.append(f"tablePrefix @maxLength is {got_max}, must be {want_max} = {TABLE_NAME_MAX} - len({longest!r}) "
+                        f"(table names are at most {TABLE_NAME_MAX} characters)")
+    if got_min != want_min:
+        problems.append(f"tablePrefix @minLength is {got_min}, must be {want_min} (a letter first; the shortest suffix "
+                        f"{min(suffixes, key=len)!r} makes every name at least {TABLE_NAME_MIN} characters)")
+    description = string_value((decorator_args(decl).get("description") or [None])[0]) or ""
+    for needle in ("letter", "digit", str(want_max)):
+        if needle not in description:
+            problems.append(f"tablePrefix @description should state the rule (a letter, then letters or digits, "
+                            f"{want_min}-{want_max} characters); it lacks {needle!r}")
+    default = literal(declaration_value(decl))
+    if not isinstance(default, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", default) \
+            or not (got_min or 0) <= len(default) <= (got_max or 0):
+        problems.append(f"tablePrefix default {default!r} is not a valid prefix")
+    else:
+        problems += [f"table name {default + s!r} is not a valid Azure table name" for s in suffixes
+                     if not TABLE_NAME.match(default + s)]
+    return problems
+
+
+def _is_conditional(node: Node) -> bool:
+    """A resource/module declaration with a condition that is not the literal true
+    (directly, in a loop body, or through an enclosing conditional resource)."""
+    body = node.children[-1]
+    if body.type == "for_statement":
+        body = body.named_children[-1]
+    if body.type == "if_statement":
+        cond = body.named_children[0]
+        while cond.type == "parenthesized_expression" and cond.named_children:
+            cond = cond.named_children[0]
+        if text(cond) != "true":
+            return True
+    parent = node.parent
+    while parent is not None:
+        if parent.type == "resource_declaration":
+            return _is_conditional(parent)
+        parent = parent.parent
+    return False
+
+
+def check_conditional_dereference(sources: Sources) -> list[str]:
+    """No property of a conditional resource or module is read without `.?` or `!`.
+
+    Bicep types a resource/module declared with `if (...)` as "<type> | null" and warns
+    (BCP318) on `res.properties...` / `mod.outputs...`, even inside a ternary on the same
+    condition (the compiler does no flow analysis). The fixes are the safe-dereference
+    operator `res.?properties.x ?? fallback` or, where a surrounding condition guarantees
+    the resource exists, the non-null assertion `res!.properties.x`. id/name/type/apiVersion
+    (module: name) are compile-time values and exempt."""
+    problems = []
+    for file, src in sources.items():
+        root = parse(src)
+        conditional: dict[str, tuple[frozenset, bool]] = {}
+        for node in walk(root):
+            if node.type in ("resource_declaration", "module_declaration") and _is_conditional(node):
+                exempt = RESOURCE_INFO_PROPERTIES if node.type == "resource_declaration" else MODULE_INFO_PROPERTIES
+                is_loop = node.children[-1].type == "for_statement"
+                conditional[text(node.named_children[0])] = (exempt, is_loop)
+        if not conditional:
+            continue
+        for node in walk(root):
+            if node.type != "member_expression":
+                continue
+            base = node.child_by_field_name("object") or node.named_children[0]
+            tokens = [c.type for c in node.children if not c.is_named]
+            prop = text(node.child_by_field_name("property") or node.named_children[-1])
+            symbol, safe_index = None, False
+            if base.type == "identifier":
+                symbol = text(base)
+            elif base.type == "subscript_expression" and base.named_children and base.named_children[0].type == "identifier":
+                symbol = text(base.named_children[0])
+                safe_index = any(not c.is_named and c.type == "?" for c in base.children)
+            if symbol not in conditional:
+                continue
+            exempt, is_loop = conditional[symbol]
+            if base.type == "subscript_expression" and not is_loop:
+                continue
+            if "!" in tokens or ".?" in tokens or safe_index or prop in exempt:
+                continue
+            problems.append(f"{file}:{node.start_point[0] + 1}: {text(node)!r} reads {prop!r} of the conditional "
+                            f"{symbol!r} (BCP318: may be null); use {symbol}.?{prop} (with ?? fallback) or "
+                            f"{symbol}!.{prop} where the condition is known to hold")
+    return problems
+
+
+def _hook_entries(doc: dict, event: str) -> list:
+    hooks = (doc or {}).get("hooks") or {}
+    entry = hooks.get(event)
+    if entry is None:
+        return []
+    return entry if isinstance(entry, list) else [entry]
+
+
+def check_postdeploy_hook(doc: dict, sources: Sources) -> list[str]:
+    """azure.yaml runs the smoke test after deploy, on POSIX (sh) and Windows (pwsh), and a
+    failing smoke test fails the azd command."""
+    entries = _hook_entries(doc, "postdeploy")
+    if not entries:
+        return ["azure.yaml has no hooks.postdeploy (the smoke test after azd deploy/up)"]
+    problems = []
+    outputs = declarations(parse(sources[MAIN]), "output")
+    script = ROOT / HOOK_SCRIPT
+    if not script.is_file():
+        problems.append(f"{HOOK_SCRIPT} (run by the postdeploy hook) does not exist")
+    else:
+        code = script.read_text(encoding="utf-8")
+        for needle in ("scripts", "smoke.py", "--base-url", "API_BASE_URL"):
+            if needle not in code:
+                problems.append(f"{HOOK_SCRIPT} should run scripts/smoke.py --base-url $API_BASE_URL (lacks {needle!r})")
+        for var in sorted(set(re.findall(r"\"(AZURE_[A-Z0-9_]+|API_[A-Z0-9_]+|SERVICE_[A-Z0-9_]+)\"", code))):
+            if var not in outputs:
+                problems.append(f"{HOOK_SCRIPT} reads {var}, which is not an output of {MAIN}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(f"postdeploy hook #{i} is not a mapping")
+            continue
+        for os_name, shell in (("posix", "sh"), ("windows", "pwsh")):
+            hook = entry.get(os_name)
+            if not isinstance(hook, dict):
+                problems.append(f"postdeploy hook has no {os_name} variant")
+                continue
+            where = f"postdeploy.{os_name}"
+            if hook.get("shell") != shell:
+                problems.append(f"{where}.shell must be {shell!r}, got {hook.get('shell')!r}")
+            if hook.get("continueOnError", False) is not False:
+                problems.append(f"{where}.continueOnError must be false: a failing smoke test has to fail the deployment")
+            if hook.get("interactive") is not True:
+                problems.append(f"{where}.interactive must be true (the sign-in may ask for a one-time code)")
+            run = hook.get("run")
+            if not isinstance(run, str) or HOOK_SCRIPT not in run:
+                problems.append(f"{where}.run must run {HOOK_SCRIPT}")
+                continue
+            lines = [ln.strip() for ln in run.strip().splitlines() if ln.strip() and not ln.strip().startswith("#")]
+            if os_name == "posix":
+                # sh: the script's status is the last command's; `set -e` stops at any earlier failure.
+                if "set -e" not in lines or HOOK_SCRIPT not in lines[-1] or re.search(r"\|\|\s*true|;\s*true\s*$", run):
+                    problems.append(f"{where}.run must `set -e` and end with the hook script, so its exit status "
+                                    "becomes the hook's")
+            else:
+                # pwsh does not fail a script when a native command fails: pass $LASTEXITCODE on.
+                after = run[run.index(HOOK_SCRIPT):]
+                if not re.search(r"exit\s+\$LASTEXITCODE", after, re.I):
+                    problems.append(f"{where}.run must `exit $LASTEXITCODE` after the hook script "
+                                    "(pwsh ignores a native command's failure)")
+    return problems
+
+
 # ---------------------------------------------------------------------------
 # tests on the real templates
 # ---------------------------------------------------------------------------
@@ -980,36 +1286,68 @@ def test_parameters_file(sources):
                 f"secure parameter {name} must be an azd environment substitution")
 
 
-def _simple_yaml(text_: str) -> dict:
-    """Enough YAML for azure.yaml: nested mappings of scalars (no lists)."""
-    root: dict = {}
-    stack = [(-1, root)]
-    for raw in text_.splitlines():
-        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip())
-        key, _, value = line.strip().partition(":")
-        while stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1]
-        value = value.strip().strip("'\"")
-        if value:
-            parent[key] = value
-        else:
-            parent[key] = {}
-            stack.append((indent, parent[key]))
-    return root
+def load_azure_yaml(text_: str | None = None) -> dict:
+    return yaml.safe_load(text_ if text_ is not None else (ROOT / "azure.yaml").read_text(encoding="utf-8"))
 
 
 def test_azure_yaml():
-    doc = _simple_yaml((ROOT / "azure.yaml").read_text(encoding="utf-8"))
+    doc = load_azure_yaml()
     api = doc["services"]["api"]
     assert api["language"] in ("python", "py")
     assert api["host"] == "function"
     assert api["project"] in (".", "./")
     infra = doc.get("infra", {})
     assert infra.get("path", "infra") == "infra" and infra.get("module", "main") == "main"
+
+
+def test_flex_maximum_instance_count(sources):
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert check_max_instance_count(sources, parameters) == []
+
+
+def test_flex_maximum_instance_count_parameters_file_default(sources):
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert parameters["maximumInstanceCount"]["value"] == "${MAXIMUM_INSTANCE_COUNT=100}"
+    for bad in ("${MAXIMUM_INSTANCE_COUNT=20}", "${MAXIMUM_INSTANCE_COUNT=1001}", "${MAXIMUM_INSTANCE_COUNT=}"):
+        mutated = {**parameters, "maximumInstanceCount": {"value": bad}}
+        assert check_max_instance_count(sources, mutated), bad
+
+
+def test_table_prefix_length_follows_the_table_suffixes(sources):
+    assert check_table_prefix(sources) == []
+    suffixes = table_suffixes(sources)
+    lo, hi = table_prefix_bounds(suffixes)
+    # Concretely, for the app's tables: the longest suffix (signinlog) leaves 54 characters.
+    assert max(map(len, suffixes)) == len("signinlog") and (lo, hi) == (1, 54)
+    # Every prefix the decorators allow gives valid names (shortest and longest, for every suffix) ...
+    for prefix in ("n", "n" * hi):
+        assert all(TABLE_NAME.match(prefix + s) for s in suffixes), prefix
+    # ... and one character more would not.
+    assert not TABLE_NAME.match("n" * (hi + 1) + max(suffixes, key=len))
+
+
+def test_table_prefix_bound_matches_the_settings_module(sources):
+    """shared/settings.py checks the same rule at start-up (its own maximum, if it names one)."""
+    from shared import settings
+
+    app_max = getattr(settings, "TABLE_PREFIX_MAX", None)
+    if app_max is None:
+        pytest.skip("shared/settings.py names no TABLE_PREFIX_MAX")
+    assert app_max == table_prefix_bounds(table_suffixes(sources))[1]
+
+
+def test_conditional_resources_are_dereferenced_safely(sources):
+    assert check_conditional_dereference(sources) == []
+    # The rule has something to look at: conditional resources exist and are referenced.
+    conditional = [r for r in resources(sources) if r.condition is not None]
+    assert {r.symbol for r in conditional} >= {"customDomain", "pumpingActionGroup"}
+    comm = sources[COMM]
+    assert "customDomain!.properties.mailFromSenderDomain" in comm
+    assert "customDomain.?properties.verificationRecords ?? {}" in comm
+
+
+def test_azure_yaml_runs_the_smoke_test_after_deploy(sources):
+    assert check_postdeploy_hook(load_azure_yaml(), sources) == []
 
 
 def test_site_is_tagged_for_azd(sources):
@@ -1100,6 +1438,46 @@ MUTATIONS: list[tuple[str, Callable[[Sources], list[str]], str, str, str]] = [
     ("table missing", check_tables, MAIN, "  'signinlog'\n", ""),
     ("app insights local auth", check_monitoring, MON, "DisableLocalAuth: true", "DisableLocalAuth: false"),
     ("domain not linked", check_communication, COMM, "linkedDomains:", "linkedDomainz:"),
+    # maximumInstanceCount: the bounds before this rule (1..1000), a ceiling above the platform's,
+    # a module parameter that no longer follows, a hard-coded value.
+    ("max instances from 1 (main)", check_max_instance_count, MAIN,
+     "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount", "@minValue(1)\n@maxValue(1000)\nparam maximumInstanceCount"),
+    ("max instances from 1 (module)", check_max_instance_count, FUNC,
+     "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount", "@minValue(1)\n@maxValue(1000)\nparam maximumInstanceCount"),
+    ("max instances up to 2000", check_max_instance_count, MAIN,
+     "@maxValue(1000)\nparam maximumInstanceCount", "@maxValue(2000)\nparam maximumInstanceCount"),
+    ("max instances unbounded module param", check_max_instance_count, FUNC,
+     "@minValue(40)\n@maxValue(1000)\nparam maximumInstanceCount", "param maximumInstanceCount"),
+    ("max instances default below range", check_max_instance_count, MAIN,
+     "param maximumInstanceCount int = 100", "param maximumInstanceCount int = 10"),
+    ("max instances description without range", check_max_instance_count, FUNC,
+     "(per function group). 40-1000, the range", "(per function group), the range"),
+    ("max instances hard-coded", check_max_instance_count, FUNC,
+     "maximumInstanceCount: maximumInstanceCount", "maximumInstanceCount: 5"),
+    # tablePrefix: the bounds before this rule (3..50), a maximum that ignores a longer suffix,
+    # an empty prefix, a description without the rule, a default that is no table name.
+    ("table prefix 3..50 (old bounds)", check_table_prefix, MAIN,
+     "@minLength(1)\n@maxLength(54)\n", "@minLength(3)\n@maxLength(50)\n"),
+    ("table prefix too long", check_table_prefix, MAIN, "@maxLength(54)", "@maxLength(55)"),
+    ("table prefix empty", check_table_prefix, MAIN, "@minLength(1)\n@maxLength(54)", "@minLength(0)\n@maxLength(54)"),
+    ("longer table suffix", check_table_prefix, MAIN, "  'signinlog'\n", "  'signinlog'\n  'signinlogarchive'\n"),
+    ("table prefix description (old)", check_table_prefix, MAIN,
+     "@description('Prefix of the app table names (AUTH_TABLE_PREFIX): a letter followed by letters or digits",
+     "@description('Prefix of the app table names (AUTH_TABLE_PREFIX); letters and numbers"),
+    ("table prefix default with hyphen", check_table_prefix, MAIN,
+     "param tablePrefix string = 'nativeauth'", "param tablePrefix string = 'native-auth'"),
+    # conditional resources/modules: the property reads before this change (guarded by a
+    # ternary: still BCP318), and the same rule in other modules and for modules.
+    ("conditional property in ternary (old)", check_conditional_dereference, COMM,
+     "customDomain!.properties.mailFromSenderDomain", "customDomain.properties.mailFromSenderDomain"),
+    ("conditional output (old)", check_conditional_dereference, COMM,
+     "customDomain.?properties.verificationRecords ?? {}", "hasCustomDomain ? customDomain.properties.verificationRecords : {}"),
+    ("conditional resource in another module", check_conditional_dereference, MON,
+     "pumpingActionGroup.id", "pumpingActionGroup.properties.groupShortName"),
+    ("conditional role assignment read", check_conditional_dereference, ROLES,
+     "resource developerBlobData", "output devRole string = developerTableData.properties.principalId\n\nresource developerBlobData"),
+    ("conditional module output", check_conditional_dereference, MAIN,
+     "module keyVault 'modules/keyvault.bicep' = {", "module keyVault 'modules/keyvault.bicep' = if (!empty(principalId)) {"),
 ]
 
 
@@ -1117,6 +1495,133 @@ def test_check_catches_mutation(sources, check, file, old, new):
     mutated = dict(sources)
     mutated[file] = sources[file].replace(old, new, 1)
     assert check(mutated), f"{check.__name__} did not notice the mutation in {file}"
+
+
+def test_conditional_check_follows_the_compiler():
+    """What Bicep flags (BCP318) and what it does not, on small templates."""
+    def problems(body: str) -> list[str]:
+        head = ("param on bool\n"
+                "resource r 'Microsoft.Storage/storageAccounts@2023-05-01' = if (on) {\n  name: 'x'\n}\n"
+                "resource always 'Microsoft.Storage/storageAccounts@2023-05-01' = if (true) {\n  name: 'y'\n}\n"
+                "resource many 'Microsoft.Storage/storageAccounts@2023-05-01' = [for i in range(0, 2): if (on) {\n"
+                "  name: 'z${i}'\n}]\n")
+        return check_conditional_dereference({"infra/t.bicep": head + body})
+
+    assert problems("output a string = r.properties.primaryEndpoints.blob\n")
+    assert problems("output a string = on ? r.properties.primaryEndpoints.blob : ''\n")  # no flow analysis
+    assert problems("output a string = many[0].properties.primaryEndpoints.blob\n")
+    assert not problems("output a string = r.?properties.primaryEndpoints.blob ?? ''\n")
+    assert not problems("output a string = on ? r!.properties.primaryEndpoints.blob : ''\n")
+    assert not problems("output a string = many[0].?properties.primaryEndpoints.blob ?? ''\n")
+    assert not problems("output a string = r.id\noutput b string = r.name\n")  # compile-time properties
+    assert not problems("output a string = always.properties.primaryEndpoints.blob\n")  # if (true) is not conditional
+
+
+YAML_MUTATIONS = [
+    # (id, old, new) on azure.yaml's text
+    ("no hooks (azure.yaml before this change)", "\n# After every `azd deploy`", "\n__CUT__"),
+    ("no windows variant", "    windows:\n      shell: pwsh", "    windowz:\n      shell: pwsh"),
+    ("no posix variant", "    posix:\n      shell: sh", "    unix:\n      shell: sh"),
+    ("posix continues on error", "      shell: sh\n      interactive: true\n      continueOnError: false",
+     "      shell: sh\n      interactive: true\n      continueOnError: true"),
+    ("windows continues on error", "      shell: pwsh\n      interactive: true\n      continueOnError: false",
+     "      shell: pwsh\n      interactive: true\n      continueOnError: true"),
+    ("pwsh swallows the exit status", "; exit $LASTEXITCODE }", " }"),
+    ("posix swallows the exit status", '"$PY" infra/hooks/postdeploy.py\n', '"$PY" infra/hooks/postdeploy.py || true\n'),
+    ("posix without set -e", "        set -e\n", ""),
+    ("posix wrong shell", "      shell: sh\n", "      shell: pwsh\n"),
+    ("not interactive", "      shell: sh\n      interactive: true", "      shell: sh\n      interactive: false"),
+    ("hook runs something else", '"$PY" infra/hooks/postdeploy.py', '"$PY" -c pass'),
+    ("predeploy instead of postdeploy", "  postdeploy:", "  predeploy:"),
+]
+
+
+@pytest.mark.parametrize("old,new", [m[1:] for m in YAML_MUTATIONS], ids=[m[0] for m in YAML_MUTATIONS])
+def test_postdeploy_check_catches_mutation(sources, old, new):
+    original = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+    assert old in original, f"mutation target not found in azure.yaml (update the test): {old!r}"
+    mutated = original.replace(old, new, 1)
+    if "__CUT__" in mutated:
+        mutated = mutated[:mutated.index("__CUT__")]
+    assert check_postdeploy_hook(load_azure_yaml(mutated), sources), "check_postdeploy_hook did not notice"
+
+
+class _FakeApi(http.server.BaseHTTPRequestHandler):
+    """A stand-in for the deployed API under /api: healthy, or failing everything."""
+
+    healthy = True
+
+    def do_GET(self):
+        base = f"http://127.0.0.1:{self.server.server_address[1]}/api"
+        path = self.path.split("?")[0]
+        answers = {
+            "/api/health": {"status": "ok", "storage": "reachable"},
+            "/api/health/detail": {"status": "ok", "checks": []},
+            "/api/.well-known/openid-configuration": {"issuer": base},
+            "/api/discovery/v2.0/keys": {"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]},
+        }
+        status, body = (200, answers[path]) if self.healthy and path in answers else (503, {"error": "unavailable"})
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_api():
+    def start(healthy: bool) -> str:
+        handler = type("Handler", (_FakeApi,), {"healthy": healthy})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/api"
+
+    servers: list = []
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_posix_hook(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run azure.yaml's posix postdeploy hook the way azd does: sh, project root, azd env in the environment."""
+    run = load_azure_yaml()["hooks"]["postdeploy"]["posix"]["run"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMOKE_", "API_BASE_URL"))}
+    env.update({"SMOKE_WAIT_SECONDS": "0", **env_extra})
+    return subprocess.run(["sh", "-c", run], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_postdeploy_hook_fails_the_deployment_when_the_smoke_test_fails(fake_api):
+    base = fake_api(healthy=False)
+    r = _run_posix_hook({"API_BASE_URL": base, "SMOKE_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+                         "SMOKE_USERNAME": "smoke@example.com", "SMOKE_PASSWORD": "not-on-the-command-line"})
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "FAIL" in r.stdout and "postdeploy smoke test: FAILED" in r.stderr, r.stdout + r.stderr
+    assert "not-on-the-command-line" not in r.stdout + r.stderr
+
+
+def test_postdeploy_hook_fails_without_the_api_url():
+    r = _run_posix_hook({})
+    assert r.returncode != 0 and "API_BASE_URL" in r.stderr, r.stdout + r.stderr
+
+
+def test_postdeploy_hook_fails_on_half_configured_sign_in(fake_api):
+    r = _run_posix_hook({"API_BASE_URL": fake_api(healthy=True), "SMOKE_USERNAME": "smoke@example.com"})
+    assert r.returncode != 0 and "SMOKE_CLIENT_ID" in r.stderr, r.stdout + r.stderr
+
+
+def test_postdeploy_hook_passes_against_a_healthy_api_without_an_account(fake_api):
+    """A first azd up has no client and no account: the anonymous checks run (or, with a
+    smoke.py that has no --readiness-only, the hook says it skipped) and the deploy goes on."""
+    r = _run_posix_hook({"API_BASE_URL": fake_api(healthy=True)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "postdeploy smoke test:" in r.stdout
 
 
 def test_sms_pumping_alert(sources):

@@ -77,11 +77,19 @@ resource communicationService 'Microsoft.Communication/communicationServices@202
   }
 }
 
-var senderDomain = sendFromCustomDomain ? customDomain.properties.mailFromSenderDomain : managedDomain.properties.mailFromSenderDomain
+// customDomain is conditional (hasCustomDomain), so Bicep types it "resource | null"
+// and a plain property read raises BCP318. Its id/name/type/apiVersion are exempt
+// (compile-time values), properties are not:
+//   * `!` where the surrounding condition implies the resource's condition
+//     (sendFromCustomDomain = hasCustomDomain && useCustomEmailDomain);
+//   * `.?` with `??` where a fallback value is wanted.
+// ARM's if() evaluates only the branch it takes, so the custom domain is never
+// read when it is not deployed.
+var senderDomain = sendFromCustomDomain ? customDomain!.properties.mailFromSenderDomain : managedDomain.properties.mailFromSenderDomain
 
 output communicationServiceName string = communicationService.name
 output communicationServiceId string = communicationService.id
 output endpoint string = 'https://${communicationService.properties.hostName}'
 output mailFromSenderDomain string = senderDomain
 output senderAddress string = '${senderUsername}@${senderDomain}'
-output customEmailDomainVerificationRecords object = hasCustomDomain ? customDomain.properties.verificationRecords : {}
+output customEmailDomainVerificationRecords object = customDomain.?properties.verificationRecords ?? {}

@@ -40,8 +40,8 @@ param pythonVersion string
 ])
 param instanceMemoryMB int = 2048
 
-@description('Maximum number of instances the app scales out to.')
-@minValue(1)
+@description('Maximum number of on-demand instances the app scales out to (per function group). 40-1000, the range in the Flex Consumption documentation and samples; see main.bicep.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 

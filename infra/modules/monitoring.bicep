@@ -69,9 +69,6 @@ resource pumpingActionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!
   }
 }
 
-// By id rather than pumpingActionGroup.id: that resource is conditional (BCP318).
-var pumpingActionGroupId = resourceId('Microsoft.Insights/actionGroups', 'ag-${applicationInsightsName}-pumping')
-
 resource pumpingAlert 'Microsoft.Insights/scheduledQueryRules@2021-08-01' = {
   name: 'alert-${applicationInsightsName}-sms-pumping'
   location: location
@@ -102,8 +99,11 @@ resource pumpingAlert 'Microsoft.Insights/scheduledQueryRules@2021-08-01' = {
       ]
     }
     actions: {
+      // .id of a conditional resource is a compile-time value (no BCP318), and the
+      // symbolic reference makes the alert wait for the action group; a resourceId()
+      // string would not, and the rule could be created before its action group.
       actionGroups: empty(alertEmail) ? [] : [
-        pumpingActionGroupId
+        pumpingActionGroup.id
       ]
     }
   }

@@ -13,10 +13,15 @@ then keeps the tokens so that ``token`` prints a fresh access token:
   the refresh token itself (``grant_type=refresh_token``) and keeps its own
   token file.
 
+The signed-in user's account (profile, attributes, password, second factors,
+sign out everywhere, export, deletion) goes through the account API (``/me``)
+with an access token for ``api://native-auth/account``; changes that need a
+fresh second factor sign in again with the server's claims challenge.
+
 Modules: :mod:`client.api` (HTTP and errors), :mod:`client.messages` (human
 error messages), :mod:`client.prompts` (stdin / TTY), :mod:`client.flows`
-(the flows), :mod:`client.cache` (the two token stores), :mod:`client.cli`
-(arguments and commands).
+(the flows), :mod:`client.cache` (the two token stores), :mod:`client.account`
+(the account API and its step-up), :mod:`client.cli` (arguments and commands).
 """
 
 __version__ = "0.1.0"

@@ -1,14 +1,19 @@
-"""The wire layer: form-encoded POSTs to the native-auth endpoints (contract §1, §3).
+"""The wire layer: form-encoded POSTs to the native-auth endpoints (contract §1, §3),
+and JSON calls with a bearer token to the account API (``/me``, :meth:`NativeAuthApi.call`).
 
-Every call sends ``client_id``; a 2xx body with ``challenge_type: redirect``
+Every native-auth call sends ``client_id``; a 2xx body with ``challenge_type: redirect``
 becomes :class:`RedirectRequired` (web fallback, §5.8); a non-2xx JSON body
-becomes :class:`ApiError` with the contract's fields (§1.2). Nothing here
-prints or logs request bodies, so passwords and codes never leave this module
-except on the wire.
+becomes :class:`ApiError` with the contract's fields (§1.2) and, for the
+account API, the ``WWW-Authenticate`` header (its claims challenge). Nothing
+here prints or logs request bodies or tokens, so passwords and codes never
+leave this module except on the wire.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import sys
 import uuid
@@ -46,8 +51,11 @@ class RedirectRequired(ClientError):
 class ApiError(ClientError):
     """A contract-shaped error answer (``error``, ``suberror``, ``error_codes`` …)."""
 
-    def __init__(self, status: int, body: dict[str, Any], retry_after: str | None = None):
+    def __init__(self, status: int, body: dict[str, Any], retry_after: str | None = None,
+                 www_authenticate: str | None = None):
         self.status = status
+        #: The ``WWW-Authenticate`` header of a 401 from a protected API (claims challenge).
+        self.www_authenticate = www_authenticate or ""
         self.body = body if isinstance(body, dict) else {}
         self.error = str(self.body.get("error") or f"http_{status}")
         self.suberror = self.body.get("suberror") or None
@@ -72,6 +80,21 @@ class ApiError(ClientError):
 
     def has_code(self, *codes: int) -> bool:
         return any(c in self.error_codes for c in codes)
+
+    @property
+    def claims_challenge(self) -> str | None:
+        """The decoded ``claims`` of a ``WWW-Authenticate: Bearer … claims="<base64>"``
+        challenge (Entra / CAE format), as the JSON text to send back as ``claims``."""
+        m = re.search(r'\bclaims="([^"]*)"', self.www_authenticate)
+        if not m:
+            return None
+        raw = m.group(1)
+        try:
+            text = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True).decode("utf-8")
+            parsed = json.loads(text)
+        except (ValueError, binascii.Error):
+            return None
+        return text if isinstance(parsed, dict) else None
 
 
 class NativeAuthApi:
@@ -120,6 +143,49 @@ class NativeAuthApi:
                 raise RedirectRequired(body.get("redirect_reason"))
             return body
         raise ApiError(r.status_code, body, r.headers.get("Retry-After"))
+
+    def call(self, method: str, path: str, token: str, body: dict[str, Any] | None = None
+             ) -> tuple[int, dict[str, Any] | None]:
+        """A JSON call to a protected API of the same base URL (the account API,
+        ``/me``) with ``Authorization: Bearer``; returns ``(status, body)``
+        (``body`` None for 204). Errors become :class:`ApiError` carrying the
+        ``WWW-Authenticate`` header. Neither the token nor any body is printed."""
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
+                   "client-request-id": str(uuid.uuid4())}
+        try:
+            r = self.session.request(method, url, json=body, headers=headers, timeout=TIMEOUT)
+        except requests.exceptions.SSLError as exc:
+            raise TransportError(
+                f"TLS verification failed for {self.base_url}: {exc}. If the server uses a private CA, "
+                "point REQUESTS_CA_BUNDLE at its certificate.") from None
+        except requests.ConnectionError as exc:
+            m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+            reason = m.group(1) if m else type(exc).__name__
+            raise TransportError(f"Cannot reach {self.base_url} ({reason}). Is the server running?") from None
+        except requests.RequestException as exc:
+            raise TransportError(f"Cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from None
+        try:
+            parsed = r.json() if r.content else None
+        except ValueError:
+            parsed = None
+        if self.verbose:
+            shown = ""
+            if isinstance(parsed, dict) and not 200 <= r.status_code < 300:
+                shown = " ".join(f"{k}={parsed[k]}" for k in ("error", "suberror", "error_codes") if k in parsed)
+            print(f"[http] {method} /{path.lstrip('/')} -> {r.status_code} {shown}".rstrip(), file=sys.stderr)
+        if 200 <= r.status_code < 300:
+            if r.status_code == 204 or parsed is None:
+                return r.status_code, None
+            if not isinstance(parsed, dict):
+                raise TransportError(f"{method} {url} answered HTTP {r.status_code} without a JSON object.")
+            return r.status_code, parsed
+        if r.status_code == 404 and not (isinstance(parsed, dict) and parsed.get("error_codes")):
+            # The host's own 404 (no such route), not an answer of the API.
+            raise ClientError(f"{self.base_url} has no account API ({method} /{path.lstrip('/')} answered 404).")
+        if isinstance(parsed, dict):
+            raise ApiError(r.status_code, parsed, r.headers.get("Retry-After"), r.headers.get("WWW-Authenticate"))
+        raise TransportError(f"{method} {url} answered HTTP {r.status_code} without a JSON object.")
 
     # ------------------------------------------------------------------ sign-in (§3.4–3.7)
     def initiate(self, username: str, challenge_type: str = CHALLENGE_TYPES) -> dict:

@@ -40,6 +40,16 @@ class NotSignedIn(ClientError):
     pass
 
 
+class InteractionRequired(ClientError):
+    """A refresh asking for ``claims`` the session cannot satisfy (``invalid_grant``
+    with suberror ``basic_action``): sign in again with those claims. A refused
+    refresh changes nothing on the server, so the cached session is kept."""
+
+
+def _interaction_required(suberror: Any) -> bool:
+    return suberror == "basic_action"
+
+
 def decode_jwt(token: str) -> dict[str, Any]:
     """The claims of a JWT, unverified (for display only)."""
     try:
@@ -98,8 +108,13 @@ class TokenStore:
         """Keep the outcome of a flow; returns the account's username."""
         raise NotImplementedError
 
-    def access_token(self, scope: str, username: str | None, force_refresh: bool) -> tuple[str, str, str]:
-        """``(access_token, source, username)``; source is ``cache`` or ``identity_provider``."""
+    def access_token(self, scope: str, username: str | None, force_refresh: bool,
+                     claims: str | None = None) -> tuple[str, str, str]:
+        """``(access_token, source, username)``; source is ``cache`` or ``identity_provider``.
+
+        With ``claims`` (a claims challenge of a protected API) the cache is
+        bypassed and the refresh asks for them; :class:`InteractionRequired`
+        when the session cannot satisfy them."""
         raise NotImplementedError
 
     def id_token_claims(self, username: str | None) -> dict[str, Any]:
@@ -176,11 +191,26 @@ class MsalStore(TokenStore):
 
     def save_sign_in(self, tokens: dict[str, Any], scope: str) -> str:
         result = self.app.acquire_token_by_refresh_token(tokens["refresh_token"], scopes=msal_scopes(scope))
+        if "error" not in result:
+            self._forget_older_sessions(result.get("refresh_token"))
         self._persist()
         if "error" in result:
             raise self._fail(result)
         claims = result.get("id_token_claims") or decode_jwt(tokens.get("id_token", ""))
         return claims.get("preferred_username") or claims.get("email") or claims.get("sub") or "?"
+
+    def _forget_older_sessions(self, kept: str | None) -> None:
+        """A new sign-in replaces the account's session: MSAL keys refresh tokens by
+        scope too, so one of an earlier sign-in (other scopes) would stay next to it."""
+        rt_type = self._msal.TokenCache.CredentialType.REFRESH_TOKEN
+        mine = list(self.cache.search(rt_type, query={"client_id": self.client_id}))
+        new = next((rt for rt in mine if kept and rt.get("secret") == kept), None)
+        if new is None:
+            return
+        for rt in mine:
+            if rt is not new and rt.get("home_account_id") == new.get("home_account_id") \
+                    and rt.get("environment") == new.get("environment"):
+                self.cache.remove_rt(rt)
 
     def _accounts(self) -> list[dict[str, Any]]:
         return self.app.get_accounts()
@@ -191,13 +221,18 @@ class MsalStore(TokenStore):
                                 query={"home_account_id": account.get("home_account_id"), "client_id": self.client_id})
         return max((int(rt.get("last_modification_time") or 0) for rt in rts), default=0)
 
-    def access_token(self, scope: str, username: str | None, force_refresh: bool) -> tuple[str, str, str]:
+    def access_token(self, scope: str, username: str | None, force_refresh: bool,
+                     claims: str | None = None) -> tuple[str, str, str]:
         account = _pick(self._accounts(), username, lambda a: a.get("username"), self._last_used)
-        result = self.app.acquire_token_silent_with_error(msal_scopes(scope), account, force_refresh=force_refresh)
+        # claims_challenge bypasses MSAL's access-token cache; MSAL keeps the refresh token on invalid_grant.
+        result = self.app.acquire_token_silent_with_error(msal_scopes(scope), account, force_refresh=force_refresh,
+                                                          claims_challenge=claims)
         self._persist()
         if not result:
             raise NotSignedIn("No token is cached for this scope and none could be refreshed. Sign in again.")
         if "error" in result:
+            if claims and _interaction_required(result.get("suberror")):
+                raise InteractionRequired(describe(ApiError(400, result)))
             raise self._fail(result)
         return result["access_token"], result.get("token_source", "cache"), account.get("username") or "?"
 
@@ -291,14 +326,18 @@ class BuiltinStore(TokenStore):
         self._save()
         return username
 
-    def access_token(self, scope: str, username: str | None, force_refresh: bool) -> tuple[str, str, str]:
+    def access_token(self, scope: str, username: str | None, force_refresh: bool,
+                     claims: str | None = None) -> tuple[str, str, str]:
         entry = _pick(self._mine(), username, lambda a: a.get("username"), self._last_used)
         cached = (entry.get("access_tokens") or {}).get(self._scope_key(scope))
-        if cached and not force_refresh and cached.get("expires_at", 0) - EXPIRY_MARGIN_SECONDS > time.time():
+        if cached and not force_refresh and not claims \
+                and cached.get("expires_at", 0) - EXPIRY_MARGIN_SECONDS > time.time():
             return cached["access_token"], "cache", entry.get("username", "?")
         try:
-            tokens = self.api.token("refresh_token", scope, refresh_token=entry["refresh_token"])
+            tokens = self.api.token("refresh_token", scope, refresh_token=entry["refresh_token"], claims=claims)
         except ApiError as exc:
+            if claims and exc.error == "invalid_grant" and _interaction_required(exc.suberror):
+                raise InteractionRequired(describe(exc)) from None  # the refresh token is still good
             if exc.error == "invalid_grant":
                 self.data["accounts"] = [a for a in self.data["accounts"] if a is not entry]
                 self._save()

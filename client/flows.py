@@ -180,7 +180,9 @@ def register_method(ctx: Context, ct: str, username: str | None) -> dict[str, An
 
 # ---------------------------------------------------------------------- sign-in (§5.1–5.5)
 
-def sign_in(ctx: Context, username: str, *, email_code: bool = False) -> dict[str, Any]:
+def sign_in(ctx: Context, username: str, *, email_code: bool = False, claims: str | None = None) -> dict[str, Any]:
+    """``claims``: a protected API's claims challenge (step-up), sent with the
+    first-factor ``/token`` call; the server then asks for the second factor."""
     api, io = ctx.api, ctx.io
     types = CODE_ONLY_CHALLENGE_TYPES if email_code else CHALLENGE_TYPES
     started = api.initiate(username, types)
@@ -189,14 +191,15 @@ def sign_in(ctx: Context, username: str, *, email_code: bool = False) -> dict[st
     if kind == "password":
         password = io.secret("Password: ")
         return complete_sign_in(ctx, lambda: api.token("password", ctx.scope, continuation_token=challenge["continuation_token"],
-                                                       password=password), username)
+                                                       password=password, claims=claims), username)
     if kind == "oob":
         if not email_code:
             io.say("This account signs in with a one-time code.")
         return complete_sign_in(ctx, lambda: code_loop(
             ctx, challenge,
             resend=lambda token: api.signin_challenge(token, types),
-            submit=lambda token, code: api.token("oob", ctx.scope, continuation_token=token, oob=code)), username)
+            submit=lambda token, code: api.token("oob", ctx.scope, continuation_token=token, oob=code,
+                                                 claims=claims)), username)
     raise ClientError(f"The server answered the sign-in challenge with an unexpected type '{kind}'.")
 
 

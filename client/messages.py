@@ -61,7 +61,7 @@ def describe(err: ApiError) -> str:
         return "The password must be reset before signing in: run `python -m client reset`."
     if err.has_code(500222):
         return "This account has no password. Sign in with an email code: `python -m client signin --email-code`."
-    if err.has_code(90100) and "username" in detail.lower():
+    if err.has_code(90100) and "username" in detail.lower() and "cannot be changed" not in detail.lower():
         return "That is not a valid email address."
     if sub == "provider_blocked_by_rep" or err.has_code(550024):
         return "This method cannot be used (it is blocked). Choose a different one."
@@ -73,6 +73,21 @@ def describe(err: ApiError) -> str:
         return _with_detail("Access was blocked by a conditional-access policy", detail)
     if sub in ("basic_action", "message_only"):
         return "The session needs a fresh sign-in (a policy asks for it). Sign in again."
+    # The account API (/me): plain HTTP statuses, the same error shape.
+    if err.error == "invalid_token":
+        return _with_detail("The account API did not accept the access token. Sign in again "
+                            "(`python -m client signin`)", detail)
+    if err.error == "insufficient_scope":
+        return "The access token is not for the account API: it needs the 'account' scope (see --account-scope)."
+    if err.error == "insufficient_claims":
+        return "This change needs a fresh second factor, and the new sign-in did not provide one."
+    if err.error == "confirmation_required":
+        return "This change needs a confirmation code sent to the account's email address."
+    if err.error == "last_method_required":
+        return ("This is the account's last second factor and a policy requires one: "
+                "add another method before removing it.")
+    if err.error == "not_found" and err.status == 404:
+        return detail or "Not found."
     if err.error == "unauthorized_client":
         return "This client id is not registered on the server (see --client-id)."
     if err.error == "invalid_client":

@@ -322,10 +322,6 @@ def methods_endpoint(request: Request, settings: Settings) -> Response:
         caller.log("account_methods_read")
         return _json(200, {"methods": [_method_view(m) for m in caller.user.methods]})
     body = parse_json(request, settings)
-    proof = _fresh(caller, body)
-    if isinstance(proof, Response):
-        return proof
-    steps, proven = proof
     channel, raw = body.get("channel"), body.get("target")
     if channel not in ("email", "sms") or not isinstance(raw, str) or not raw.strip():
         raise errors.InvalidRequest("The body needs channel ('email' or 'sms') and target.", error_codes=(901001,))
@@ -339,6 +335,11 @@ def methods_endpoint(request: Request, settings: Settings) -> Response:
     if channel == "email" and methods.mailbox_key(target) == methods.mailbox_key(caller.user.email):
         raise errors.InvalidRequest("This is your sign-in address; a second factor must be another mailbox or a phone.",
                                     error_codes=(901001,))
+    # The proof last: a mistyped target is refused before the user steps up (or spends a confirmation code).
+    proof = _fresh(caller, body)
+    if isinstance(proof, Response):
+        return proof
+    steps, proven = proof
     flow = flows.start(caller.storage, settings, "account_method", caller.client_id, ident=caller.user.pk,
                        username=caller.user.email, user_exists=True, sid=caller.claims.get("sid"),
                        steps=steps, second_factors=proven)

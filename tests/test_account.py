@@ -237,8 +237,10 @@ def test_an_account_without_a_method_confirms_by_email_code(server, api, outbox,
     added = call(api, "POST", "me/methods/verify", t["access_token"],
                  {"verification": sent["verification"], "code": outbox.last_code(new)})
     assert added.status == 201
+    other = call(api, "POST", "me/methods", t["access_token"], {"channel": "email", "target": unique_email("other")})
+    assert other.status == 401 and other["error"] == "insufficient_claims"   # now it has a method: step-up, not a code
     own = call(api, "POST", "me/methods", t["access_token"], {"channel": "email", "target": email})
-    assert own.status == 401                                        # now it has a method: step-up, not a code
+    assert own.status == 400 and own["error"] == "invalid_request"  # refused before any proof is asked for
 
 
 # ------------------------------------------------------------------ sessions, export, deletion

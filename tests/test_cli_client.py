@@ -516,3 +516,299 @@ def test_https_base_url_hands_tokens_to_msal_python(server, make_user, tls_host,
         out = cli.run("signout", "--username", email, base_url=base, env=env)
         assert out.returncode == 0 and f"Signed out {email}" in out.stdout, out.stdout
         assert json.loads(cli.cache.read_text())["RefreshToken"] == {}
+
+
+# ---------------------------------------------------------------------- the account API (/me)
+
+ACCOUNT_KEY = "api://native-auth/account"  # the built-in store keys access tokens by their (non-OIDC) scopes
+
+
+def signed_in_by_cli(cli, email: str, password: str = PW) -> None:
+    r = cli.run("signin", email, stdin=password + "\n")
+    assert r.returncode == 0 and f"Signed in as {email}." in r.stdout, (r.stdout, r.stderr)
+
+
+def cached_tokens(cli) -> list[dict]:
+    path = cli.cache.with_name("cache.builtin.json")
+    return json.loads(path.read_text())["accounts"] if path.exists() else []
+
+
+def account_token(cli) -> dict:
+    (entry,) = cached_tokens(cli)
+    return claims(entry["access_tokens"][ACCOUNT_KEY]["access_token"])
+
+
+def refresh(api, refresh_token: str):
+    return api.post("oauth2/v2.0/token", grant_type="refresh_token", refresh_token=refresh_token,
+                    scope="openid profile offline_access")
+
+
+def test_account_shows_the_profile_and_sets_attributes(server, make_user, cli):
+    phone = random_phone()
+    email, user = make_user(password=PW, display_name="Ada", methods=[sms_method(phone)])
+    assert cli.run("account").stderr.strip() == "Error: Not signed in. Run `python -m client signin` first."
+    signed_in_by_cli(cli, email)
+
+    r = cli.run("account")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert f"User:          {email}\n" in r.stdout and "Name:          Ada\n" in r.stdout, r.stdout
+    assert f"Object id:     {user.oid}\n" in r.stdout and "Password:      set, last changed" in r.stdout
+    assert re.search(r"Methods:       SMS to \+49\*+" + phone[-4:] + r" \(id m1, default, added 1970-01-01 00:00:01 UTC\)",
+                     r.stdout), r.stdout
+    assert phone not in r.stdout, "the profile shows methods masked"
+    # The CLI asked for a token of the account API (the sign-in was for the OIDC scopes only).
+    at = account_token(cli)
+    assert at["aud"] == RESOURCE and at["scp"] == "account" and at["oid"] == user.oid
+
+    schema = settings_mod._attribute_schema(json.dumps([
+        {"name": "displayName", "type": "string", "required": False},
+        {"name": "city", "type": "string", "required": False, "regex": "[A-Za-z ]+"}]))
+    with server.override(signup_attributes=schema):
+        r = cli.run("account", "set", "displayName=Grace Hopper", "city=Oslo")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert "Saved: city, displayName." in r.stdout and "Name:          Grace Hopper\n" in r.stdout, r.stdout
+        assert "Attributes:    city=Oslo, displayName=Grace Hopper\n" in r.stdout, r.stdout
+        bad = cli.run("account", "set", "city=Oslo 42")
+        assert bad.returncode == 1 and bad.stderr.strip() == "Error: These attributes are not valid: city.", bad.stderr
+        mail = cli.run("account", "set", "email=other@example.com")
+        assert mail.returncode == 1 and "cannot be changed" in mail.stderr and "Traceback" not in mail.stderr
+    assert cli.run("account", "set").returncode == 2
+    stored = directory.get_user(server.storage, email)
+    assert stored.display_name == "Grace Hopper" and json.loads(stored.entity["attributes"])["city"] == "Oslo"
+    as_json = cli.run("account", "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["displayName"] == "Grace Hopper"
+
+
+def test_password_change_refuses_a_wrong_current_password_then_signs_out_the_other_sessions(api, make_user, cli):
+    email, _ = make_user(password=PW)
+    signed_in_by_cli(cli, email)
+    other = api.signin_password(email, PW)
+    assert other.status == 200
+
+    refused = cli.run("password", stdin=f"not my password\n{NEW_PW}\n{NEW_PW}\n")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert refused.stderr.strip() == "Error: The current password is not correct. The password was not changed."
+    assert_no_secrets(refused.stdout + refused.stderr, "not my password", NEW_PW)
+    assert api.signin_password(email, PW).status == 200
+
+    p = cli("password")
+    p.expect(r"Changing the password of " + re.escape(email) + r"\.")
+    p.expect(r"Current password: ")
+    p.send(PW)
+    p.expect(r"New password: ")
+    p.send(PW)
+    p.expect(r"Repeat the password: ")
+    p.send(PW)
+    p.expect(r"! That password was used recently; choose a new one\.")
+    p.expect(r"New password: ")
+    p.send(NEW_PW)
+    p.expect(r"Repeat the password: ")
+    p.send(NEW_PW)
+    p.expect(r"Your password was changed\.")
+    p.expect(r"Every other session of the account was signed out; this one stays signed in\.")
+    assert p.finish() == 0, p.output
+    assert_no_secrets(p.output, PW, NEW_PW)
+
+    assert refresh(api, other["refresh_token"]).status == 400               # the other session ended
+    assert cli.run("account").returncode == 0                               # this one goes on
+    assert api.signin_password(email, NEW_PW).status == 200
+    assert api.signin_password(email, PW).status == 400
+
+    # --keep-sessions: another session survives the next change.
+    kept = api.signin_password(email, NEW_PW)
+    r = cli.run("password", "--keep-sessions", stdin=f"{NEW_PW}\n{PW} again and again\n{PW} again and again\n")
+    assert r.returncode == 0 and "Other sessions stay signed in." in r.stdout, (r.stdout, r.stderr)
+    assert refresh(api, kept["refresh_token"]).status == 200
+
+
+def test_methods_add_steps_up_by_signing_in_again_then_list_and_remove(server, outbox, make_user, cli):
+    phone, new = random_phone(), random_phone()
+    email, _ = make_user(password=PW, methods=[sms_method(phone)])
+    signed_in_by_cli(cli, email)
+    listed = cli.run("methods")
+    assert listed.returncode == 0, listed.stderr
+    assert f"Second factors of {email}:\n  SMS to +49" in listed.stdout and "(id m1, default," in listed.stdout
+    assert "acrs" not in account_token(cli)
+
+    p = cli("methods", "add", "sms", new)
+    # 401 insufficient_claims → a refresh with the claims is refused (no second factor in this session)
+    # → a new sign-in with the claims → mfa_required → the code → the call again.
+    p.expect(r"This change needs a fresh second factor: sign in again as " + re.escape(email) + r"\.")
+    p.expect(r"Password: ")
+    p.send(PW)
+    p.expect(r"A second factor is required\.")
+    p.expect(r"A 6-digit code was sent by SMS to \+49\*+" + phone[-4:] + r"\.")
+    p.expect(r"Enter the code")
+    p.send(outbox.last_code(phone))
+    p.expect(r"Signed in again\. Continuing")
+    p.expect(r"A 6-digit code was sent by SMS to \+49\*+" + new[-4:] + r"\.")
+    p.expect(r"Enter the code")
+    code = outbox.last_code(new)
+    p.send(wrong(code))
+    p.expect(r"! That code is not correct\.")
+    p.expect(r"Enter the code")
+    p.send(code)
+    added = p.expect(r"Added SMS to \+49\*+" + new[-4:] + r" as a second factor \(id (\S+)\)\.")
+    assert p.finish() == 0, p.output
+    assert_no_secrets(p.output, PW, code, new)
+    user = directory.get_user(server.storage, email)
+    assert [m["target"] for m in user.methods] == [phone, new]
+    new_id = added.group(1)
+    assert [m["id"] for m in user.methods][1] == new_id
+    assert [m["purpose"] for m in outbox.messages(email)][-1] == "method_added"
+    # The step-up session replaced the old one in the store; its token carries the account context.
+    assert account_token(cli)["acrs"] == [server.settings.account_auth_context]
+
+    missing = cli.run("methods", "remove", "nope")
+    assert missing.returncode == 1 and "has no method with id 'nope'" in missing.stderr, missing.stderr
+    # Within the freshness window the step-up token is proof enough: no prompt at all.
+    removed = cli.run("methods", "remove", new_id)
+    assert removed.returncode == 0, (removed.stdout, removed.stderr)
+    assert re.search(r"Removed SMS to \+49\*+" + new[-4:] + r" \(id " + re.escape(new_id) + r"\)\.", removed.stdout)
+    assert "Password" not in removed.stdout
+    assert [m["id"] for m in directory.get_user(server.storage, email).methods] == ["m1"]
+    assert [m["purpose"] for m in outbox.messages(email)][-1] == "method_removed"
+
+
+def test_a_recent_second_factor_of_the_session_is_proof_enough(server, outbox, make_user, require_mfa, cli):
+    """The session signed in with a second factor a moment ago: the refresh asking for the claims gets
+    them, so removing a method needs no new sign-in; the last method is refused (a policy needs one)."""
+    phone, second = random_phone(), random_phone()
+    email, _ = make_user(password=PW, methods=[sms_method(phone), sms_method(second, "m2", False)])
+    p = cli("signin", email)
+    p.expect(r"Password: ")
+    p.send(PW)
+    p.expect(r"Choose 1-2 \[1\]: ")
+    p.send("1")
+    p.expect(r"Enter the code")
+    p.send(outbox.last_code(phone))
+    p.expect(r"Signed in as ")
+    assert p.finish() == 0, p.output
+
+    r = cli.run("methods", "remove", "m2")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "Removed SMS to +49" in r.stdout and "(id m2)" in r.stdout and "sign in again" not in r.stdout
+    assert account_token(cli)["acrs"] == [server.settings.account_auth_context]
+    last = cli.run("methods", "remove", "m1")
+    assert last.returncode == 1, (last.stdout, last.stderr)
+    assert "Error: This is the account's last second factor" in last.stderr
+    assert [m["id"] for m in directory.get_user(server.storage, email).methods] == ["m1"]
+
+
+def test_an_account_without_a_second_factor_confirms_by_email_code(server, outbox, make_user, cli):
+    email, _ = make_user(password=PW)
+    inbox = unique_email("cli-factor")
+    signed_in_by_cli(cli, email)
+    p = cli("methods", "add", "email", inbox)
+    p.expect(r"This change needs a confirmation code, sent to the account's email address\.")
+    p.expect(r"A 8-digit code was sent by email to \S+\*\S+\.")
+    p.expect(r"Enter the code")
+    confirmation = outbox.last_code(email)
+    p.send(wrong(confirmation))
+    p.expect(r"! That code is not correct\.")
+    p.expect(r"Enter the code")
+    p.send(confirmation)
+    p.expect(r"A 8-digit code was sent by email to \S+\*\S+\.")
+    p.expect(r"Enter the code")
+    p.send(outbox.last_code(inbox))
+    p.expect(r"Added email to \S+ as a second factor \(id \S+\)\.")
+    assert p.finish() == 0, p.output
+    assert "Password" not in p.output
+    assert [(m["channel"], m["target"]) for m in directory.get_user(server.storage, email).methods] == [("email", inbox)]
+
+
+def test_delete_asks_for_the_address_steps_up_and_forgets_the_tokens(server, outbox, make_user, cli):
+    phone = random_phone()
+    email, _ = make_user(password=PW, methods=[sms_method(phone)])
+    signed_in_by_cli(cli, email)
+    sends = outbox.count(phone)
+
+    refused = cli.run("delete", stdin="someone-else@example.com\n")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert f"This deletes the account {email} for good" in refused.stdout
+    assert refused.stderr.strip() == "Error: That is not the account's address. Nothing was deleted."
+    assert directory.get_user(server.storage, email) is not None and outbox.count(phone) == sends
+
+    p = cli("delete")
+    p.expect(r"Type the account's email address to confirm: ")
+    p.send(email.upper())
+    p.expect(r"sign in again as " + re.escape(email))
+    p.expect(r"Password: ")
+    p.send(PW)
+    p.expect(r"A 6-digit code was sent by SMS")
+    p.expect(r"Enter the code")
+    p.send(outbox.last_code(phone))
+    p.expect(r"The account " + re.escape(email) + r" was deleted\.")
+    p.expect(r"Its tokens were removed from built-in refresh")
+    assert p.finish() == 0, p.output
+    assert_no_secrets(p.output, PW)
+    assert directory.get_user(server.storage, email) is None
+    assert [m["purpose"] for m in outbox.messages(email)][-1] == "account_deleted"
+    assert cached_tokens(cli) == []
+    gone = cli.run("account")
+    assert gone.returncode == 1 and "Not signed in" in gone.stderr
+
+
+def test_signout_everywhere_ends_every_session(api, make_user, cli):
+    email, _ = make_user(password=PW)
+    signed_in_by_cli(cli, email)
+    (entry,) = cached_tokens(cli)
+    other = api.signin_password(email, PW)
+    r = cli.run("signout", "--everywhere")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert f"Signed out everywhere: every session of {email} has ended, on every device." in r.stdout
+    assert "Its tokens were removed from built-in refresh" in r.stdout
+    assert cached_tokens(cli) == []
+    for rt in (other["refresh_token"], entry["refresh_token"]):
+        assert refresh(api, rt).status == 400
+    again = cli.run("signout", "--everywhere")
+    assert again.returncode == 1 and "Not signed in" in again.stderr
+
+
+def test_export_writes_the_account_data(server, make_user, cli, tmp_path):
+    phone = random_phone()
+    email, user = make_user(password=PW, methods=[sms_method(phone)])
+    signed_in_by_cli(cli, email)
+    out = tmp_path / "export" / "account.json"
+    r = cli.run("export", "-o", str(out))
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert re.search(r"Exported the data of " + re.escape(email) + r" \(1 method, 1 session, \d+ sign-in log entr(y|ies)\) to "
+                     + re.escape(str(out)), r.stdout), r.stdout
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    data = json.loads(out.read_text())
+    assert data["profile"]["email"] == email and data["profile"]["id"] == user.oid
+    assert data["methods"][0]["target"] == phone and data["sessions"] and data["signInLog"]
+    assert user.password_hash not in out.read_text() and "password_hash" not in out.read_text()
+    piped = cli.run("export")
+    assert piped.returncode == 0 and json.loads(piped.stdout)["profile"]["email"] == email, piped.stderr
+    assert f"Exported the data of {email}" in piped.stderr
+
+
+def test_https_account_commands_through_msal_python_with_step_up(server, outbox, make_user, tls_host, cli):
+    """The MSAL Python store: the account scope is refreshed by MSAL, the step-up's silent attempt
+    (claims_challenge) is refused, the new sign-in replaces the session in MSAL's cache."""
+    host, ca_file = tls_host
+    base = host.base_url
+    env = {"REQUESTS_CA_BUNDLE": str(ca_file)}
+    phone = random_phone()
+    email, _ = make_user(password=PW, methods=[sms_method(phone), sms_method(random_phone(), "m2", False)])
+    with server.override(issuer=base):
+        r = cli.run("signin", email, base_url=base, env=env, stdin=PW + "\n")
+        assert r.returncode == 0 and "MSAL Python" in r.stdout, (r.stdout, r.stderr)
+        shown = cli.run("account", base_url=base, env=env)
+        assert shown.returncode == 0 and f"User:          {email}\n" in shown.stdout, (shown.stdout, shown.stderr)
+        p = cli("methods", "remove", "m2", base_url=base, env=env)
+        p.expect(r"sign in again as " + re.escape(email))
+        p.expect(r"Password: ")
+        p.send(PW)
+        p.expect(r"Where should the verification code go\?\n(.*\n)+?Choose 1-2 \[1\]: ")
+        p.send("1")
+        p.expect(r"Enter the code")
+        p.send(outbox.last_code(phone))
+        p.expect(r"Removed SMS to \+49\*+\d{4} \(id m2\)\.")
+        assert p.finish() == 0, p.output
+    assert [m["id"] for m in directory.get_user(server.storage, email).methods] == ["m1"]
+    cached = json.loads(cli.cache.read_text())
+    assert len(cached["Account"]) == 1 and len(cached["RefreshToken"]) == 1, "the step-up session replaced the old one"
+    targets = [at["target"].split() for at in cached["AccessToken"].values()]
+    assert any(ACCOUNT_KEY in t for t in targets), targets

@@ -233,7 +233,7 @@ def cors_headers(request: Request, settings: Settings) -> dict[str, str]:
         return {}
     return {
         "Access-Control-Allow-Origin": origin,  # echo, never "*" with credentials
-        "Access-Control-Expose-Headers": "x-ms-request-id, client-request-id, Retry-After",
+        "Access-Control-Expose-Headers": "x-ms-request-id, client-request-id, Retry-After, WWW-Authenticate",
         "Vary": "Origin",
     }
 

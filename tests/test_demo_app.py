@@ -1,10 +1,15 @@
 """The demo web app (demo/): built with esbuild, served on http://localhost:<port>/
 against the test server, and used in headless Debian Chromium like a person
-would (tests/demo_driver.mjs types and clicks; one-time codes come from the
+would (tests/browser_driver.mjs types and clicks; one-time codes come from the
 outbox): a password sign-in with an SMS second factor (a wrong code, a resend),
 the signed-in view with the ID token's claims, a token refresh and sign-out;
 a sign-up with a required attribute and just-in-time phone registration; a
-password reset with automatic sign-in.
+password reset with automatic sign-in; the account view (/api/me with the
+SDK's access token): profile, password change, an email method confirmed by a
+code to the account's address, sign out everywhere; a phone added through the
+step-up round trip (claims challenge, silent attempt refused, sign-in again
+with the claims and the SMS second factor) and removed; the account deleted
+after a silent step-up.
 
 A screenshot of the signed-in view goes to the test's tmp path (and to
 $DEMO_SCREENSHOT when that is set). Missing Chromium, Node or node_modules
@@ -15,12 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import random
 import shutil
-import subprocess
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,11 @@ import pytest
 
 from conftest import ROOT, remember_secret, unique_email, wait_until
 from demo.serve import DemoError, build, serve
+from e2e.e2e_harness import Driver, HarnessError
 from shared import directory, policy
 from shared.identifiers import mask_phone
 from shared.settings import _attribute_schema
 
-DRIVER = ROOT / "tests" / "demo_driver.mjs"
 NODE_MODULES = ROOT / "node_modules"
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "Lantern-Orchard-Velvet-5821"
@@ -63,76 +64,19 @@ def missing_prerequisites() -> list[str]:
 
 # ------------------------------------------------------------------ the driver process
 
-class DriverError(RuntimeError):
-    pass
+DriverError = HarnessError
 
 
-class Browser:
-    """tests/demo_driver.mjs: one JSON request per line on stdin, one answer per line on stdout."""
+class Browser(Driver):
+    """tests/browser_driver.mjs (the driver the e2e suite uses too), with what a person
+    does on the demo: ``browser(op, **params)`` sends one op and returns its result."""
 
     def __init__(self, user_data_dir: Path, log_path: Path):
-        env = {**os.environ, "PUPPETEER_SKIP_DOWNLOAD": "1", "PUPPETEER_SKIP_CHROME_DOWNLOAD": "1",
-               "PUPPETEER_SKIP_CHROME_HEADLESS_SHELL_DOWNLOAD": "1"}
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self._proc = subprocess.Popen(
-            ["node", str(DRIVER), "--chromium", CHROMIUM, "--user-data-dir", str(user_data_dir)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
-            text=True, encoding="utf-8", bufsize=1)
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, name="demo-driver", daemon=True).start()
-        self._next_id = 0
-        try:
-            ready = self._receive(60, "Chromium start-up")
-        except BaseException:
-            self.close()
-            raise
-        if ready.get("event") != "ready":
-            self.close()
-            raise DriverError(f"unexpected first message from the driver: {ready}")
-        self.version = ready.get("version")
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def stderr_tail(self, limit: int = 3000) -> str:
-        try:
-            self._log.flush()
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
-
-    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise DriverError(f"no answer from the browser driver to {what} within {timeout:.0f} s\n"
-                                  f"{self.stderr_tail()}") from None
-            if line is None:
-                self._proc.wait(5)
-                raise DriverError(f"the browser driver exited ({self._proc.returncode}) during {what}\n"
-                                  f"{self.stderr_tail()}")
-            if line.strip():
-                return json.loads(line)
+        super().__init__(user_data_dir=user_data_dir, log_path=log_path, chromium=CHROMIUM)
+        self.version = self.browser_version
 
     def __call__(self, op: str, timeout: float = 30, **params: Any) -> Any:
-        self._next_id += 1
-        msg_id = self._next_id
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps({"id": msg_id, "op": op, "timeoutMs": int(timeout * 1000), **params}) + "\n")
-        self._proc.stdin.flush()
-        while True:
-            reply = self._receive(timeout + 30, f"op {op}")
-            if reply.get("id") == msg_id:
-                break
-        if not reply.get("ok"):
-            raise DriverError(f"browser op {op} {params} failed: {reply.get('error')}")
-        return reply.get("result")
+        return self.request(op, timeout=timeout, **params)
 
     # what a person does
     def type(self, selector: str, text: str) -> None:
@@ -143,26 +87,6 @@ class Browser:
 
     def wait_view(self, view: str) -> dict[str, Any]:
         return self("waitView", view=view)
-
-    def close(self) -> None:
-        try:
-            if self._proc.poll() is None:
-                try:
-                    self("quit", timeout=10)
-                except (DriverError, OSError, ValueError):
-                    pass
-                try:
-                    self._proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()  # our own child, by its handle
-                    self._proc.wait(5)
-        finally:
-            for stream in (self._proc.stdin, self._proc.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
-            self._log.close()
 
 
 # ------------------------------------------------------------------ fixtures
@@ -451,6 +375,238 @@ def test_password_reset_then_automatic_sign_in_in_the_demo_app(demo_site, browse
         screen = browser.wait_view("account")
         assert browser("claims")["preferred_username"] == email
         assert "pwd" not in browser("claims")["amr"].split()  # the reset's email code was the factor
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)
+
+
+# ------------------------------------------------------------------ the account view (/api/me)
+
+def api_calls(browser: Browser, demo_site) -> list[tuple[str, str, int | None]]:
+    """The page's requests to the API (method, path under /api/, status), preflights left out."""
+    api_host = urlsplit(demo_site.api_base).netloc
+    return [(r["method"], urlsplit(r["url"]).path.removeprefix("/api/"), r["status"]) for r in browser("network")
+            if urlsplit(r["url"]).netloc == api_host and r["method"] != "OPTIONS"]
+
+
+def sign_in_on_page(browser: Browser, demo_site, email: str, password: str = PASSWORD) -> None:
+    """Email, then the password; no second factor asked (no policy for this user)."""
+    browser("open", url=demo_site.url)
+    browser.type("#signin-email", email)
+    browser.click("#signin-submit")
+    browser.wait_view("password")
+    browser.type("#password-input", password)
+    browser.click("#password-submit")
+    browser.wait_view("account")
+
+
+def open_account_view(browser: Browser) -> dict[str, Any]:
+    browser.click("#open-manage")
+    screen = browser.wait_view("manage")
+    assert screen["heading"] == "Your account" and not screen["alert"], screen
+    return screen
+
+
+def no_page_errors(browser: Browser) -> None:
+    """No script error and no CSP violation; the API's 4xx answers (expected here) aside."""
+    problems = [line for line in browser("console") if line.startswith(("error:", "pageerror:"))
+                and "the server responded with a status of 4" not in line]
+    assert not problems, problems
+
+
+def test_account_view_profile_password_email_method_and_sign_out_everywhere(demo_site, browser, server, api, outbox,
+                                                                            make_user, tmp_path):
+    """The account view of a user without a second factor: the profile (a new name), a
+    password change (a wrong current password, then one that signs out the other
+    session), an email address added as a second factor (the account has no method,
+    so the change is confirmed by a code to its own address, then the new address's
+    code), and "sign out everywhere"."""
+    email, other_mailbox = unique_email("demo-acct"), unique_email("demo-acct-second")
+    make_user(password=PASSWORD, email=email, display_name="Ada")
+    other = api.signin_password(email, PASSWORD)                 # another session, elsewhere
+    assert other.status == 200, other.body
+    try:
+        sign_in_on_page(browser, demo_site, email)
+        open_account_view(browser)
+        info = browser("texts", selector="#profile-info")[0]
+        assert email in info and "Ada" in info, info
+        assert browser("texts", selector="#methods-list li") == ["None yet. Add a phone or another email address."]
+
+        # the profile
+        browser.type("#profile-name", "Ada Lovelace")
+        browser.click("#profile-save")
+        screen = browser("waitText", selector="#notice", text="Your profile is saved.")
+        assert not screen["alert"], screen
+        assert "Ada Lovelace" in browser("texts", selector="#profile-info")[0]
+        assert directory.get_user(server.storage, email).display_name == "Ada Lovelace"
+
+        # the password: a wrong current one is a clear error; then the change
+        browser.type("#current-password", "Not-" + PASSWORD)
+        browser.type("#new-password", NEW_PASSWORD)
+        browser.click("#change-password-submit")
+        screen = browser("waitText", selector="#alert", text="Your current password isn't right.")
+        assert screen["view"] == "manage" and "50126" in screen["alert"], screen
+        browser.type("#current-password", PASSWORD)
+        browser.type("#new-password", NEW_PASSWORD)
+        browser.click("#change-password-submit")
+        screen = browser("waitText", selector="#notice", text="Your password has been changed")
+        assert not screen["alert"] and "other sessions are signed out" in screen["notice"], screen
+        assert api.post("oauth2/v2.0/token", grant_type="refresh_token", refresh_token=other["refresh_token"]).status == 400
+        assert [m["purpose"] for m in outbox.messages(email)][-1] == "password_changed"
+
+        # an email address as second factor: first a code to the account's own address
+        before = outbox.count(email)
+        browser("select", selector="#method-channel", value="email")
+        browser.type("#method-target", other_mailbox)
+        browser.click("#method-add")
+        screen = browser("waitText", selector="#confirm-lead", text="code we emailed to")
+        assert "no second step yet" in screen["notice"] and not screen["alert"], screen
+        browser.type("#confirm-code", code_sent(outbox, email, before))
+        browser.click("#confirm-submit")
+        screen = browser("waitText", selector="#method-verify-lead", text="code we emailed to")
+        assert not screen["alert"], screen
+        browser.type("#method-code", code_sent(outbox, other_mailbox, 0))
+        browser.click("#method-verify")
+        screen = browser("waitText", selector="#notice", text="is added")
+        assert not screen["alert"], screen
+        [row] = browser("texts", selector="#methods-list li")
+        assert row.startswith("Email") and other_mailbox not in row and "Remove" in row, row  # masked
+        assert [(m["channel"], m["target"]) for m in directory.get_user(server.storage, email).methods] == \
+            [("email", other_mailbox)]
+        browser("screenshot", path=str(tmp_path / "demo-account.png"))
+
+        # sign out everywhere: this page too
+        browser.click("#revoke-sessions")
+        screen = browser.wait_view("signin")
+        assert screen["notice"] == "You're signed out everywhere, on this device too.", screen
+        calls = api_calls(browser, demo_site)
+        assert ("POST", "me/revoke-sessions", 204) in calls, calls
+        # the page's session is over at the server: the API refuses its token family
+        assert float(directory.get_user(server.storage, email).entity.get("rt_not_before") or 0) > 0
+        no_page_errors(browser)
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)
+
+
+def test_account_view_adds_a_phone_through_the_step_up_then_removes_it(demo_site, browser, server, outbox, make_user,
+                                                                       tmp_path):
+    """Adding a phone needs a fresh second factor: the API's claims challenge, a silent
+    token request with the claims (refused: this session had none), the step-up screen
+    (a wrong password, then the right one), the SDK's second factor, then the phone's
+    own code. Removing it right after needs nothing more (the step-up is fresh)."""
+    number, new = unique_mobile(), unique_mobile()
+    email, _ = make_user(password=PASSWORD, email=unique_email("demo-stepup"),
+                         methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
+    try:
+        sign_in_on_page(browser, demo_site, email)
+        open_account_view(browser)
+        [row] = browser("texts", selector="#methods-list li")
+        assert mask_phone(number) in row and "Default" in row, row
+
+        browser("network", clear=True)
+        browser.type("#method-target", new)
+        browser.click("#method-add")
+        screen = browser.wait_view("stepup")
+        assert screen["heading"] == "Confirm it's you" and not screen["alert"], screen
+        assert "To add a phone number, sign in again" in browser("texts", selector="#stepup-lead")[0]
+        calls = api_calls(browser, demo_site)
+        assert calls[-2:] == [("POST", "me/methods", 401), ("POST", "oauth2/v2.0/token", 400)], calls  # silent: refused
+        assert [r["grantType"] for r in browser("network")
+                if urlsplit(r["url"]).path.endswith("/token")] == ["refresh_token"]
+        browser("screenshot", path=str(tmp_path / "demo-step-up.png"))
+
+        # a wrong password: a clear error, the same screen
+        browser.type("#stepup-password", "Not-" + PASSWORD)
+        browser.click("#stepup-submit")
+        screen = browser("waitText", selector="#alert", text="email and password don't match")
+        assert screen["view"] == "stepup", screen
+        browser.type("#stepup-password", PASSWORD)
+        browser.click("#stepup-submit")
+        screen = browser.wait_view("mfa")
+        assert browser("texts", selector="#mfa-methods .choice") == [f"Text message\n{mask_phone(number)}"]
+        browser.click("#mfa-submit")
+        browser.wait_view("code")
+        browser.type("#code-input", code_sent(outbox, number, 0))
+        browser.click("#code-submit")
+
+        # back in the account view, the change resumed: the new phone's code
+        screen = browser.wait_view("manage")
+        assert not screen["alert"] and screen["notice"] == f"We sent a code to {mask_phone(new)}.", screen
+        code = code_sent(outbox, new, 0)
+        browser.type("#method-code", "".join(str((int(d) + 1) % 10) for d in code))
+        browser.click("#method-verify")
+        screen = browser("waitText", selector="#alert", text="That code isn't right")
+        assert "invalid_oob_value" in screen["alert"], screen
+        browser.type("#method-code", code)
+        browser.click("#method-verify")
+        screen = browser("waitText", selector="#notice", text=f"Phone {mask_phone(new)} is added")
+        rows = browser("texts", selector="#methods-list li")
+        assert len(rows) == 2 and mask_phone(new) in rows[1], rows
+        user = directory.get_user(server.storage, email)
+        assert [m["target"] for m in user.methods] == [number, new]
+        new_id = user.methods[1]["id"]
+
+        # removing it: the step-up is still fresh, no new sign-in
+        browser.click(f'#methods-list button[data-id="{new_id}"]')
+        screen = browser("waitText", selector="#notice", text=f"Phone {mask_phone(new)} is removed")
+        assert screen["view"] == "manage" and not screen["alert"], screen
+        assert [m["target"] for m in directory.get_user(server.storage, email).methods] == [number]
+        assert len(browser("texts", selector="#methods-list li")) == 1
+        assert outbox.count(number) == 1  # one second factor for both changes
+        no_page_errors(browser)
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)
+
+
+def test_account_view_deletes_the_account_with_a_silent_step_up(demo_site, browser, server, outbox, make_user,
+                                                                second_factor_for, tmp_path):
+    """Signed in with an SMS second factor a moment ago, the claims challenge of the
+    deletion is met by the SDK's refresh with the claims: no new sign-in, no new code."""
+    number = unique_mobile()
+    email, _ = make_user(password=PASSWORD, email=unique_email("demo-delete"),
+                         methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
+    second_factor_for(email)
+    try:
+        browser("open", url=demo_site.url)
+        browser.type("#signin-email", email)
+        browser.click("#signin-submit")
+        browser.wait_view("password")
+        browser.type("#password-input", PASSWORD)
+        browser.click("#password-submit")
+        browser.wait_view("mfa")
+        browser.click("#mfa-submit")
+        browser.wait_view("code")
+        browser.type("#code-input", code_sent(outbox, number, 0))
+        browser.click("#code-submit")
+        browser.wait_view("account")
+        open_account_view(browser)
+
+        browser.type("#delete-confirm", "someone-else@example.com")
+        browser.click("#delete-account")
+        screen = browser("screen")
+        assert screen["fieldErrors"] == ["That isn't your account's email address."], screen
+        assert directory.get_user(server.storage, email) is not None
+
+        browser("network", clear=True)
+        browser.type("#delete-confirm", email)
+        browser.click("#delete-account")
+        screen = browser.wait_view("signin")
+        assert screen["notice"] == "Your account is deleted. We've emailed you a confirmation.", screen
+        assert not screen["alert"], screen
+        assert directory.get_user(server.storage, email) is None
+        assert [m["purpose"] for m in outbox.messages(email)][-1] == "account_deleted"
+        assert outbox.count(number) == 1
+        calls = api_calls(browser, demo_site)
+        assert calls == [("DELETE", "me", 401), ("POST", "oauth2/v2.0/token", 200), ("DELETE", "me", 204)], calls
+        no_page_errors(browser)
     except BaseException:
         dump(browser, tmp_path)
         raise

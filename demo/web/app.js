@@ -6,10 +6,22 @@
 // whose `state` says what the server wants next (a code, a password, attributes,
 // a second factor, a method to register) or that the user is signed in. A failed
 // action keeps the current state, so the user can simply try again.
+//
+// Signed in, the "Manage account" view uses this service's account API (/api/me)
+// with `fetch` and the SDK's access token for `api://native-auth/account`. A
+// change that needs a fresh second factor answers 401 with a claims challenge:
+// the page first asks the SDK for a token with those claims silently (enough when
+// the session's second factor is recent), else signs in again through the SDK
+// with the claims (the second factor follows), then repeats the call.
 import { CustomAuthPublicClientApplication } from "@azure/msal-browser/custom-auth";
 
 const CONFIG = window.NATIVE_AUTH_DEMO ?? {};
 const API_BASE = CONFIG.apiBase || "http://127.0.0.1:7071/api";
+// The account API's scope (its access tokens have aud api://native-auth, scp account).
+const ACCOUNT_SCOPE = CONFIG.accountScope || "api://native-auth/account";
+// The authentication context the account API asks for (AUTH_ACCOUNT_AUTH_CONTEXT): used only
+// when the browser does not let the page read the claims challenge itself (see claimsOf).
+const ACCOUNT_CONTEXT = CONFIG.accountAuthContext || "acct";
 
 const MSAL_CONFIG = {
     auth: {
@@ -34,6 +46,10 @@ let username = ""; // the email of the current flow
 let lastChallenge = null; // how to resend: {kind: "mfa", methodId} | {kind: "jit", details}
 let resendReadyAt = 0;
 let resendTimer = null;
+let profile = null; // the last GET /me
+let stepUp = null; // {label, run, claims} while the user signs in again for a change
+let confirmation = null; // {label, run, token} while an emailed confirmation code is awaited
+let verification = null; // {token, channel} while a new method's code is awaited
 
 // ------------------------------------------------------------------ DOM helpers
 
@@ -73,7 +89,7 @@ function icon(name, cls = "icon") {
 
 function show(view, { keepMessages = false } = {}) {
     for (const v of $$(".view")) v.hidden = v.dataset.view !== view;
-    card.classList.toggle("wide", view === "account");
+    card.classList.toggle("wide", view === "account" || view === "manage");
     card.dataset.current = view;
     if (!keepMessages) {
         hideAlert();
@@ -346,6 +362,10 @@ async function handle(result) {
         case "MfaCompletedState":
         case "AuthMethodRegistrationCompletedState":
             flow = null;
+            if (stepUp) {
+                await finishStepUp(result.data); // signed in again for a change: make it now
+                return;
+            }
             await showAccount(result.data, state.stateType === "AuthMethodRegistrationCompletedState");
             return;
         default:
@@ -356,6 +376,9 @@ async function handle(result) {
 function restart(view = "signin") {
     flow = null;
     lastChallenge = null;
+    stepUp = null;
+    closeConfirmation();
+    closeMethodVerify();
     for (const id of ["#signin-email", "#signup-email", "#reset-email"]) {
         if (username && !$(id).value) $(id).value = username;
     }
@@ -632,7 +655,8 @@ function renderToken(result, how) {
     $("#token-info").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
 }
 
-async function showAccount(acc, registered = false) {
+// The signed-in view's content (name, claims) for an account.
+function fillAccount(acc) {
     account = acc;
     const info = acc.getAccount();
     const claims = acc.getClaims() ?? {};
@@ -644,6 +668,10 @@ async function showAccount(acc, registered = false) {
     $("#account-avatar").textContent = initials(claims.name || info.username);
     renderClaims(claims);
     $("#token-info").replaceChildren();
+}
+
+async function showAccount(acc, registered = false) {
+    fillAccount(acc);
     const section = $("#account");
     section.dataset.ready = "false";
     show("account", { keepMessages: true });
@@ -659,6 +687,334 @@ function restoreAccount() {
     const current = app?.getCurrentAccount();
     if (current?.data) return showAccount(current.data);
     return null;
+}
+
+// ------------------------------------------------------------------ the account API (/api/me)
+
+class ApiError extends Error {
+    constructor(status, body, headers = null) {
+        super(body?.error_description || `HTTP ${status}`);
+        this.status = status;
+        this.body = body ?? {};
+        this.headers = headers;
+    }
+
+    get code() {
+        return this.body.error ?? "";
+    }
+}
+
+// An access token for the account API from the SDK: the cache, else a refresh.
+async function accountToken(forceRefresh) {
+    if (!account) throw new ApiError(401, { error: "invalid_token", error_description: "Nobody is signed in." });
+    const result = await account.getAccessToken({ forceRefresh, scopes: [ACCOUNT_SCOPE] });
+    if (result.isFailed()) {
+        const data = result.error?.errorData ?? result.error ?? {};
+        const text = `${data.error ?? data.errorCode ?? ""} ${data.errorDescription ?? data.errorMessage ?? ""}`;
+        if (/network|fetch|http_request|http_error|connect/i.test(text)) {
+            throw new ApiError(0, { error: "network", error_description: `Can't reach the sign-in service at ${API_BASE}. Is it running?` });
+        }
+        // the refresh was refused: this session is over (signed out everywhere, password reset, ...)
+        throw new ApiError(401, { error: "invalid_token", error_description: "Your session has ended." });
+    }
+    return result.data.accessToken;
+}
+
+// One call to the account API: the parsed JSON answer (null for 204), or an ApiError.
+async function api(method, path, body = null, retried = false) {
+    const token = await accountToken(retried);
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body !== null) headers["Content-Type"] = "application/json";
+    let res;
+    try {
+        res = await fetch(`${API_BASE}/${path}`, {
+            method,
+            headers,
+            body: body === null ? undefined : JSON.stringify(body),
+            cache: "no-store",
+        });
+    } catch (e) {
+        throw new ApiError(0, { error: "network", error_description: `Can't reach the account API at ${API_BASE}. Is it running?` });
+    }
+    const text = res.status === 204 ? "" : await res.text();
+    let data = null;
+    try {
+        data = text ? JSON.parse(text) : null;
+    } catch {
+        data = { error_description: text.slice(0, 200) };
+    }
+    if (res.ok) return data;
+    const error = new ApiError(res.status, data, res.headers);
+    // A token the API no longer takes (say, issued before this session's password change):
+    // one fresh token from the SDK (a refresh), then once more.
+    if (res.status === 401 && error.code === "invalid_token" && !retried) return api(method, path, body, true);
+    throw error;
+}
+
+// The claims a 401 asks for, as the JSON string the SDK takes: WWW-Authenticate carries
+// them base64-encoded (claims="..."). A page on another origin than the API sees that
+// header only when the API lists it in Access-Control-Expose-Headers; otherwise it asks
+// for the account API's authentication context, which is what the challenge says.
+function claimsOf(error) {
+    const header = error.headers?.get("WWW-Authenticate") ?? "";
+    const match = /claims="([^"]+)"/.exec(header);
+    if (match) {
+        try {
+            const claims = atob(match[1]);
+            JSON.parse(claims);
+            return claims;
+        } catch {
+            // not base64 JSON: fall through
+        }
+    }
+    console.warn(`The claims challenge is not readable here (WWW-Authenticate not exposed by CORS); asking for the "${ACCOUNT_CONTEXT}" context.`);
+    return JSON.stringify({ access_token: { acrs: { essential: true, value: ACCOUNT_CONTEXT } } });
+}
+
+// A change that may need fresh proof. run(proof) makes the API calls (proof: {} or
+// {confirmation, code}). On a claims challenge: a silent token with the claims first,
+// else sign in again (startStepUp; the change resumes in finishStepUp). An account
+// without a second factor proves itself with an emailed code instead.
+async function change(label, run, stage = "first") {
+    try {
+        await run({});
+    } catch (e) {
+        if (!(e instanceof ApiError)) throw e;
+        if (e.status === 401 && e.code === "insufficient_claims" && stage !== "stepped-up") {
+            const claims = claimsOf(e);
+            if (stage === "first") {
+                const silent = await account.getAccessToken({ forceRefresh: true, scopes: [ACCOUNT_SCOPE], claims });
+                if (!silent.isFailed()) return change(label, run, "silent");
+            }
+            startStepUp(label, run, claims);
+            return;
+        }
+        if (e.status === 401 && e.code === "confirmation_required") {
+            await startConfirmation(label, run);
+            return;
+        }
+        throw e;
+    }
+}
+
+const API_PROBLEMS = {
+    insufficient_claims: "This change still needs a fresh second step. Please try again.",
+    confirmation_required: "This change needs a code we email you. Please try again.",
+    last_method_required: "This is your last way to receive codes, and your sign-in needs one. Add another before you remove it.",
+    not_found: "That isn't on your account any more.",
+    insufficient_scope: "This app's access token isn't allowed to use the account API.",
+    expired_token: "This took too long and has expired. Please start again.",
+    slow_down: "Too many changes in a short time. Please wait a little and try again.",
+};
+
+function explainApi(e) {
+    const b = e.body ?? {};
+    const codes = b.error_codes ?? [];
+    const detail = [e.status ? `HTTP ${e.status}` : "", b.error, b.suberror, codes.join(",")].filter(Boolean).join(" · ");
+    let message;
+    if (codes.includes(50126)) message = "Your current password isn't right.";
+    else if (PASSWORD_PROBLEMS[b.suberror]) message = PASSWORD_PROBLEMS[b.suberror];
+    else if (b.suberror === "invalid_oob_value") message = "That code isn't right. Check it and try again.";
+    else if (b.suberror === "attribute_validation_failed") message = "That value isn't valid. Check it and try again.";
+    else if (e.status === 0) message = b.error_description;
+    else if (e.status === 429) message = API_PROBLEMS.slow_down;
+    else if (API_PROBLEMS[b.error]) message = API_PROBLEMS[b.error];
+    else message = describeUnknown({ errorDescription: b.error_description ?? "", error: b.error });
+    return { message, detail };
+}
+
+function reportAccountError(e, button = null) {
+    if (e instanceof ApiError && e.status === 401 && e.code === "invalid_token") {
+        endSession("Your session has ended (signed out elsewhere, or the account changed). Sign in again.");
+        return;
+    }
+    if (e instanceof ApiError) {
+        const { message, detail } = explainApi(e);
+        showAlert(message, detail);
+    } else {
+        console.error(e);
+        showAlert(explainException(e), e?.errorCode ?? e?.name ?? "");
+    }
+    // back to the field of the form the action came from (inputs are re-enabled when busy() ends)
+    const form = button?.closest("form");
+    const input = form && $$("input:not(.visually-hidden)", form).find((i) => i.type !== "checkbox" && i.offsetParent !== null);
+    if (input) {
+        setTimeout(() => {
+            input.focus();
+            input.select?.();
+        }, 0);
+    }
+}
+
+// Runs an account action with the busy state and the account API's error messages.
+function accountAction(button, action) {
+    return busy(button, async () => {
+        try {
+            await action();
+        } catch (e) {
+            reportAccountError(e, button);
+        }
+    });
+}
+
+// Signs this page out (the SDK's cache only; the server session is ended by the API call before).
+async function signOutLocally() {
+    const acc = account;
+    account = null;
+    profile = null;
+    if (acc) {
+        const result = await acc.signOut();
+        if (result.isFailed()) console.warn("sign-out failed", result.error);
+    }
+}
+
+async function endSession(message) {
+    await signOutLocally();
+    restart("signin");
+    showAlert(message);
+}
+
+// ---- the view
+
+function whenText(iso) {
+    return iso ? timeValue(Date.parse(iso) / 1000) : "—";
+}
+
+function renderProfile(p) {
+    profile = p;
+    const extra = Object.entries(p.attributes ?? {}).filter(([name]) => name !== "displayName");
+    const rows = [
+        ["Email", el("span", { text: p.email })],
+        ["Name", el("span", { text: p.displayName || "—" })],
+        ...extra.map(([name, value]) => [humanize(name), el("span", { text: String(value) })]),
+        ["Created", whenText(p.created)],
+        ["Last sign-in", whenText(p.lastSignIn)],
+        p.hasPassword && p.passwordChanged ? ["Password changed", whenText(p.passwordChanged)]
+            : ["Password", p.hasPassword ? "Set" : "None: you sign in with email codes"],
+    ];
+    $("#profile-info").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
+    $("#profile-name").value = p.displayName ?? "";
+    $("#change-password-username").value = p.email;
+    $("#change-password-form").closest(".panel").hidden = !p.hasPassword;
+    renderMethods(p.methods ?? []);
+}
+
+function methodLabel(m) {
+    return m.channel === "sms" ? "Phone" : "Email";
+}
+
+function renderMethods(methods) {
+    const list = $("#methods-list");
+    if (!methods.length) {
+        list.replaceChildren(el("li", { class: "empty muted", text: "None yet. Add a phone or another email address." }));
+        return;
+    }
+    list.replaceChildren(...methods.map((m) => el("li", { class: "method", dataset: { id: m.id } },
+        icon(m.channel === "sms" ? "phone" : "mail", "choice-icon"),
+        el("span", { class: "choice-text" },
+            el("span", { class: "choice-title", text: methodLabel(m) }),
+            el("span", { class: "choice-sub mono", text: m.target })),
+        m.default ? el("span", { class: "badge ok", text: "Default" }) : null,
+        el("button", { type: "button", class: "btn ghost small method-remove", dataset: { id: m.id },
+            "aria-label": `Remove ${m.target}`, text: "Remove" }))));
+}
+
+async function loadProfile() {
+    renderProfile(await api("GET", "me"));
+}
+
+// Shows the account view; `after` runs once the profile is loaded (a resumed change).
+async function openManage({ keepMessages = false, after = null } = {}) {
+    const section = $("#manage");
+    section.dataset.ready = "false";
+    show("manage", { keepMessages });
+    try {
+        await loadProfile();
+        if (after) await after();
+    } catch (e) {
+        reportAccountError(e);
+    } finally {
+        section.dataset.ready = "true";
+    }
+}
+
+function syncMethodChannel() {
+    const sms = $("#method-channel").value === "sms";
+    const input = $("#method-target");
+    input.type = sms ? "tel" : "email";
+    input.autocomplete = sms ? "tel" : "email";
+    input.inputMode = sms ? "tel" : "email";
+    input.placeholder = sms ? "+49 151 12345678" : "you@example.net";
+    input.dataset.missing = sms ? "Enter a phone number." : "Enter an email address.";
+    $("#method-target-label").textContent = sms ? "Mobile phone number" : "Another email address";
+    clearFieldErrors($("#method-add-form"));
+}
+
+function showMethodVerify(sent) {
+    verification = { token: sent.verification, channel: sent.channel };
+    const sms = sent.channel === "sms";
+    $("#method-verify-lead").replaceChildren(
+        `Enter the ${sent.codeLength}-digit code we ${sms ? "texted" : "emailed"} to `, el("strong", { text: sent.target }), ".");
+    $("#method-code-label").textContent = sms ? "Code from the text message" : "Code from the email";
+    const input = $("#method-code");
+    input.value = "";
+    input.maxLength = sent.codeLength || 8;
+    input.placeholder = "•".repeat(sent.codeLength || 6);
+    $("#method-add-form").hidden = true;
+    $("#method-verify-form").hidden = false;
+    showNotice(`We sent a code to ${sent.target}.`);
+    setTimeout(() => input.focus(), 0); // once busy() has re-enabled it
+}
+
+function closeMethodVerify() {
+    verification = null;
+    $("#method-verify-form").hidden = true;
+    $("#method-add-form").hidden = false;
+}
+
+async function startConfirmation(label, run) {
+    const sent = await api("POST", "me/confirmation", {});
+    confirmation = { label, run, token: sent.confirmation };
+    $("#confirm-lead").replaceChildren(
+        `To ${label}, enter the ${sent.codeLength}-digit code we emailed to `, el("strong", { text: sent.target }), ".");
+    const input = $("#confirm-code");
+    input.value = "";
+    input.maxLength = sent.codeLength || 8;
+    input.placeholder = "•".repeat(sent.codeLength || 8);
+    $("#confirm-form").hidden = false;
+    showNotice("Your account has no second step yet, so we emailed you a code to confirm this change.");
+    setTimeout(() => input.focus(), 0);
+}
+
+function closeConfirmation() {
+    confirmation = null;
+    $("#confirm-form").hidden = true;
+}
+
+// ---- step-up: sign in again through the SDK with the claims
+
+function startStepUp(label, run, claims) {
+    stepUp = { label, run, claims };
+    const form = $("#stepup-form");
+    $("#stepup-lead").textContent = `To ${label}, sign in again and confirm with your second step.`;
+    $(".who-name", form).textContent = username;
+    $(".who-avatar", form).textContent = initials(username);
+    $("#stepup-username").value = username;
+    const input = $("#stepup-password");
+    input.value = "";
+    input.type = "password";
+    $("[data-reveal=stepup-password]").textContent = "Show";
+    $("#stepup-password-field").hidden = profile?.hasPassword === false;
+    show("stepup");
+}
+
+async function finishStepUp(acc) {
+    const { label, run } = stepUp;
+    stepUp = null;
+    fillAccount(acc);
+    hideAlert();
+    hideNotice();
+    await openManage({ keepMessages: true, after: () => change(label, run, "stepped-up") });
 }
 
 // ------------------------------------------------------------------ wiring
@@ -811,6 +1167,176 @@ on("#signout", "click", (e) => {
     });
 });
 
+// ---- the account view
+
+on("#open-manage", "click", (e) => {
+    closeConfirmation();
+    closeMethodVerify();
+    busy(e.currentTarget, () => openManage());
+});
+
+on("#manage-back", "click", (e) => {
+    busy(e.currentTarget, async () => showAccount(account));
+});
+
+on("#profile-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target)) return;
+    const displayName = $("#profile-name").value.trim();
+    accountAction(submitter(e.target), async () => {
+        renderProfile(await api("PATCH", "me", { attributes: { displayName } }));
+        showNotice("Your profile is saved.");
+    });
+});
+
+on("#change-password-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target)) return;
+    const body = {
+        currentPassword: $("#current-password").value,
+        newPassword: $("#new-password").value,
+        signOutOtherSessions: $("#signout-others").checked,
+    };
+    accountAction(submitter(e.target), async () => {
+        await api("POST", "me/password", body);
+        $("#current-password").value = "";
+        $("#new-password").value = "";
+        await loadProfile();
+        showNotice(body.signOutOtherSessions
+            ? "Your password has been changed, and your other sessions are signed out."
+            : "Your password has been changed.");
+    });
+});
+
+on("#method-channel", "change", syncMethodChannel);
+
+on("#method-add-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target)) return;
+    const channel = $("#method-channel").value;
+    const raw = $("#method-target").value.trim();
+    const target = channel === "sms" ? raw.replace(/[\s().-]/g, "") : raw;
+    const label = channel === "sms" ? "add a phone number" : "add an email address";
+    accountAction(submitter(e.target), () => change(label, async (proof) => {
+        showMethodVerify(await api("POST", "me/methods", { channel, target, ...proof }));
+    }));
+});
+
+on("#method-code", "input", (e) => {
+    const digits = e.target.value.replace(/\D/g, "");
+    if (digits !== e.target.value) e.target.value = digits;
+});
+
+on("#method-verify-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target) || !verification) return;
+    const code = $("#method-code").value.trim();
+    const token = verification.token;
+    accountAction(submitter(e.target), async () => {
+        const added = await api("POST", "me/methods/verify", { verification: token, code });
+        closeMethodVerify();
+        $("#method-target").value = "";
+        await loadProfile();
+        showNotice(`${methodLabel(added)} ${added.target} is added. You can use it for your second step.`);
+    });
+});
+
+on("#method-cancel", "click", () => {
+    closeMethodVerify();
+    hideNotice();
+});
+
+on("#methods-list", "click", (e) => {
+    const button = e.target.closest("button.method-remove");
+    if (!button) return;
+    const method = (profile?.methods ?? []).find((m) => m.id === button.dataset.id);
+    if (!method) return;
+    const what = `${methodLabel(method).toLowerCase()} ${method.target}`;
+    accountAction(button, () => change(`remove ${what}`, async (proof) => {
+        await api("DELETE", `me/methods/${encodeURIComponent(method.id)}`, Object.keys(proof).length ? proof : null);
+        await loadProfile();
+        showNotice(`${methodLabel(method)} ${method.target} is removed.`);
+    }));
+});
+
+on("#confirm-code", "input", (e) => {
+    const digits = e.target.value.replace(/\D/g, "");
+    if (digits !== e.target.value) e.target.value = digits;
+});
+
+on("#confirm-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target) || !confirmation) return;
+    const { run, token } = confirmation;
+    const code = $("#confirm-code").value.trim();
+    accountAction(submitter(e.target), async () => {
+        await run({ confirmation: token, code });
+        closeConfirmation();
+    });
+});
+
+on("#confirm-cancel", "click", () => {
+    closeConfirmation();
+    hideNotice();
+});
+
+on("#revoke-sessions", "click", (e) => {
+    accountAction(e.currentTarget, async () => {
+        await api("POST", "me/revoke-sessions");
+        await signOutLocally();
+        restart("signin");
+        showNotice("You're signed out everywhere, on this device too.");
+    });
+});
+
+on("#delete-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target)) return;
+    const input = $("#delete-confirm");
+    const email = (profile?.email ?? username).toLowerCase();
+    if (input.value.trim().toLowerCase() !== email) {
+        fieldError(input, "That isn't your account's email address.");
+        input.focus();
+        return;
+    }
+    accountAction(submitter(e.target), () => change("delete your account", async (proof) => {
+        await api("DELETE", "me", Object.keys(proof).length ? proof : null);
+        await signOutLocally();
+        input.value = "";
+        username = "";
+        $("#signin-email").value = "";
+        restart("signin");
+        showNotice("Your account is deleted. We've emailed you a confirmation.");
+    }));
+});
+
+on("#stepup-form", "submit", (e) => {
+    e.preventDefault();
+    if (!validate(e.target) || !stepUp) return;
+    const passwordField = $("#stepup-password-field");
+    const password = passwordField.hidden ? "" : $("#stepup-password").value;
+    const { claims } = stepUp;
+    busy(submitter(e.target), async () => {
+        // The SDK refuses signIn while an account is cached, so this page signs out
+        // first (its cache only), then signs in again with the claims.
+        if (account) await signOutLocally();
+        const inputs = { username, scopes: [ACCOUNT_SCOPE], claims };
+        if (password) inputs.password = password;
+        await handle(await app.signIn(inputs));
+    });
+});
+
+on("#stepup-cancel", "click", () => {
+    stepUp = null;
+    if (account) {
+        show("manage");
+        showNotice("Nothing was changed.");
+    } else {
+        restart("signin");
+        showNotice("Nothing was changed. You're signed out: sign in again to continue.");
+    }
+});
+
 for (const button of $$("[data-go]")) {
     button.addEventListener("click", () => {
         const view = button.dataset.go;
@@ -818,6 +1344,7 @@ for (const button of $$("[data-go]")) {
         const target = $(`#${view}-email`);
         if (target && !target.value && email) target.value = email;
         flow = null;
+        stepUp = null; // another flow: a pending account change is dropped
         show(view);
     });
 }

@@ -7,8 +7,10 @@ Pieces (wired together as fixtures in ``conftest.py``):
 * :class:`StaticSite` serves that directory on ``http://localhost:<port>/``
   (a secure context; the API is on ``127.0.0.1:<other port>``, so every API
   call is cross-origin and exercises CORS).
-* :class:`Driver` runs ``driver.mjs`` (Node + puppeteer-core + Debian Chromium)
-  and talks to it with one JSON object per line.
+* :class:`Driver` runs ``tests/browser_driver.mjs`` (Node + puppeteer-core +
+  Debian Chromium; the one driver of the e2e and the demo tests, which
+  ``tests/test_demo_app.py`` also uses through this class) and talks to it
+  with one JSON object per line.
 * :class:`Page` is one browser page with the test app loaded; its methods call
   ``window.e2e`` in the page and return :class:`Result` objects (plain JSON
   descriptions of the SDK's results).
@@ -35,13 +37,14 @@ from urllib.parse import urlsplit
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 WEB = HERE / "web"
-DRIVER = HERE / "driver.mjs"
+DRIVER = ROOT / "tests" / "browser_driver.mjs"  # shared with tests/test_demo_app.py
 NODE_MODULES = ROOT / "node_modules"
 ESBUILD = NODE_MODULES / ".bin" / "esbuild"
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 CLIENT_ID = "00000000-0000-0000-0000-000000000001"
 AUTHORITY = "https://native-auth.local/tenant"  # never contacted (contract §7.2)
+ACCOUNT_SCOPE = "api://native-auth/account"  # the account API (/api/me) of the signed-in user
 
 CHROMIUM_MISSING = (
     f"Chromium is required for the browser end-to-end tests and was not found at {CHROMIUM}. "
@@ -131,7 +134,7 @@ class StaticSite:
 # ------------------------------------------------------------------ the driver process
 
 class Driver:
-    """driver.mjs: headless Chromium driven through puppeteer-core, JSON lines over stdio."""
+    """tests/browser_driver.mjs: headless Chromium driven through puppeteer-core, JSON lines over stdio."""
 
     def __init__(self, user_data_dir: Path, log_path: Path, chromium: str = CHROMIUM):
         self.log_path = log_path
@@ -329,8 +332,9 @@ class Page:
         return self.call("flowState")
 
     # sign-in
-    def sign_in(self, username: str, password: str | None = None, scopes: list[str] | None = None) -> Result:
-        return self.start("signIn", username=username, password=password, scopes=scopes)
+    def sign_in(self, username: str, password: str | None = None, scopes: list[str] | None = None,
+                claims: str | None = None) -> Result:
+        return self.start("signIn", username=username, password=password, scopes=scopes, claims=claims)
 
     def submit_code(self, code: str) -> Result:
         return self.act("submitCode", code)
@@ -345,14 +349,24 @@ class Page:
     def current_account(self) -> Result:
         return Result(self.call("currentAccount"))
 
-    def get_access_token(self, force_refresh: bool = False, scopes: list[str] | None = None) -> Result:
+    def get_access_token(self, force_refresh: bool = False, scopes: list[str] | None = None,
+                         claims: str | None = None) -> Result:
         inputs: dict[str, Any] = {"forceRefresh": force_refresh}
         if scopes:
             inputs["scopes"] = scopes
+        if claims:
+            inputs["claims"] = claims
         return Result(self.call("accountAct", "getAccessToken", inputs))
 
     def sign_out(self) -> Result:
         return Result(self.call("accountAct", "signOut"))
+
+    # this service's own API (/api/me...), called with the SDK's access token
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None,
+            scopes: list[str] | None = None) -> dict[str, Any]:
+        """``fetch`` in the page: {status, body, text, wwwAuthenticate, accessToken, fromCache},
+        or {status: None, tokenError} when the SDK gave no access token."""
+        return self.call("api", method, path, body, scopes or [ACCOUNT_SCOPE])
 
     # what happened
     def network(self, clear: bool = False) -> list[dict[str, Any]]:

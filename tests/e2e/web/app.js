@@ -1,5 +1,6 @@
 // The end-to-end test page: MSAL JS custom auth (@azure/msal-browser 5.30.0)
-// driven from Python through tests/e2e/driver.mjs.
+// driven from Python through tests/browser_driver.mjs (the one driver of the
+// e2e and demo tests).
 //
 // Everything the tests need is on `window.e2e`. Every call returns plain JSON
 // (see `describe`): the SDK's state objects stay here, in the page, and the
@@ -15,6 +16,8 @@
 //                                       challengeAuthMethod, ...)
 //   e2e.currentAccount()                app.getCurrentAccount()
 //   e2e.accountAct("getAccessToken", {forceRefresh: true})   / "signOut"
+//   e2e.api("DELETE", "me", body, scopes)   fetch() this service's own API (/api/me...)
+//                                       with the current account's access token
 //
 // A failed step keeps the previous state as the current one, so a wrong code can
 // be followed by the right one on the same state (as an app would do).
@@ -23,6 +26,7 @@ import { CustomAuthPublicClientApplication } from "@azure/msal-browser/custom-au
 let app = null;
 let flow = null; // the SDK state object the next `act` is called on
 let account = null; // the last CustomAuthAccountData seen
+let apiBase = ""; // customAuth.authApiProxyUrl: this service's base URL
 
 // ------------------------------------------------------------------ JSON views
 
@@ -159,6 +163,7 @@ window.e2e = {
         }
         flow = null;
         account = null;
+        apiBase = String(config?.customAuth?.authApiProxyUrl ?? "").replace(/\/+$/, "");
         app = await CustomAuthPublicClientApplication.create(config);
         return { isSecureContext: window.isSecureContext, origin: window.location.origin };
     },
@@ -195,5 +200,41 @@ window.e2e = {
         const acc = need(account, "account");
         if (typeof acc[method] !== "function") throw new Error(`e2e: the account has no method ${method}`);
         return describe(await acc[method](...args));
+    },
+
+    // A call to this service's own REST API (the account API, /api/me...) the way an
+    // app makes it: the current account's access token for `scopes` from the SDK
+    // (getAccessToken: the cache, else a refresh), then fetch() with it. Returns the
+    // answer as JSON: status, body, the WWW-Authenticate header as the page can read
+    // it (null when CORS does not expose it), and the access token used.
+    async api(method, path, body = null, scopes = ["api://native-auth/account"]) {
+        const current = need(app, "application").getCurrentAccount();
+        if (!current.data) throw new Error("e2e: nobody is signed in");
+        account = current.data;
+        const token = await account.getAccessToken({ forceRefresh: false, scopes });
+        if (token.isFailed()) return { status: null, tokenError: describeError(token.error) };
+        const headers = { Authorization: `Bearer ${token.data.accessToken}` };
+        if (body !== null) headers["Content-Type"] = "application/json";
+        const res = await fetch(`${apiBase}/${path}`, {
+            method,
+            headers,
+            body: body === null ? undefined : JSON.stringify(body),
+            cache: "no-store",
+        });
+        const text = await res.text();
+        let json = null;
+        try {
+            json = text ? JSON.parse(text) : null;
+        } catch {
+            // not JSON: returned as text
+        }
+        return {
+            status: res.status,
+            body: json,
+            text: json === null ? text : null,
+            wwwAuthenticate: res.headers.get("WWW-Authenticate"),
+            accessToken: token.data.accessToken,
+            fromCache: token.data.fromCache,
+        };
     },
 };

@@ -1,20 +1,33 @@
-// Browser driver for tests/test_demo_app.py: headless Debian Chromium through
-// puppeteer-core (which never downloads a browser) uses the demo page the way a
-// person does: it types into fields, clicks buttons and reads what is on screen.
-// One JSON object per line:
+// The one Chromium driver of the browser tests: the MSAL JS end-to-end suite
+// (tests/e2e, through tests/e2e/e2e_harness.py) and the demo app tests
+// (tests/test_demo_app.py). Headless Debian Chromium through puppeteer-core
+// (which never downloads a browser), controlled with one JSON object per line:
 //
-//   stdin : {"id": 1, "op": "type", "selector": "#signin-email", "text": "a@b.c"}
-//   stdout: {"id": 1, "ok": true, "result": ...}  or  {"id": 1, "ok": false, "error": "..."}
+//   stdin : {"id": 1, "op": "open", "url": "http://localhost:PORT/", "timeoutMs": 30000, ...}
+//   stdout: {"id": 1, "ok": true, "result": ...}  or  {"id": 1, "ok": false, "error": "...", "stack": "..."}
 //
-// Ops: open {url} (fresh browser context, waits for the page to be ready),
-// type {selector, text, clear?}, click {selector}, waitView {view}
-// (that screen shown and nothing in progress), waitText {selector, text}
-// (visible and containing text), screen (the current screen: view, alert,
-// notice, headings), texts {selector}, claims (the claims table as
-// {name: text}), screenshot {path}, console, network, quit.
-// stdout carries only protocol lines; diagnostics go to stderr.
+// Every op runs in a fresh browser context opened by `open` (empty storage):
 //
-// Usage: node tests/demo_driver.mjs --chromium /usr/bin/chromium --user-data-dir DIR
+//   open {url, config?}   load the page. With `config`: the e2e test page; wait for
+//                         window.e2e and return window.e2e.init(config). Without:
+//                         a page that sets <body data-ready="true"> when it is
+//                         ready (the demo); return the screen (below).
+//   call {fn, args}       window.e2e[fn](...args) (the e2e test page)
+//   type {selector, text, clear?}, click {selector}, select {selector, value}
+//                         like a person (the demo)
+//   waitView {view}       the demo shows that screen and nothing is in progress
+//   waitIdle, waitText {selector, text}, screen, texts {selector}, claims,
+//   screenshot {path}     what a person sees (the demo's #card, views, messages)
+//   network {clear?}      the requests the page made (method, url, resourceType,
+//                         grantType, status, failure)
+//   console {clear?}      the page's console lines and errors
+//   close                 the page and its context; version; quit
+//
+// stdout carries only protocol lines; diagnostics go to stderr. An op fails
+// after its timeoutMs (default 60 s) plus 5 s; the waits inside an op use
+// timeoutMs itself, so their own, clearer message comes first.
+//
+// Usage: node tests/browser_driver.mjs --chromium /usr/bin/chromium --user-data-dir DIR
 import { createInterface } from "node:readline";
 import puppeteer from "puppeteer-core";
 
@@ -26,9 +39,25 @@ function arg(name, fallback) {
 const chromium = arg("chromium", "/usr/bin/chromium");
 const userDataDir = arg("user-data-dir");
 if (!userDataDir) {
-    console.error("demo driver: --user-data-dir is required (a fresh directory)");
+    console.error("browser driver: --user-data-dir is required (a fresh directory)");
     process.exit(2);
 }
+
+const CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--font-render-hinting=none",
+    // Belt and braces: no host name but localhost resolves, so nothing can leave
+    // loopback even if something tried (the tests also check what was requested).
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+];
 
 function send(msg) {
     process.stdout.write(JSON.stringify(msg) + "\n");
@@ -39,20 +68,7 @@ const browser = await puppeteer.launch({
     headless: "shell", // plain --headless
     pipe: true, // no DevTools port; Chromium exits when the pipe closes
     userDataDir,
-    args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        "--disable-dev-shm-usage",
-        "--font-render-hinting=none",
-        // nothing but loopback resolves: the page cannot reach anything else
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
-    ],
+    args: CHROMIUM_ARGS,
     defaultViewport: { width: 1280, height: 900, deviceScaleFactor: 1 },
     protocolTimeout: 120_000,
     handleSIGINT: false,
@@ -65,10 +81,27 @@ let page = null;
 let requests = [];
 let consoleLines = [];
 
+function formField(body, name) {
+    if (!body) return undefined;
+    try {
+        return new URLSearchParams(body).get(name) ?? undefined;
+    } catch {
+        return undefined;
+    }
+}
+
 function watch(p) {
     const byRequest = new Map();
     p.on("request", (req) => {
-        const entry = { method: req.method(), url: req.url(), status: null, failure: null };
+        const body = req.postData();
+        const entry = {
+            method: req.method(),
+            url: req.url(),
+            resourceType: req.resourceType(),
+            grantType: formField(body, "grant_type") ?? null,
+            status: null,
+            failure: null,
+        };
         byRequest.set(req, entry);
         requests.push(entry);
     });
@@ -106,9 +139,10 @@ function withTimeout(promise, ms, what) {
     ]).finally(() => clearTimeout(timer));
 }
 
-// What a person sees: the current screen, its heading, and any message.
+// What a person sees on the demo: the current screen, its heading, and any message.
 function readScreen() {
     const card = document.getElementById("card");
+    if (!card) return { view: null, busy: false, heading: null, alert: null, notice: null, fieldErrors: [] };
     const visible = (el) => el && !el.hidden && el.offsetParent !== null;
     const text = (el) => (visible(el) ? el.innerText.trim() : null);
     const view = document.querySelector(`.view[data-view="${card.dataset.current}"]`);
@@ -123,16 +157,33 @@ function readScreen() {
 }
 
 const ops = {
-    async open({ url, timeoutMs = 30_000 }) {
+    async open({ url, config, timeoutMs = 30_000 }) {
         await closePage();
         requests = [];
         consoleLines = [];
-        context = await browser.createBrowserContext(); // fresh storage
+        context = await browser.createBrowserContext(); // fresh storage for each test
         page = await context.newPage();
         watch(page);
         await page.goto(url, { waitUntil: "load" });
+        if (config !== undefined) {
+            // the e2e test page: window.e2e creates the SDK application from config
+            await page.waitForFunction(() => window.e2e && window.e2e.ready === true, { timeout: 10_000 });
+            return page.evaluate((cfg) => window.e2e.init(cfg), config);
+        }
         await page.waitForFunction(() => document.body.dataset.ready === "true", { timeout: timeoutMs });
         return page.evaluate(readScreen);
+    },
+
+    async call({ fn, args = [] }) {
+        return need().evaluate(
+            async (name, callArgs) => {
+                const f = window.e2e[name];
+                if (typeof f !== "function") throw new Error(`window.e2e.${name} is not a function`);
+                return f(...callArgs);
+            },
+            fn,
+            args
+        );
     },
 
     async type({ selector, text, clear = true, delay = 15 }) {
@@ -154,6 +205,12 @@ const ops = {
         await p.waitForSelector(selector, { visible: true });
         await p.click(selector);
         return true;
+    },
+
+    async select({ selector, value }) {
+        const p = need();
+        await p.waitForSelector(selector, { visible: true });
+        return p.select(selector, value); // fires "change" like a person's choice
     },
 
     async waitView({ view, timeoutMs = 30_000 }) {
@@ -228,13 +285,19 @@ const ops = {
         return out;
     },
 
-    console() {
-        return consoleLines.slice();
+    console({ clear = false } = {}) {
+        const out = consoleLines.slice();
+        if (clear) consoleLines = [];
+        return out;
     },
 
     async close() {
         await closePage();
         return true;
+    },
+
+    async version() {
+        return browser.version();
     },
 };
 
@@ -252,6 +315,7 @@ process.on("SIGINT", () => quit(0));
 
 send({ event: "ready", version: await browser.version() });
 
+// One command at a time, in order.
 const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
 for await (const line of lines) {
     if (!line.trim()) continue;
@@ -272,10 +336,10 @@ for await (const line of lines) {
         continue;
     }
     try {
-        const result = await withTimeout(Promise.resolve(op(msg)), (msg.timeoutMs ?? 30_000) + 15_000, `op ${msg.op}`);
+        const result = await withTimeout(Promise.resolve(op(msg)), (msg.timeoutMs ?? 60_000) + 5_000, `op ${msg.op}`);
         send({ id: msg.id, ok: true, result: result ?? null });
     } catch (e) {
-        send({ id: msg.id, ok: false, error: String(e?.message ?? e) });
+        send({ id: msg.id, ok: false, error: String(e?.message ?? e), stack: e?.stack });
     }
 }
 await quit(0); // stdin closed: the test process is gone

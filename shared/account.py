@@ -70,6 +70,8 @@ class TooManyRequests(errors.SlowDown):
 
 
 class ConfirmationRequired(errors.AuthError):
+    headers = {"WWW-Authenticate": 'Bearer error="confirmation_required", error_description="POST /me/confirmation '
+                                   'sends a code to the account\'s email"'}
     error = "confirmation_required"
     error_codes = (50076,)
     status = 401
@@ -152,7 +154,7 @@ def _fresh(caller: Caller, body: dict[str, Any]) -> tuple[list[str], list[dict[s
                                    "This change needs a fresh second factor.", context)
     # No independent method: a code sent to the account's email by POST /me/confirmation.
     token, code = body.get("confirmation"), body.get("code")
-    if not isinstance(token, str) or not isinstance(code, str):
+    if not isinstance(token, str) or not isinstance(code, str) or not token or not code:
         raise ConfirmationRequired()
     flow = flows.load(caller.storage, settings, token, caller.client_id, ("account_confirm",))
     if flow["ident"] != caller.user.pk or flow.get("sid") != caller.claims.get("sid"):
@@ -358,7 +360,7 @@ def method_verify(request: Request, settings: Settings) -> Response:
         return caller
     body = parse_json(request, settings)
     token, code = body.get("verification"), body.get("code")
-    if not isinstance(token, str) or not isinstance(code, str):
+    if not isinstance(token, str) or not isinstance(code, str) or not token or not code:
         raise errors.InvalidRequest("The body needs verification and code.")
     flow = flows.load(caller.storage, settings, token, caller.client_id, ("account_method",))
     if flow["ident"] != caller.user.pk or flow.get("sid") != caller.claims.get("sid") \

@@ -12,6 +12,7 @@ from typing import Any
 
 
 class AuthError(Exception):
+    headers: dict[str, str] = {}   # extra response headers of this kind of error
     error: str = "invalid_request"
     error_codes: tuple[int, ...] = (90100,)
     status: int = 400

@@ -23,6 +23,10 @@ ENDPOINTS = (
 # The GET endpoints (discovery, health, the sample API, the OpenAPI document).
 GET_ENDPOINTS = (".well-known/openid-configuration", "v2.0/.well-known/openid-configuration", "discovery/v2.0/keys",
                  "health", "sample/sensitive", "openapi.json")
+# The account API (functions/account.py) and the methods each path accepts.
+ACCOUNT_ENDPOINTS = {"me": "GET, PATCH, DELETE", "me/password": "POST", "me/methods": "GET, POST",
+                     "me/methods/verify": "POST", "me/methods/{id}": "DELETE", "me/revoke-sessions": "POST",
+                     "me/export": "GET", "me/confirmation": "POST", "health/detail": "GET"}
 # Served also under one tenant path segment (functions/_http.endpoint).
 TENANT_ALIASED = ENDPOINTS + GET_ENDPOINTS[:3]
 PURGE_BATCH = 500
@@ -57,6 +61,10 @@ def not_found(request: Request, settings: Settings) -> Response:
         raise errors.MethodNotAllowed()
     if rel in GET_ENDPOINTS:
         raise errors.MethodNotAllowed("This endpoint only accepts GET.", allow="GET, OPTIONS")
+    account = ACCOUNT_ENDPOINTS.get(rel) or (ACCOUNT_ENDPOINTS["me/methods/{id}"]
+                                             if rel.startswith("me/methods/") and rel.count("/") == 2 else None)
+    if account:
+        raise errors.MethodNotAllowed(f"This endpoint only accepts {account}.", allow=account + ", OPTIONS")
     raise errors.NotFound(f"No endpoint at /{path.lstrip('/')[:200]}.")
 
 

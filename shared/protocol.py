@@ -145,7 +145,7 @@ def parse_json(request: Request, settings: Settings, *, required: bool = True) -
         return seen
 
     try:
-        data = json.loads(text, object_pairs_hook=no_duplicates)
+        data = _strict_json(text, object_pairs_hook=no_duplicates)
     except (ValueError, RecursionError):
         raise errors.InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
@@ -153,11 +153,40 @@ def parse_json(request: Request, settings: Settings, *, required: bool = True) -
     return data
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(text: str, **kwargs: Any) -> Any:
+    """``json.loads`` without Python's extensions: no ``NaN``/``Infinity``, no
+    number that overflows to infinity, and no string that is not Unicode
+    (a lone surrogate written as ``\\ud800``: valid JSON syntax, but no text
+    can hold it, and hashing, storing or signing it fails later)."""
+    data = json.loads(text, parse_constant=_no_constant, **kwargs)
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string that is not Unicode") from None
+        elif isinstance(item, float) and (item != item or item in (float("inf"), float("-inf"))):
+            raise ValueError("a number out of range")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return data
+
+
 def json_field(value: str, name: str) -> Any:
     """A form field holding JSON (``attributes``, ``claims``). Malformed or
-    absurdly nested JSON is the client's mistake: ``invalid_request``."""
+    absurdly nested JSON, or JSON no text can hold, is the client's mistake:
+    ``invalid_request``."""
     try:
-        return json.loads(value)
+        return _strict_json(value)
     except (ValueError, RecursionError):
         raise errors.InvalidRequest(f"The {name} parameter is not valid JSON.") from None
 
@@ -196,7 +225,7 @@ def error_body(exc: errors.AuthError, ctx: Context) -> dict[str, Any]:
 
 
 def error_response(exc: errors.AuthError, ctx: Context) -> Response:
-    headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    headers = {"Cache-Control": "no-store", "Pragma": "no-cache", **exc.headers}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(int(exc.retry_after))
     return Response(exc.status, error_body(exc, ctx), headers)

@@ -23,10 +23,11 @@ import os
 import sys
 from pathlib import Path
 
-from shared import directory, policy, signinlog
-from shared.identifiers import InvalidIdentifier, normalize_email
+from shared.security import policy
+from shared.storage import directory, signinlog
+from shared.protocol.identifiers import InvalidIdentifier, normalize_email
 from shared.settings import Settings, SettingsError, use_settings
-from shared.storage import get_storage
+from shared.storage.tables import get_storage
 
 
 def load_local_settings(path: Path) -> None:
@@ -183,7 +184,7 @@ def _run(args, storage) -> int:
 def _doctor(args) -> int:
     """Readiness report from this machine's settings (the app's, exported; or local.settings.json).
     Exit status 0 when nothing failed, 1 otherwise."""
-    from shared.maintenance import readiness
+    from shared.storage.maintenance import readiness
 
     checks = readiness()
     if args.json:
@@ -199,10 +200,10 @@ def _doctor(args) -> int:
 
 def _sends(args, storage) -> int:
     """SMS sends, verifications and conversion per country and prefix, and the
-    active suspensions (shared/limits.py, the pumping defence)."""
+    active suspensions (shared/security/limits.py, the pumping defence)."""
     import time
 
-    from shared import limits
+    from shared.security import limits
     from shared.settings import get_settings
 
     action = args.action or "report"
@@ -270,7 +271,7 @@ def _users(args, storage) -> int:
         return 0
     if args.action == "delete":
         # Idempotent, like DELETE /me: an address without an account is nothing to do.
-        from shared import account
+        from shared.flows import account
         from shared.settings import get_settings
 
         try:
@@ -289,7 +290,7 @@ def _users(args, storage) -> int:
         print(f"{user.email}  oid={user.oid}  disabled={user.disabled}  password={'yes' if user.has_password else 'no'}")
         _print([{**m, "target": m["target"]} for m in user.methods], ["id", "channel", "target", "default"])
     elif args.action == "remove-method":
-        from shared import methods
+        from shared.security import methods
         from shared.settings import get_settings
 
         if not methods.remove_method(storage, get_settings(), user, args.method_id):

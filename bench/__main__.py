@@ -282,9 +282,10 @@ def start_host(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
 
 def seed(env: dict[str, str], users: int) -> list[dict]:
     os.environ.update({k: v for k, v in env.items() if k.startswith("AUTH_")})
-    from shared import directory, passwords, policy
+    from shared.security import passwords, policy
+    from shared.storage import directory
     from shared.settings import Settings
-    from shared.storage import Storage
+    from shared.storage.tables import Storage
 
     settings = Settings.from_env(env)
     storage = Storage(settings)
@@ -375,7 +376,7 @@ def storage_floor(azurite: Azurite, ops: int, samples: int = 30) -> dict:
     from azure.core import MatchConditions
     from azure.data.tables import TableServiceClient, UpdateMode
 
-    from shared import passwords
+    from shared.security import passwords
 
     svc = TableServiceClient.from_connection_string(azurite.connection_string)
     table = svc.create_table_if_not_exists("benchfloor")
@@ -442,9 +443,9 @@ def soak(seconds: float, concurrency: int) -> dict:
                 user["turn"] += 1
             run = run_flows(port, outbox, mixed, users, concurrency, duration=seconds)
             created = [e for u in users for e in u.get("created", [])]
-            from shared import directory
+            from shared.storage import directory
             from shared.settings import Settings
-            from shared.storage import Storage
+            from shared.storage.tables import Storage
 
             storage = Storage(Settings.from_env(env))
             missing = [e for e in created if directory.get_user(storage, e) is None]

@@ -113,7 +113,7 @@ def parallel_wrong_passwords(port: int, known: str, n: int = 40) -> dict:
 
 
 def strength_estimator(port: int) -> dict:
-    from shared import passwords
+    from shared.security import passwords
 
     rng = random.Random(1)
     worst = "".join(rng.choice(L33T) for _ in range(72))
@@ -196,9 +196,9 @@ def run() -> dict:
         env = host_env(azurite, outbox_path)
         env["AUTH_LOCKOUT_THRESHOLD"] = "100"
         users = seed(env, 4)
-        from shared import directory
+        from shared.storage import directory
         from shared.settings import Settings
-        from shared.storage import Storage
+        from shared.storage.tables import Storage
 
         storage = Storage(Settings.from_env(env))
         passwordless = "passwordless@bench.example.com"

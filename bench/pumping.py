@@ -46,9 +46,10 @@ def _seed(env: dict[str, str], pumps: int, existing: int, newcomers: int) -> dic
     import os
 
     os.environ.update({k: v for k, v in env.items() if k.startswith("AUTH_")})
-    from shared import directory, passwords, policy
+    from shared.security import passwords, policy
+    from shared.storage import directory
     from shared.settings import Settings
-    from shared.storage import Storage
+    from shared.storage.tables import Storage
 
     settings = Settings.from_env(env)
     storage = Storage(settings)
@@ -91,9 +92,9 @@ def run(seconds: float = 60.0) -> dict:
         outbox_path = tmp / "outbox.jsonl"
         env = _env(azurite, outbox_path)
         people = _seed(env, pumps=400, existing=80, newcomers=80)
-        from shared import limits
+        from shared.security import limits
         from shared.settings import Settings
-        from shared.storage import Storage
+        from shared.storage.tables import Storage
 
         storage = Storage(Settings.from_env(env))
         port = free_port()

@@ -26,7 +26,7 @@ from . import __version__
 #: What the client can handle, sent on every start/challenge (contract §1.1).
 CHALLENGE_TYPES = "oob password redirect"
 CODE_ONLY_CHALLENGE_TYPES = "oob redirect"
-# registration_after_mfa: this client can register a method after verifying another (shared/gate.py)
+# registration_after_mfa: this client can register a method after verifying another (shared/security/gate.py)
 CAPABILITIES = "mfa_required registration_required registration_after_mfa"
 RESERVED_SCOPES = ("openid", "profile", "offline_access")
 TIMEOUT = 30

@@ -40,9 +40,9 @@ def ensure_settings() -> dict:
 
 def seed_default_policy(values: dict) -> None:
     """The local default: a second factor for every sign-in (only when no policy exists yet)."""
-    from shared import policy
+    from shared.security import policy
     from shared.settings import Settings
-    from shared.storage import Storage
+    from shared.storage.tables import Storage
 
     env = {**values, **{k: v for k, v in os.environ.items() if k.startswith("AUTH_")}}
     storage = Storage(Settings.from_env(env))

@@ -6,7 +6,7 @@ from typing import Callable
 
 import azure.functions as func
 
-from shared import protocol
+from shared.protocol import http as protocol
 
 ANON = func.AuthLevel.ANONYMOUS
 

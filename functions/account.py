@@ -1,9 +1,9 @@
-"""/me: the account API of the signed-in user (shared/account.py). Not part of the native-auth
+"""/me: the account API of the signed-in user (shared/flows/account.py). Not part of the native-auth
 authority, so no tenant-path aliases."""
 
 import azure.functions as func
 
-from shared import account
+from shared.flows import account
 
 from ._http import endpoint
 

@@ -7,7 +7,7 @@ path segment (docs/sdk-compatibility.md)."""
 
 import azure.functions as func
 
-from shared import discovery
+from shared.protocol import discovery
 
 from ._http import endpoint
 

@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from shared import maintenance
+from shared.storage import maintenance
 
 from ._http import ANON, serve
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import azure.functions as func
 
-from shared.protocol import Request, Response
+from shared.protocol.http import Request, Response
 from shared.settings import Settings
 
 from ._http import ANON, serve

@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared import register
+from shared.flows import register
 
 from ._http import endpoint
 

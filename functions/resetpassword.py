@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared import reset
+from shared.flows import reset
 
 from ._http import endpoint
 

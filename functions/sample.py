@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared import stepup
+from shared.tokens import stepup
 
 from ._http import ANON, serve
 

@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared import signin
+from shared.flows import signin
 
 from ._http import endpoint
 

@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared import signup
+from shared.flows import signup
 
 from ._http import endpoint
 

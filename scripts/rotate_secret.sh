@@ -37,7 +37,7 @@ host="$(az functionapp show -g "$RG" -n "$APP" --query defaultHostName -o tsv)"
 ADMIN_KEY="${ADMIN_KEY:-$(az functionapp keys list -g "$RG" -n "$APP" --query masterKey -o tsv)}"
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
-fingerprint() {  # the public fingerprint of a secret value (shared/maintenance.py), read from stdin
+fingerprint() {  # the public fingerprint of a secret value (shared/storage/maintenance.py), read from stdin
   (cd "$here" && python3 -c 'import sys
 from shared.settings import _secret
 from shared.maintenance import fingerprint

@@ -158,7 +158,7 @@ class Settings:
     password_min_length: int
     signup_attributes: tuple[dict, ...]
     extensions_app_id: str
-    # send limits (shared/limits.py)
+    # send limits (shared/security/limits.py)
     sms_per_destination_hour: int
     sms_per_destination_day: int
     sms_per_prefix_hour: int
@@ -314,14 +314,14 @@ class Settings:
             sends_per_ip_hour=i("AUTH_SENDS_PER_IP_HOUR", 30, 0, 10000000),
             # Codes one account can cause per hour (second factor and new methods, verified or not), and
             # codes to numbers/addresses being registered: one account holder cannot spend everyone's
-            # budget, flood someone else's number, or pump (shared/limits.py).
+            # budget, flood someone else's number, or pump (shared/security/limits.py).
             sends_per_account_hour=i("AUTH_SENDS_PER_ACCOUNT_HOUR", 20, 0, 100000),
             new_method_per_destination_hour=i("AUTH_NEW_METHOD_PER_DESTINATION_HOUR", 3, 0, 100000),
             new_method_unverified_per_account_hour=i("AUTH_NEW_METHOD_UNVERIFIED_PER_ACCOUNT_HOUR", 5, 0, 100000),
             # Sign-up starts run the password policy (zxcvbn): bounded per source. Local: one developer, generous.
             signup_starts_per_ip_hour=i("AUTH_SIGNUP_STARTS_PER_IP_HOUR", 1000 if local else 30, 0, 10000000),
             # Local mode: the developer's own (loopback) requests have no per-IP limit, ten times the
-            # per-destination caps and no global budget (shared/limits.py). Never in Azure.
+            # per-destination caps and no global budget (shared/security/limits.py). Never in Azure.
             local_developer_relief=local and _bool(get("AUTH_LOCAL_DEVELOPER_RELIEF", "true"), "AUTH_LOCAL_DEVELOPER_RELIEF"),
             pumping_prefix_unverified=i("AUTH_PUMPING_PREFIX_UNVERIFIED", 10, 0, 100000),
             pumping_country_unverified=i("AUTH_PUMPING_COUNTRY_UNVERIFIED", 50, 0, 1000000),

@@ -51,9 +51,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
-from shared import directory, flows, policy, signin, signinlog, tokens
+from shared.flows import signin, state as flows
+from shared.security import policy
+from shared.storage import directory, signinlog
+from shared.tokens import issuance as tokens
 from shared.settings import Settings, SettingsError, get_settings
-from shared.storage import hash_key
+from shared.storage.tables import hash_key
 
 from conftest import Canary, DEV_CLIENT, unique_email
 
@@ -63,7 +66,7 @@ SCOPE = "openid profile offline_access"
 RESOURCE = "api://native-auth"
 FULL_SCOPE = f"{RESOURCE}/access_as_user {SCOPE}"
 CAPS = "mfa_required registration_required"
-# Our extension: the client can register a method after verifying another (shared/gate.py); no MSAL SDK sends it.
+# Our extension: the client can register a method after verifying another (shared/security/gate.py); no MSAL SDK sends it.
 CAPS_PROOF = CAPS + " registration_after_mfa"
 VOLATILE = ("error_description", "timestamp", "trace_id", "correlation_id")
 WRONG_CODE = 50181      # invalid_grant / invalid_oob_value: a wrong (or expired) code
@@ -183,7 +186,7 @@ def make_user(server):
     """Like conftest's make_user, but a password's argon2 hash is computed
     once per module and reused (argon2 is the slow part of these tests; a
     shared salt changes nothing that is tested here)."""
-    from shared import passwords
+    from shared.security import passwords
 
     def make(password: str | None = PW, **kwargs: Any):
         email = kwargs.pop("email", None) or unique_email()
@@ -565,7 +568,7 @@ def assert_401(resp) -> None:
     assert resp.headers["www-authenticate"].startswith("Bearer ")
 
 
-from shared.maintenance import ENDPOINTS  # noqa: E402 - every POST endpoint of the API
+from shared.storage.maintenance import ENDPOINTS  # noqa: E402 - every POST endpoint of the API
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 

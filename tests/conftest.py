@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from devhost.azurite import Azurite  # noqa: E402
-from shared import directory, settings as settings_mod, storage as storage_mod  # noqa: E402
+from shared import settings as settings_mod  # noqa: E402
+from shared.storage import directory, tables as storage_mod
 
 import sdk_rules  # noqa: E402
 
@@ -290,7 +291,7 @@ def policies(server):
     test (a unique name unless given) and returns its name; every policy
     saved is deleted afterwards, whatever happens (one the test deleted
     itself is skipped)."""
-    from shared import policy
+    from shared.security import policy
 
     names: list[str] = []
 

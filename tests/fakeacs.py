@@ -17,7 +17,7 @@ Endpoints (same shapes the real SDKs use; see
   (or ``Failed`` with an ``error`` for addresses in ``fail_email_addresses``).
 
 Every request must carry a valid ACS HMAC signature, checked the way the
-service checks it (and the way ``azure/communication/*/_shared/policy.py``
+service checks it (and the way ``azure/communication/*/_shared/security/policy.py``
 computes it)::
 
     x-ms-content-sha256 = base64(sha256(body))

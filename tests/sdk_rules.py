@@ -218,7 +218,7 @@ def answers_checked() -> int:
 
 def install() -> None:
     """Wrap shared.protocol.handle once for the whole test session."""
-    from shared import protocol
+    from shared.protocol import http as protocol
 
     if getattr(protocol.handle, "_sdk_rules", False):
         return

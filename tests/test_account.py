@@ -12,7 +12,9 @@ import time
 import jwt
 import pytest
 
-from shared import account, directory, signinlog, tokens
+from shared.flows import account
+from shared.storage import directory, signinlog
+from shared.tokens import issuance as tokens
 
 from conftest import unique_email
 

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 
-from shared import directory, policy
+from shared.security import policy
+from shared.storage import directory
 
 from conftest import ROOT, unique_email
 
@@ -105,7 +106,7 @@ def test_sends_report_suspend_and_lift(server, api, make_user):
     the suspensions of SMS to new numbers (the pumping defence), set and lifted."""
     import random
 
-    from shared import limits
+    from shared.security import limits
 
     number = "+49151" + "".join(random.choice("0123456789") for _ in range(8))
     limits.check_and_count(server.storage, server.settings, "sms", number, None, purpose="mfa_code")

@@ -15,7 +15,7 @@ from attack_kit import *  # noqa: F401,F403 - the kit's fixtures and helpers
 from attack_kit import _QUIET  # noqa: F401
 from test_account import ACCOUNT_SCOPE, call, phone, sign_in, sms, step_up
 
-from shared import account as account_mod
+from shared.flows import account as account_mod
 
 
 def _family(server, access_token: str) -> dict:

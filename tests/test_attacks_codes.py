@@ -483,7 +483,7 @@ def test_A55_the_right_code_in_a_burst_after_the_limit_answers_like_a_wrong_one(
 @contextlib.contextmanager
 def first_flow_write_fails(monkeypatch):
     """The next write to the flows table fails (storage gone at that moment)."""
-    from shared import storage as storage_mod
+    from shared.storage import tables as storage_mod
 
     real = storage_mod.Table.update
     state = {"armed": True}

@@ -164,7 +164,7 @@ def test_A21_a_parallel_burst_compares_no_more_guesses_than_the_threshold(server
     rest are refused as locked without being compared (it was every guess of
     the burst: the lock was read when each request started, and the hashing
     queue held them there)."""
-    from shared import passwords
+    from shared.security import passwords
 
     email, _ = make_user()
     with server.override(lockout_threshold=10, lockout_max_seconds=900):
@@ -213,7 +213,7 @@ def _ops(resp) -> int:
 
 
 def test_A51_over_long_passwords_do_the_same_work_for_known_and_unknown_names(server, api, make_user):
-    from shared import passwords
+    from shared.security import passwords
 
     email, _ = make_user()
     long_pw = "x" * 300
@@ -268,8 +268,8 @@ def test_A52_a_contended_failure_counter_gives_up_one_increment_never_goes_down(
     """When the account record stays contended through every retry, the wrong
     code is still answered as one (no 503), and nothing is written from a
     stale read (the counter keeps its value; it was merged backwards before)."""
-    from shared import directory as directory_mod
-    from shared.storage import Modified
+    from shared.storage import directory as directory_mod
+    from shared.storage.tables import Modified
 
     email, _ = make_user(password=None)
     directory.change_user(server.storage, directory.get_user(server.storage, email),

@@ -290,7 +290,7 @@ def test_A67_parallel_resends_on_one_flow_send_one_message(server, api, outbox, 
 
 @pytest.fixture
 def pumping(server):
-    from shared import limits
+    from shared.security import limits
 
     with server.override(pumping_prefix_unverified=5, pumping_country_unverified=0, pumping_min_conversion_percent=30):
         yield
@@ -303,7 +303,7 @@ def test_A68_pumping_a_prefix_suspends_new_numbers_there_not_existing_ones(serve
     """Unverified registrations to one number prefix (E.164 less its last four
     digits): after 5 with no verification, SMS to new numbers of that prefix is
     refused for a while; an account's existing number there keeps working."""
-    from shared import limits
+    from shared.security import limits
 
     prefix = "+49151" + "".join(random.choice("0123456789") for _ in range(4))
     pumped = []
@@ -428,7 +428,7 @@ def test_A72_one_account_cannot_pump_or_close_a_country(server, api, outbox, mak
     number to the pumping counters, not ten. A country over its threshold raises
     the alert but (by default) is not suspended: one attacker must not close SMS
     registration for a whole country."""
-    from shared import limits
+    from shared.security import limits
 
     with server.override(new_method_unverified_per_account_hour=5, pumping_prefix_unverified=5,
                          # (earlier tests verified many German codes this hour: any conversion below 100% counts here)
@@ -479,7 +479,7 @@ def test_A72_one_account_cannot_pump_or_close_a_country(server, api, outbox, mak
 def test_A73_a_lifted_suspension_stays_lifted(server, api, outbox, make_user, require_mfa, pumping):
     """After the operator lifts a prefix suspension, the next genuine
     registration there goes out and does not suspend the prefix again."""
-    from shared import limits
+    from shared.security import limits
 
     prefix = "+49152" + "".join(random.choice("0123456789") for _ in range(4))
     for i in range(5):
@@ -522,7 +522,7 @@ def test_A61_no_developer_relief_when_real_messages_are_sent(server):
     `127.0.0.1` cannot send real SMS uncapped."""
     import dataclasses
 
-    from shared import limits
+    from shared.security import limits
 
     relieved = dataclasses.replace(server.settings, local_developer_relief=True, delivery="outbox")
     assert limits._loopback_developer(relieved, "127.0.0.1")

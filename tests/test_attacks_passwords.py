@@ -129,7 +129,7 @@ L33T = "4@8({[<3691!|70$5+%2"
 def test_A53_the_strength_estimator_sees_a_bounded_input(server, api, monkeypatch):
     import zxcvbn as zxcvbn_pkg
 
-    from shared import passwords
+    from shared.security import passwords
 
     seen: list[int] = []
     real = zxcvbn_pkg.zxcvbn
@@ -171,7 +171,7 @@ def test_A53_an_ipv6_subscriber_is_one_source(server, api):
 
 
 def test_A54_concurrent_password_hashing_is_bounded_and_queued(server, api, make_user):
-    from shared import passwords
+    from shared.security import passwords
 
     email, _ = make_user()
     passwords.reset_peak_concurrency()
@@ -194,7 +194,7 @@ def test_A59_the_password_policy_checks_the_normalized_password(api, password, s
 def test_A53_a_flow_may_try_only_ten_passwords(server, api, outbox, make_user):
     """Each new password runs the policy (zxcvbn, and argon2 against the last
     ones at a reset): one reset flow may try ten, then it must start again."""
-    from shared import flows as flows_mod
+    from shared.flows import state as flows_mod
 
     email, _ = make_user()
     c = reset_challenge(api, email)

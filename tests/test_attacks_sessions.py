@@ -31,7 +31,7 @@ def assert_interaction_required(resp, code: int | None = None) -> None:
 def later(shift):
     """Move the clock of every module that judges time at refresh."""
     clocks = [shift(tokens)]
-    for name in ("shared.gate",):
+    for name in ("shared.security.gate",):
         try:
             clocks.append(shift(importlib.import_module(name)))
         except ModuleNotFoundError:

@@ -30,7 +30,8 @@ import time
 import pytest
 
 from conftest import ROOT, unique_email
-from shared import directory, policy
+from shared.security import policy
+from shared.storage import directory
 from shared import settings as settings_mod
 
 PW = "correct horse battery staple"

@@ -32,8 +32,8 @@ for p in (str(ROOT), str(HERE)):
 
 import fakeacs  # noqa: E402
 from fakeacs import FakeAcs  # noqa: E402
-from shared import templates  # noqa: E402
-from shared.delivery import (  # noqa: E402
+from shared.delivery import templates  # noqa: E402
+from shared.delivery.senders import (  # noqa: E402
     AcsEmailSender,
     AcsSmsSender,
     CompositeSender,
@@ -97,7 +97,7 @@ def assert_safe_reason(err: DeliveryError) -> None:
 def test_importing_delivery_does_not_import_acs_sdks():
     code = (
         "import sys\n"
-        "import shared.delivery, shared.templates\n"
+        "import shared.delivery.senders, shared.delivery.templates\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('azure.communication', 'azure.functions', 'azure.identity')))\n"
         "print(','.join(bad))\n"
     )

@@ -32,8 +32,9 @@ import pytest
 from conftest import ROOT, remember_secret, unique_email, wait_until
 from demo.serve import DemoError, build, serve
 from e2e.e2e_harness import Driver, HarnessError
-from shared import directory, policy
-from shared.identifiers import mask_phone
+from shared.security import policy
+from shared.storage import directory
+from shared.protocol.identifiers import mask_phone
 from shared.settings import _attribute_schema
 
 NODE_MODULES = ROOT / "node_modules"

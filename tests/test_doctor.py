@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-from shared import maintenance, protocol, tokens
+from shared.protocol import http as protocol
+from shared.storage import maintenance
+from shared.tokens import issuance as tokens
 from shared import settings as settings_mod
 
 from conftest import ROOT, unique_email
@@ -86,7 +88,7 @@ def test_unusable_settings_serve_nothing_and_health_says_why(server, monkeypatch
                                  maintenance.health, methods="GET")
         assert health.status == 503 and health.body["status"] == "misconfigured", health.body
         assert "AUTH_CODE_HASH_KEY" in health.body["reason"] and "vault.azure.net" not in health.body["reason"]
-        from shared import signin
+        from shared.flows import signin
 
         r = protocol.handle("signin_initiate", protocol.Request("POST", "http://h/api/oauth2/v2.0/initiate",
                                                                 {"content-type": "application/x-www-form-urlencoded"},

@@ -9,7 +9,9 @@ import json
 
 import pytest
 
-from shared import directory, flows, policy, storage as storage_mod
+from shared.flows import state as flows
+from shared.security import policy
+from shared.storage import directory, tables as storage_mod
 
 from conftest import unique_email
 
@@ -121,7 +123,7 @@ def crash_once(monkeypatch, module, name):
 def test_crash_between_saving_a_method_and_recording_the_step(server, api, outbox, make_user, monkeypatch):
     """register/continue saves the verified method, then advances the flow.
     A crash in between: 503; the same request again succeeds; one method."""
-    from shared import register
+    from shared.flows import register
 
     email, _ = make_user()
     policy.save(server.storage, {"name": "crash mfa", "grant": {"require_second_factor": True}})
@@ -151,7 +153,7 @@ def test_crash_between_saving_a_method_and_recording_the_step(server, api, outbo
 
 
 def test_crash_between_saving_a_password_and_recording_the_reset(server, api, outbox, make_user, monkeypatch):
-    from shared import reset
+    from shared.flows import reset
 
     email, _ = make_user()
     r = api.post("resetpassword/v1.0/start", username=email, challenge_type="oob redirect")
@@ -171,7 +173,7 @@ def test_crash_between_saving_a_password_and_recording_the_reset(server, api, ou
 def test_crash_after_the_flow_ends_never_issues_twice(server, api, make_user, monkeypatch):
     """The flow is consumed (If-Match) before the refresh token is written; a
     crash in between leaves no tokens and a step that cannot be repeated."""
-    from shared import tokens
+    from shared.tokens import issuance as tokens
 
     email, _ = make_user()
     r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="password redirect")
@@ -187,7 +189,7 @@ def test_crash_after_the_flow_ends_never_issues_twice(server, api, make_user, mo
 
 
 def test_crash_while_creating_the_account_finishes_on_retry(server, api, outbox, monkeypatch):
-    from shared import signup
+    from shared.flows import signup
 
     email = unique_email("crash")
     r = api.post("signup/v1.0/start", username=email, challenge_type="oob password redirect", password=PW)

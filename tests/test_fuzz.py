@@ -58,8 +58,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared import account, directory
-from shared.maintenance import ENDPOINTS
+from shared.flows import account
+from shared.storage import directory
+from shared.storage.maintenance import ENDPOINTS
 
 from conftest import DEV_CLIENT, ROOT, Api, unique_email
 

@@ -1242,7 +1242,7 @@ def test_tables(sources):
 
 def test_tables_match_storage_module(sources):
     """The tables created by infra/ are exactly the ones the app opens."""
-    from shared.storage import TABLES
+    from shared.storage.tables import TABLES
 
     var = declarations(parse(sources[MAIN]), "variable").get("tableSuffixes")
     assert var is not None, "main.bicep lost var tableSuffixes"
@@ -1625,7 +1625,7 @@ def test_postdeploy_hook_passes_against_a_healthy_api_without_an_account(fake_ap
 
 
 def test_sms_pumping_alert(sources):
-    """The log alert the pumping defence relies on (shared/limits.py logs "pumping suspected" and one
+    """The log alert the pumping defence relies on (shared/security/limits.py logs "pumping suspected" and one
     "metric" line per SMS sent and verified): scoped to Application Insights, on both signals."""
     rules = resources_of(sources, "Microsoft.Insights/scheduledQueryRules")
     assert len(rules) == 1, rules
@@ -1635,7 +1635,7 @@ def test_sms_pumping_alert(sources):
     for needle in ("pumping suspected", "sms_sent", "sms_verified", "applicationInsights.id"):
         assert needle in query, needle
     import re as _re
-    from shared import limits
+    from shared.security import limits
 
     assert '"pumping suspected' in Path(limits.__file__).read_text()          # the app writes what the alert reads
     assert "sms_sent" in Path(limits.__file__).read_text() and "sms_verified" in Path(limits.__file__).read_text()

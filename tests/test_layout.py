@@ -1,7 +1,8 @@
 """The house rules of the layout (README "Layout"), checked on the source:
 ``shared/`` never imports ``azure.functions``, its modules import each other
 without cycles (counting imports inside functions, which are often a way to
-hide one), and ``functions/`` stays a thin adapter over ``shared/``."""
+hide one), it stays grouped by concern, and ``functions/`` stays a thin
+adapter over ``shared/``."""
 
 from __future__ import annotations
 
@@ -10,40 +11,59 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / "shared"
+PACKAGES = ("protocol", "flows", "security", "tokens", "delivery", "storage")
+MAX_MODULES_PER_PACKAGE = 12
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module name an import in the file names (absolute, or shared.<x> for relative)."""
+def _name(path: Path, root: Path) -> str:
+    rel = path.relative_to(root.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules(root: Path) -> dict[str, Path]:
+    return {_name(p, root): p for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def _imports(path: Path, root: Path, known: set[str]) -> set[str]:
+    """Every module of ``root``'s package an import in the file names (``from a.b import c``
+    names ``a.b.c`` when that is a module, else ``a.b``; relative imports resolved)."""
+    here = _name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                if node.module:
-                    out.add("shared." + node.module.split(".")[0])
-                else:
-                    out |= {"shared." + a.name for a in node.names}
-            elif node.module:
-                out.add(node.module)
-                if node.module == "shared":
-                    out |= {"shared." + a.name for a in node.names}
-    return out
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:
+                out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in known else base)
+    return {m for m in out if m in known}
 
 
-def _graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in SHARED.glob("*.py")}
-    return {p.stem: {m.split(".")[1] for m in _imports(p) if m.startswith("shared.") and m.split(".")[1] in modules}
-            for p in SHARED.glob("*.py")}
+def _graph(root: Path = SHARED) -> dict[str, set[str]]:
+    modules = _modules(root)
+    known = set(modules)
+    return {name: _imports(path, root, known) - {name} for name, path in modules.items()}
 
 
 def test_shared_never_imports_the_functions_runtime():
-    offenders = [p.name for p in SHARED.glob("*.py") if any(m.startswith("azure.functions") for m in _imports(p))]
+    offenders = []
+    for path in SHARED.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names} | \
+                {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        if any(m.startswith("azure.functions") for m in names):
+            offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
 
 
-def test_shared_has_no_import_cycles():
-    graph = _graph()
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     cycles: list[list[str]] = []
 
     def visit(node: str, path: list[str]) -> None:
@@ -55,19 +75,38 @@ def test_shared_has_no_import_cycles():
 
     for start in sorted(graph):
         visit(start, [start])
+    return cycles
+
+
+def test_shared_has_no_import_cycles():
+    cycles = _cycles(_graph())
     assert not cycles, f"import cycles in shared/: {sorted({' -> '.join(c) for c in cycles})[:5]}"
 
 
-def test_the_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
-    """The check above must be able to fail: two modules that import each other."""
-    (tmp_path / "a.py").write_text("from . import b\n")
-    (tmp_path / "b.py").write_text("def f():\n    from .a import x\n")
-    monkeypatch.setattr(__import__(__name__), "SHARED", tmp_path)
-    graph = _graph()
-    assert graph == {"a": {"b"}, "b": {"a"}}
+def test_the_cycle_check_sees_a_cycle(tmp_path):
+    """The check above must be able to fail: two modules of different packages that import each other."""
+    root = tmp_path / "shared"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "a" / "__init__.py").write_text("")
+    (root / "b" / "__init__.py").write_text("")
+    (root / "a" / "x.py").write_text("from shared.b import y\n")
+    (root / "b" / "y.py").write_text("def f():\n    from ..a.x import thing\n")
+    graph = _graph(root)
+    assert graph["shared.a.x"] == {"shared.b.y"} and graph["shared.b.y"] == {"shared.a.x"}
+    assert _cycles(graph)
 
 
-def test_shared_stays_one_flat_package_of_at_most_thirty_modules():
-    modules = sorted(p.stem for p in SHARED.glob("*.py") if p.stem != "__init__")
-    assert len(modules) <= 30, f"{len(modules)} modules: regroup shared/ by concern in one move (DEVELOPERS.md)"
-    assert not [p for p in SHARED.iterdir() if p.is_dir() and p.name != "__pycache__"]
+def test_shared_is_grouped_by_concern():
+    """One package per concern, each small enough to find a rule in; nothing
+    at the top level but the settings (DEVELOPERS.md: regroup by concern)."""
+    top = sorted(p.stem for p in SHARED.glob("*.py") if p.stem != "__init__")
+    assert top == ["settings"], top
+    packages = sorted(p.name for p in SHARED.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert packages == sorted(PACKAGES), packages
+    for package in PACKAGES:
+        modules = [p.stem for p in (SHARED / package).glob("*.py") if p.stem != "__init__"]
+        assert 1 <= len(modules) <= MAX_MODULES_PER_PACKAGE, (package, modules)
+        assert (SHARED / package / "__init__.py").read_text().strip().startswith('"""'), package  # says what it holds
+        assert not [p for p in (SHARED / package).iterdir() if p.is_dir() and p.name != "__pycache__"], package

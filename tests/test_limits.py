@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from shared import errors, limits, policy, storage as storage_mod
+from shared.protocol import errors
+from shared.security import limits, policy
+from shared.storage import tables as storage_mod
 from shared.settings import Settings
 
 from conftest import unique_email

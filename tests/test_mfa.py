@@ -12,7 +12,8 @@ import time
 import jwt
 import pytest
 
-from shared import directory, policy, signinlog
+from shared.security import policy
+from shared.storage import directory, signinlog
 
 from conftest import unique_email
 

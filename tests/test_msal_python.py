@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from conftest import DEV_CLIENT
-from shared import tokens
+from shared.tokens import issuance as tokens
 
 PASSWORD = "correct horse battery staple"
 RESOURCE = "api://native-auth"

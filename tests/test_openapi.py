@@ -16,10 +16,12 @@ from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from shared import account, directory, policy
-from shared.maintenance import ENDPOINTS
+from shared.flows import account
+from shared.security import policy
+from shared.storage import directory
+from shared.storage.maintenance import ENDPOINTS
 from shared.settings import _attribute_schema
-from shared.storage import StorageUnavailable
+from shared.storage.tables import StorageUnavailable
 
 from conftest import ROOT, app_functions, unique_email
 
@@ -266,7 +268,7 @@ def test_routes_and_document_match_both_ways():
 
 
 def test_native_auth_operations_are_form_posts_with_the_contract_statuses():
-    from shared.maintenance import ENDPOINTS
+    from shared.storage.maintenance import ENDPOINTS
 
     for rel in ENDPOINTS:
         op = DOC["paths"]["/" + rel]["post"]
@@ -286,7 +288,7 @@ def test_every_form_field_the_app_reads_is_documented():
     import re
 
     read = set()
-    for source in (ROOT / "shared").glob("*.py"):
+    for source in (ROOT / "shared").rglob("*.py"):
         # Form parameters are lower-case snake_case (the contract's); a CamelCase name read through a
         # ``fields`` dict is something else (maintenance.py parses a connection string that way).
         read |= set(re.findall(r"\b(?:form|fields)\.(?:get|require)\(\s*\"([a-z_]+)\"", source.read_text()))
@@ -300,12 +302,12 @@ def test_every_form_field_the_app_reads_is_documented():
 
 
 def test_every_json_field_the_account_api_reads_is_documented():
-    """Each name shared/account.py reads from a JSON body (``body.get("...")``) is a
+    """Each name shared/flows/account.py reads from a JSON body (``body.get("...")``) is a
     property of some account request body in the document, and each documented
     property is read (no stale documentation)."""
     import re
 
-    read = set(re.findall(r"\bbody\.get\(\s*\"([A-Za-z_]+)\"", (ROOT / "shared" / "account.py").read_text()))
+    read = set(re.findall(r"\bbody\.get\(\s*\"([A-Za-z_]+)\"", (ROOT / "shared" / "flows" / "account.py").read_text()))
     documented = set()
     for (path, method) in ACCOUNT_OPERATIONS:
         body = DOC["paths"][path][method].get("requestBody")
@@ -313,7 +315,7 @@ def test_every_json_field_the_account_api_reads_is_documented():
             assert list(body["content"]) == ["application/json"], (path, method)
             schema, _ = _resolve(body["content"]["application/json"]["schema"])
             documented |= set(schema["properties"])
-    assert read, "found no JSON reads in shared/account.py"
+    assert read, "found no JSON reads in shared/flows/account.py"
     assert read == documented, f"read, not documented: {sorted(read - documented)}; " \
                                f"documented, not read: {sorted(documented - read)}"
 

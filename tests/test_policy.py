@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from shared import policy, risk
-from shared.directory import User
+from shared.security import policy, risk
+from shared.storage.directory import User
 from shared.settings import Settings
 
 OID1 = "0b1c2d3e-0000-4000-8000-000000000001"

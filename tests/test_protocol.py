@@ -155,8 +155,8 @@ def test_errors_are_never_cached(api):
 def test_client_ip_in_every_form_a_proxy_writes():
     """X-Forwarded-For entries as App Service and other proxies write them: with a
     port, bracketed IPv6 with a port, IPv4-mapped IPv6 (counted as its IPv4)."""
-    from shared.identifiers import ip_source
-    from shared.protocol import parse_ip
+    from shared.protocol.identifiers import ip_source
+    from shared.protocol.http import parse_ip
 
     assert parse_ip("203.0.113.7") == "203.0.113.7"
     assert parse_ip("203.0.113.7:50123") == "203.0.113.7"

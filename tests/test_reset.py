@@ -7,7 +7,8 @@ import time
 import jwt
 import pytest
 
-from shared import directory, policy
+from shared.security import policy
+from shared.storage import directory
 
 from conftest import unique_email
 

@@ -12,7 +12,7 @@ import time
 import jwt
 import pytest
 
-from shared import directory
+from shared.storage import directory
 
 from conftest import unique_email
 
@@ -487,7 +487,7 @@ def test_native_clients_always_get_id_and_refresh_tokens(api, make_user):
 # ---------------------------------------------------------------- purge
 
 def test_purge_removes_expired_state(server, api, make_user):
-    from shared import maintenance
+    from shared.storage import maintenance
 
     email, _ = make_user()
     ct = start(api, email)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from shared import policy
+from shared.security import policy
 
 from conftest import ROOT
 

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from shared import protocol, storage
+from shared.protocol import http as protocol
+from shared.storage import tables as storage
 from shared.settings import Settings
 
 

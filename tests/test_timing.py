@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from shared import passwords
+from shared.security import passwords
 
 from conftest import unique_email
 

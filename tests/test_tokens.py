@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from jwt.algorithms import RSAAlgorithm
 
 from conftest import Canary, DEV_CLIENT, unique_email
-from shared import directory, tokens
+from shared.storage import directory
+from shared.tokens import issuance as tokens
 
 PASSWORD = "correct horse battery staple"
 RESOURCE = "api://native-auth"

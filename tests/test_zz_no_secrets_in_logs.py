@@ -12,7 +12,7 @@ import json
 import re
 
 import conftest
-from shared import tokens
+from shared.tokens import issuance as tokens
 
 
 def _private_key_material(server) -> list[str]:

@@ -49,7 +49,7 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' = {
 @description('Email address for the SMS-pumping alert (empty: the alert fires in Azure Monitor without a notification).')
 param alertEmail string = ''
 
-// SMS pumping (shared/limits.py): the app logs "pumping suspected" when it suspends SMS to a number prefix
+// SMS pumping (shared/security/limits.py): the app logs "pumping suspected" when it suspends SMS to a number prefix
 // or country, and one "metric {...}" line per SMS sent and per SMS code verified. This log alert fires on a
 // suspension, or when a country's SMS volume in the last hour is high while few codes are verified.
 resource pumpingActionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {

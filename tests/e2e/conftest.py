@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-from shared import policy
+from shared.security import policy
 
 from .e2e_harness import (AccessLog, Driver, HarnessError, Page, StaticSite, build_site, missing_prerequisites,
                          msal_config)

@@ -1,4 +1,4 @@
-"""The account API (/api/me, shared/account.py) from a browser app on MSAL JS
+"""The account API (/api/me, shared/flows/account.py) from a browser app on MSAL JS
 custom-auth 5.30.0: the SDK's access token for ``api://native-auth/account``
 with ``fetch``, and the step-up round trip a change that needs a fresh second
 factor asks for (deleting the account, adding a phone):
@@ -26,8 +26,9 @@ import re
 import pytest
 
 from conftest import remember_secret, wait_until
-from shared import directory, stepup
-from shared.identifiers import mask_phone
+from shared.storage import directory
+from shared.tokens import stepup
+from shared.protocol.identifiers import mask_phone
 from .e2e_harness import ACCOUNT_SCOPE, unique_mobile, unverified_claims, wrong_code
 
 PASSWORD = "Orchard-Lantern-Copper-6142"

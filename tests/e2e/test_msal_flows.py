@@ -23,8 +23,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import unique_email, wait_until
-from shared import directory, policy
-from shared.identifiers import mask_email, mask_phone
+from shared.security import policy
+from shared.storage import directory
+from shared.protocol.identifiers import mask_email, mask_phone
 from shared.settings import _attribute_schema
 from .e2e_harness import CLIENT_ID, unique_mobile, unverified_claims, wrong_code
 

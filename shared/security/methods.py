@@ -34,11 +34,13 @@ import secrets
 import time
 from typing import Any
 
-from . import errors, notify, signinlog
-from .directory import User, change_user, get_user_by_key
-from .identifiers import mask_email, mask_phone
-from .settings import Settings
-from .storage import Storage
+from shared.delivery import notify
+from shared.protocol import errors
+from shared.storage import signinlog
+from shared.storage.directory import User, change_user, get_user_by_key
+from shared.protocol.identifiers import mask_email, mask_phone
+from shared.settings import Settings
+from shared.storage.tables import Storage
 
 # Providers that ignore dots in the local part (gmail.com and its alias domain).
 _DOTLESS_DOMAINS = ("gmail.com", "googlemail.com")

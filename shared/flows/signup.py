@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import time
 
-from . import attributes, errors, flows, notify, passwords
-from .directory import UserExists, create_user, get_user, get_user_by_key, user_key
-from .identifiers import mask_email
-from .protocol import Request, Response, ok, redirect_response
-from .settings import Settings
-from .signin import begin, capabilities, challenge_types, username
-from .storage import Storage
+from shared.delivery import notify
+from shared.flows import attributes, state as flows
+from shared.protocol import errors
+from shared.security import passwords
+from shared.storage.directory import UserExists, create_user, get_user, get_user_by_key, user_key
+from shared.protocol.identifiers import mask_email
+from shared.protocol.http import Request, Response, ok, redirect_response
+from shared.settings import Settings
+from shared.flows.signin import begin, capabilities, challenge_types, username
+from shared.storage.tables import Storage
 
 
 class UserAlreadyExists(errors.AuthError):
@@ -65,7 +68,7 @@ def start(request: Request, settings: Settings) -> Response:
     types = challenge_types(form)
     if "oob" not in types:
         return redirect_response("Sign-up needs an email code; the client does not support oob.")
-    from . import limits
+    from shared.security import limits
 
     limits.check_and_count_action(storage, settings, "signup_start", request.client_ip, settings.signup_starts_per_ip_hour)
     collected = attributes.accept(settings.signup_attributes, attributes.parse(form.get("attributes")))

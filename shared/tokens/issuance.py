@@ -30,9 +30,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors
-from .settings import Settings
-from .storage import Conflict, Modified, Storage
+from shared.protocol import errors
+from shared.settings import Settings
+from shared.storage.tables import Conflict, Modified, Storage
 
 # PyJWT and cryptography are imported where they are used, not at module
 # import: they are a large part of the Functions cold start.
@@ -417,7 +417,7 @@ def redeem_refresh_token(storage: Storage, settings: Settings, client_id: str, t
     ``judge(family, user)`` returns the new tokens' Subject or raises (the
     conditional-access check at refresh, ``gate.refresh_subject``); it runs
     before the rotation, so a refused refresh changes nothing."""
-    from .directory import get_user_by_key  # local import: directory does not need tokens
+    from shared.storage.directory import get_user_by_key  # local import: directory does not need tokens
 
     if not token:
         raise errors.InvalidRequest("The request body must contain the 'refresh_token' parameter.")

@@ -13,10 +13,10 @@ import ipaddress
 import json
 import time
 
-from .directory import User
-from .identifiers import ip_source
-from .settings import Settings
-from .storage import Conflict, Modified, Storage, hash_key
+from shared.storage.directory import User
+from shared.protocol.identifiers import ip_source
+from shared.settings import Settings
+from shared.storage.tables import Conflict, Modified, Storage, hash_key
 
 LEVELS = ("none", "low", "medium", "high")
 KNOWN_NETWORKS_KEPT = 20

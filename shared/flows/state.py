@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors, otp
-from .settings import Settings
-from .storage import Entity, Modified, Storage
+from shared.protocol import errors
+from shared.security import otp
+from shared.settings import Settings
+from shared.storage.tables import Entity, Modified, Storage
 
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
 MAX_CAS_RETRIES = 8
@@ -147,7 +148,7 @@ def restore(storage: Storage, before: Flow, after: Flow, **extra: Any) -> None:
     the client may retry at once with its continuation token; ``extra`` fields
     are written with it. Best effort: if the flow changed again meanwhile, or
     storage is gone, it stays as is."""
-    from .storage import StorageError
+    from shared.storage.tables import StorageError
 
     keys = [k for k in after.entity if not k.startswith("_") and k not in ("PartitionKey", "RowKey")
             and after.entity.get(k) != before.entity.get(k)]
@@ -255,7 +256,7 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
       its own, so a wrong code costs the same storage work either way (A52).
 
     Returns the flow (with its new ETag) when the code is right."""
-    from .directory import change_user, code_failures_field
+    from shared.storage.directory import change_user, code_failures_field
 
     if not code:
         raise errors.InvalidRequest("The request body must contain the 'oob' parameter.")
@@ -279,7 +280,7 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
         try:
             if right:
                 used = advance(storage, flow, rotate=False, code_used=True)
-                from . import limits
+                from shared.security import limits
 
                 limits.credit(storage, limits.Ticket.from_json(used.get("code_ticket")))  # a verified send
                 return used

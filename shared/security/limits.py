@@ -57,10 +57,10 @@ import threading
 import time
 from typing import Any
 
-from . import errors
-from .identifiers import ip_source
-from .settings import Settings
-from .storage import Conflict, Modified, Storage, StorageError, hash_key
+from shared.protocol import errors
+from shared.protocol.identifiers import ip_source
+from shared.settings import Settings
+from shared.storage.tables import Conflict, Modified, Storage, StorageError, hash_key
 
 log = logging.getLogger("nativeauth.limits")
 metrics = logging.getLogger("nativeauth.metrics")
@@ -320,7 +320,7 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
 
 def _refused(p: Plan, what: str) -> None:
     """Say in the request's log context which limit refused (the sign-in log records it)."""
-    from .context import current
+    from shared.protocol.context import current
 
     ctx = current()
     if ctx is not None:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import json
 import time
 
-from . import errors, flows, notify, passwords
-from .directory import all_code_failures_cleared, change_user, get_user, get_user_by_key, user_key
-from .protocol import Request, Response, ok, redirect_response
-from .settings import Settings
-from .signin import begin, capabilities, challenge_types, username
-from .signup import _password_error
+from shared.delivery import notify
+from shared.flows import state as flows
+from shared.protocol import errors
+from shared.security import passwords
+from shared.storage.directory import all_code_failures_cleared, change_user, get_user, get_user_by_key, user_key
+from shared.protocol.http import Request, Response, ok, redirect_response
+from shared.settings import Settings
+from shared.flows.signin import begin, capabilities, challenge_types, username
+from shared.flows.signup import _password_error
 
 VERIFIED_LIFETIME = 600  # contract §3.13: expires_in at most 600 s
 POLL_INTERVAL = 1
@@ -52,7 +55,7 @@ def start(request: Request, settings: Settings) -> Response:
         return redirect_response("Password reset needs an email code; the client does not support oob.")
     user = get_user(storage, email)
     if user is None and not settings.enumeration_protection:
-        from .errors import UserNotFound
+        from shared.protocol.errors import UserNotFound
 
         raise UserNotFound()
     if user is not None and not user.has_password and not settings.enumeration_protection:
@@ -69,7 +72,7 @@ def challenge(request: Request, settings: Settings) -> Response:
         challenge_types(form)
     if flow["state"] not in ("started", "code_sent"):
         raise errors.InvalidGrant("This flow does not expect a challenge now.")
-    from .signin import send_email_code
+    from shared.flows.signin import send_email_code
 
     return send_email_code(storage, settings, flow, "reset_code", request, state="code_sent")
 

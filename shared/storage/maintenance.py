@@ -7,10 +7,10 @@ import time
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from . import errors
-from .protocol import Request, Response, ok
-from .settings import Settings
-from .storage import StorageUnavailable, get_storage
+from shared.protocol import errors
+from shared.protocol.http import Request, Response, ok
+from shared.settings import Settings
+from shared.storage.tables import StorageUnavailable, get_storage
 
 # Every POST endpoint of the native-auth API (contract §2), relative to /api.
 ENDPOINTS = (
@@ -36,7 +36,7 @@ def health(request: Request, settings: Settings) -> Response:
     """200 when the app can serve: settings valid (else protocol.handle
     answers 503 "misconfigured" with the reason), storage reachable, signing
     keys readable. ``python -m admin doctor`` checks much more."""
-    from .tokens import KeyUnreadable, keyring
+    from shared.tokens.issuance import KeyUnreadable, keyring
 
     try:
         storage = get_storage(settings)
@@ -119,7 +119,7 @@ def readiness(env: Mapping[str, str] | None = None, settings: Settings | None = 
     in the output (fingerprints only)."""
     import os
 
-    from .settings import SettingsError, unresolved_reference
+    from shared.settings import SettingsError, unresolved_reference
 
     env = os.environ if env is None else env
     checks: list[Check] = []
@@ -178,7 +178,7 @@ def _fingerprints(settings: Settings) -> Check:
 
 
 def _storage_check(settings: Settings, checks: list[Check]):
-    from .storage import Storage, StorageError
+    from shared.storage.tables import Storage, StorageError
 
     date: list[str] = []
     try:
@@ -197,7 +197,7 @@ def _storage_check(settings: Settings, checks: list[Check]):
 
 
 def _tables_check(storage, settings: Settings) -> Check:
-    from .storage import TABLES
+    from shared.storage.tables import TABLES
 
     present = {t.name for t in storage._service.query_tables("TableName ge @p and TableName lt @q",
                                                              parameters={"p": settings.table_prefix,
@@ -211,7 +211,7 @@ def _tables_check(storage, settings: Settings) -> Check:
 
 
 def _keys_check(storage, settings: Settings) -> Check:
-    from . import tokens
+    from shared.tokens import issuance as tokens
 
     rows = storage.table("keys").query("PartitionKey eq @pk", {"pk": tokens.KEYS_PK})
     if not rows:
@@ -277,7 +277,7 @@ def _acs_authorized(settings: Settings) -> int | str:
         from azure.communication.email import EmailClient
         from azure.core.rest import HttpRequest
 
-        from .delivery import _managed_identity, _sdk_kwargs
+        from shared.delivery.senders import _managed_identity, _sdk_kwargs
 
         kwargs = _sdk_kwargs(5.0, 5.0, getattr(settings, "acs_client_kwargs", None))
         client = EmailClient.from_connection_string(settings.acs_connection_string, **kwargs) \

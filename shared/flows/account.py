@@ -30,12 +30,17 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import attributes, errors, flows, gate, limits, methods, notify, passwords, signinlog, stepup, tokens
-from .directory import User, change_user, get_user_by_key, update_user
-from .identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
-from .protocol import Request, Response, parse_json
-from .settings import Settings
-from .storage import Modified, NotFound, Storage, StorageError, get_storage
+from shared.delivery import notify
+from shared.flows import attributes, state as flows
+from shared.protocol import errors
+from shared.security import gate, limits, methods, passwords
+from shared.storage import signinlog
+from shared.tokens import issuance as tokens, stepup
+from shared.storage.directory import User, change_user, get_user_by_key, update_user
+from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
+from shared.protocol.http import Request, Response, parse_json
+from shared.settings import Settings
+from shared.storage.tables import Modified, NotFound, Storage, StorageError, get_storage
 
 SCOPE = "account"
 READS_PER_HOUR = 300
@@ -243,7 +248,7 @@ def password(request: Request, settings: Settings) -> Response:
     if not user.has_password or len(current) > passwords.MAX_PASSWORD_CHARS:
         passwords.dummy_verify(current[:passwords.MAX_PASSWORD_CHARS])
         raise errors.InvalidCredentials("The current password is not correct.")
-    from .signin import reserve_password_attempt, undo_password_attempt  # the lockout counts these attempts too
+    from shared.flows.signin import reserve_password_attempt, undo_password_attempt  # the lockout counts these attempts too
 
     counted = reserve_password_attempt(caller.storage, settings, user)
     if counted is None or not passwords.verify_password(counted.password_hash, current):
@@ -396,7 +401,7 @@ def method_item(request: Request, settings: Settings) -> Response:
 
 def _second_factor_required(caller: Caller, request: Request) -> bool:
     """Would a sign-in of this user (now, from here) need a second factor?"""
-    from . import policy, risk
+    from shared.security import policy, risk
 
     policies, locations = gate.load_policies(caller.storage, caller.settings)
     ip = gate.client_ip(request)
@@ -512,6 +517,6 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
 
 
 def _network(ip: Any) -> str:
-    from .risk import network_of
+    from shared.security.risk import network_of
 
     return network_of(ip) or "" if isinstance(ip, str) else ""

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import errors
-from .protocol import json_field
+from shared.protocol import errors
+from shared.protocol.http import json_field
 
 MAX_VALUE_CHARS = 1024
 

@@ -18,12 +18,17 @@ import json
 import time
 from typing import Any
 
-from . import errors, flows, gate, mfa, notify, passwords, signinlog, tokens
-from .directory import User, change_user, get_client, get_user, get_user_by_key, user_key
-from .identifiers import InvalidIdentifier, mask_email, normalize_email
-from .protocol import Form, Request, Response, ok, parse_form, redirect_response, split_list
-from .settings import Settings
-from .storage import Storage, get_storage
+from shared.delivery import notify
+from shared.flows import mfa, state as flows
+from shared.protocol import errors
+from shared.security import gate, passwords
+from shared.storage import signinlog
+from shared.tokens import issuance as tokens
+from shared.storage.directory import User, change_user, get_client, get_user, get_user_by_key, user_key
+from shared.protocol.identifiers import InvalidIdentifier, mask_email, normalize_email
+from shared.protocol.http import Form, Request, Response, ok, parse_form, redirect_response, split_list
+from shared.settings import Settings
+from shared.storage.tables import Storage, get_storage
 
 KNOWN_CHALLENGE_TYPES = ("password", "oob", "redirect")
 LOCKOUT_RESET_SECONDS = 12 * 3600

@@ -4,7 +4,7 @@
 method (:func:`send_code`, also used by registration).
 
 What is required, and whether it is satisfied, is decided by the policy gate
-(``shared/gate.py``); this module only lets the user verify one of the
+(``shared/security/gate.py``); this module only lets the user verify one of the
 methods the gate offered.
 """
 
@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import errors, flows, gate, methods as methods_mod, notify
-from .directory import get_user_by_key
-from .methods import mask
-from .protocol import Form, Request, Response, ok
-from .settings import Settings
-from .storage import Storage
+from shared.delivery import notify
+from shared.flows import state as flows
+from shared.protocol import errors
+from shared.security import gate, methods as methods_mod
+from shared.storage.directory import get_user_by_key
+from shared.security.methods import mask
+from shared.protocol.http import Form, Request, Response, ok
+from shared.settings import Settings
+from shared.storage.tables import Storage
 
 
 # ------------------------------------------------------------------ endpoints

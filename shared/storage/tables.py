@@ -35,8 +35,8 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from . import context
-from .settings import Settings
+from shared.protocol import context
+from shared.settings import Settings
 
 # The Azure SDKs log every request and response (headers included) at INFO, and
 # the Functions host ships INFO: that is a log line per storage operation and a
@@ -319,7 +319,7 @@ def get_storage(settings: Settings | None = None) -> Storage:
     if _storage is None:
         with _storage_lock:
             if _storage is None:
-                from .settings import get_settings
+                from shared.settings import get_settings
 
                 storage = Storage(settings or get_settings())
                 storage.ensure_tables()

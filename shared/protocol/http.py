@@ -19,10 +19,10 @@ import uuid
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
-from . import errors
-from .context import Context, count_storage_op, current, enter, leave  # noqa: F401 - current/count re-exported
-from .settings import Settings, SettingsError, get_settings
-from .storage import StorageUnavailable
+from shared.protocol import errors
+from shared.protocol.context import Context, count_storage_op, current, enter, leave  # noqa: F401 - current/count re-exported
+from shared.settings import Settings, SettingsError, get_settings
+from shared.storage.tables import StorageUnavailable
 
 log = logging.getLogger("nativeauth.request")
 

@@ -60,8 +60,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from . import templates
-from .templates import CODE_PURPOSES, PURPOSES, Rendered
+from shared.delivery import templates
+from shared.delivery.templates import CODE_PURPOSES, PURPOSES, Rendered
 
 log = logging.getLogger(__name__)
 
@@ -538,7 +538,7 @@ def build_sender(settings: Any) -> Sender:
     if settings.delivery == "outbox":
         return OutboxSender(settings.outbox_path, echo=True, app_name=settings.app_name)
 
-    from .settings import SettingsError
+    from shared.settings import SettingsError
 
     conn = settings.acs_connection_string
     endpoint = settings.acs_endpoint

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import tokens
-from .protocol import Request, Response
-from .settings import Settings
-from .storage import get_storage
+from shared.tokens import issuance as tokens
+from shared.protocol.http import Request, Response
+from shared.settings import Settings
+from shared.storage.tables import get_storage
 
 
 def openid_configuration(request: Request, settings: Settings) -> Response:

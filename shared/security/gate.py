@@ -43,11 +43,15 @@ import json
 import time
 from typing import Any
 
-from . import errors, flows, methods as methods_mod, policy, risk, signinlog, tokens
-from .directory import User, code_failures_field, update_user
-from .protocol import Form, Request, Response, current, json_field, ok, redirect_response
-from .settings import Settings
-from .storage import Modified, Storage
+from shared.flows import state as flows
+from shared.protocol import errors
+from shared.security import methods as methods_mod, policy, risk
+from shared.storage import signinlog
+from shared.tokens import issuance as tokens
+from shared.storage.directory import User, code_failures_field, update_user
+from shared.protocol.http import Form, Request, Response, current, json_field, ok, redirect_response
+from shared.settings import Settings
+from shared.storage.tables import Modified, Storage
 
 # Our extension of the protocol's capabilities: a client that can follow
 # "verify an existing method (mfa_oob), then register the one the sign-in needs"

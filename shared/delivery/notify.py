@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import errors
-from .protocol import Request
-from .settings import Settings
-from .storage import Storage
+from shared.protocol import errors
+from shared.protocol.http import Request
+from shared.settings import Settings
+from shared.storage.tables import Storage
 
 log = logging.getLogger("nativeauth.notify")
 
@@ -27,7 +27,7 @@ def sender(settings: Settings):
     global _sender, _sender_key
     with _lock:
         if _sender is None or _sender_key != id(settings):
-            from .delivery import build_sender
+            from shared.delivery.senders import build_sender
 
             _sender = build_sender(settings)
             _sender_key = id(settings)
@@ -36,7 +36,7 @@ def sender(settings: Settings):
 
 def locale_of(request: Request | None) -> str | None:
     """``ui_locales`` from the form (kept on the request context), else Accept-Language."""
-    from .protocol import current
+    from shared.protocol.http import current
 
     ctx = current()
     if ctx is not None and ctx.locale:
@@ -66,14 +66,15 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
     If 3 or 4 fails, the flow is put back as it was (the client may retry at
     once with the same continuation token); a refusal by a limit is written
     to the sign-in log with the limit's name. Returns ``(flow, code length)``."""
-    from . import flows, limits
-    from .protocol import current
-    from .storage import StorageError
+    from shared.flows import state as flows
+    from shared.security import limits
+    from shared.protocol.http import current
+    from shared.storage.tables import StorageError
 
     if channel == "sms":
         # Numbers registered earlier are checked again against today's allow-list
         # and line-type rules, before anything is counted or sent (A13).
-        from .identifiers import BlockedNumber, InvalidIdentifier, normalize_phone
+        from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, normalize_phone
 
         try:
             normalize_phone(to, allowed_countries=settings.sms_allowed_countries)
@@ -106,7 +107,7 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
         if counted:
             limits.release_cooldown(storage, plan.ticket)  # not delivered: the client may retry at once
         if first_refusal:
-            from . import signinlog
+            from shared.storage import signinlog
 
             limit = ((ctx.extra or {}).get("limit") if ctx else None) or type(exc).__name__
             signinlog.record(storage, flow, None, "throttled", str(limit)[:200], flow.steps, "none")
@@ -115,7 +116,7 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
 
 
 def Message_of(channel: str, to: str, purpose: str, code: str, request: Request | None):  # noqa: N802 - a factory
-    from .delivery import Message
+    from shared.delivery.senders import Message
 
     try:
         return Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
@@ -124,7 +125,7 @@ def Message_of(channel: str, to: str, purpose: str, code: str, request: Request 
 
 
 def _send(settings: Settings, message) -> None:
-    from .delivery import DeliveryError
+    from shared.delivery.senders import DeliveryError
 
     try:
         sender(settings).send(message)
@@ -144,12 +145,12 @@ def send_notice(storage: Storage, settings: Settings, *, to: str, purpose: str, 
     user's request. ``count`` puts it in the send limits (counted, never
     refused: see ``limits.check_and_count``); ``detail`` is a masked value
     the text names (the method)."""
-    from .delivery import DeliveryError, Message
+    from shared.delivery.senders import DeliveryError, Message
 
     if count:
-        from . import limits
-        from .protocol import current
-        from .storage import StorageError
+        from shared.security import limits
+        from shared.protocol.http import current
+        from shared.storage.tables import StorageError
 
         ctx = current()
         try:

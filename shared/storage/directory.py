@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import passwords
-from .settings import Settings
-from .storage import Conflict, Entity, Storage, hash_key
+from shared.security import passwords
+from shared.settings import Settings
+from shared.storage.tables import Conflict, Entity, Storage, hash_key
 
 USER_RK = "user"
 
@@ -146,7 +146,7 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
     (no 503 that an unknown name never gets: an enumeration oracle)."""
     import logging
 
-    from .storage import Modified, StorageUnavailable
+    from shared.storage.tables import Modified, StorageUnavailable
 
     changes = None
     if counter:

@@ -11,9 +11,9 @@ import secrets
 import time
 from typing import Any
 
-from .identifiers import mask_email
-from .protocol import current
-from .storage import Storage, StorageError
+from shared.protocol.identifiers import mask_email
+from shared.protocol.http import current
+from shared.storage.tables import Storage, StorageError
 
 MAX_TS = 10 ** 13
 

@@ -77,7 +77,7 @@ class _Slot:
 
     def __enter__(self):
         if not _slots.acquire(timeout=ARGON2_QUEUE_SECONDS):
-            from .errors import ServiceUnavailable
+            from shared.protocol.errors import ServiceUnavailable
 
             raise ServiceUnavailable("Too many sign-ins at once. Retry shortly.", retry_after=2)
         with _stats_lock:
@@ -179,7 +179,7 @@ def _strength_score(password: str, user_inputs: list[str]) -> int:
     import zxcvbn as _zxcvbn
 
     if not _strength_lock.acquire(timeout=STRENGTH_QUEUE_SECONDS):
-        from .errors import ServiceUnavailable
+        from shared.protocol.errors import ServiceUnavailable
 
         raise ServiceUnavailable("Too many passwords are being checked right now. Retry shortly.", retry_after=2)
     try:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field, replace as dataclasses_replace
 from typing import Any, Iterable
 
-from .storage import Storage
+from shared.storage.tables import Storage
 
 POLICY_PK = "policy"
 LOCATION_PK = "location"
@@ -153,7 +153,7 @@ def _user_ref(value: str, where: str) -> str:
     is refused: an entry that can never match would silently fail open."""
     import uuid
 
-    from .identifiers import InvalidIdentifier, normalize_email
+    from shared.protocol.identifiers import InvalidIdentifier, normalize_email
 
     text = value.strip()
     if text.lower() == "all":
@@ -297,7 +297,7 @@ def clear_cache() -> None:
 
 
 def _row_key(name: str) -> str:
-    from .storage import hash_key
+    from shared.storage.tables import hash_key
 
     return hash_key("policy", name.strip().lower())[:32]
 
@@ -333,7 +333,7 @@ def save_location(storage: Storage, name: str, cidrs: list[str]) -> None:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise PolicyError(f"not an IP range: {cidr!r}") from None
-    from .storage import hash_key
+    from shared.storage.tables import hash_key
 
     storage.table("policies").put({"PartitionKey": LOCATION_PK, "RowKey": name if name.isalnum() else hash_key("loc", name)[:32],
                                    "cidrs": json.dumps(cidrs)})

@@ -11,20 +11,22 @@ policy gate.
 
 The account's sign-in mailbox (or a plus, case or dot variant of it) cannot
 be registered: it can reset the password, so it is no second factor
-(``shared/methods.py``). That is why this server never answers the
+(``shared/security/methods.py``). That is why this server never answers the
 ``preverified`` fast pass (contract §3.9 b), which registers exactly that
 address without a code.
 """
 
 from __future__ import annotations
 
-from . import errors, flows, methods
-from .directory import get_user_by_key
-from .identifiers import BlockedNumber, InvalidIdentifier, normalize_email, normalize_phone
-from .mfa import send_code
-from .protocol import Request, Response, ok
-from .settings import Settings
-from .signin import begin
+from shared.flows import state as flows
+from shared.protocol import errors
+from shared.security import methods
+from shared.storage.directory import get_user_by_key
+from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, normalize_email, normalize_phone
+from shared.flows.mfa import send_code
+from shared.protocol.http import Request, Response, ok
+from shared.settings import Settings
+from shared.flows.signin import begin
 
 FLOW_KINDS = ("signin", "signup", "reset")
 INVALID_CONTACT = (901001,)

@@ -11,6 +11,7 @@ Azurite and in Azure to the real tables (export the app's settings, with
     python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id> | delete <email>
                           | disable <email> | enable <email> | unlock <email> | groups <email> <group>...
     python -m admin log tail [--limit N] [--days D]
+    python -m admin extensions list | create <file.json|-> | enable|disable|delete <name> | test <name> [--user <email>]
     python -m admin doctor [--json]
     python -m admin sends [report [--day YYYYMMDD] [--json]] | suspend prefix|country <value> [--hours H] | lift <key>
 """
@@ -105,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     sus.add_argument("--hours", type=float, default=6.0)
     sd.add_parser("lift").add_argument("key", help="a suspension key as `sends` shows it (pfx-… or cty-…)")
 
+    ex = sub.add_parser("extensions").add_subparsers(dest="action", required=True)
+    ex.add_parser("list")
+    ex.add_parser("create").add_argument("file", help="extension JSON file, or - for stdin (README: Custom extensions)")
+    for name in ("delete", "enable", "disable"):
+        ex.add_parser(name).add_argument("name")
+    tc = ex.add_parser("test", help="call the extension once with a sample payload of its event; nothing is issued")
+    tc.add_argument("name")
+    tc.add_argument("--user", help="a user's email, for events about a user")
+    tc.add_argument("--client", default="00000000-0000-0000-0000-000000000000")
+
     dr = sub.add_parser("doctor", help="readiness report: settings, storage, tables, keys, delivery, monitoring, clock")
     dr.add_argument("--json", action="store_true")
 
@@ -172,12 +183,81 @@ def _run(args, storage) -> int:
         return _users(args, storage)
     elif args.area == "sends":
         return _sends(args, storage)
+    elif args.area == "extensions":
+        return _extensions(args, storage)
     elif args.area == "log":
         rows = signinlog.tail(storage, days=args.days, limit=args.limit)
         for r in rows:
             r["policies"] = _policy_results(r.get("policies"))
         _print(rows, ["time", "result", "reason", "flow", "user", "user_oid", "client_id", "ip", "factors", "risk",
                       "policies", "correlation_id"])
+    return 0
+
+
+def _extensions(args, storage) -> int:
+    """Custom authentication extensions (shared/extensions): configured here, stored next to the policies."""
+    from shared.extensions import config
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    if args.action == "list":
+        _print([{"name": e["name"], "event": e["event"], "state": e.get("state"), "url": e["url"],
+                 "clients": ",".join(e["clients"]), "on_error": e["on_error"], "timeout_ms": e["timeout_ms"]}
+                for e in config.load(storage, fresh=True)],
+               ["name", "event", "state", "url", "clients", "on_error", "timeout_ms"])
+        return 0
+    if args.action == "create":
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        try:
+            saved = config.save(storage, settings, json.loads(text))
+        except (config.ExtensionConfigError, ValueError) as exc:
+            print(f"extension: {exc}", file=sys.stderr)
+            return 2
+        print(f"saved extension {saved['name']!r} ({saved['event']}, {saved['state']}); instances pick it up within "
+              f"{int(config.CACHE_SECONDS)} s")
+        return 0
+    found = next((e for e in config.load(storage, fresh=True) if e["name"] == args.name), None)
+    if found is None:
+        print(f"no extension {args.name!r}", file=sys.stderr)
+        return 2
+    if args.action == "delete":
+        config.delete(storage, args.name)
+        print(f"deleted extension {args.name!r}")
+    elif args.action in ("enable", "disable"):
+        config.save(storage, settings, {**found, "state": "on" if args.action == "enable" else "off"})
+        print(f"extension {args.name!r} is now {'on' if args.action == 'enable' else 'off'}")
+    else:
+        return _extension_test(storage, settings, found, args)
+    return 0
+
+
+def _extension_test(storage, settings, ext, args) -> int:
+    """One call with a sample payload of the extension's event: the outcome, the latency and what the
+    service would do with the answer (never the raw answer)."""
+    from shared.extensions import caller, events
+
+    user = _user(storage, args.user) if args.user else None
+    probe = {**ext, "state": "on", "clients": ["all"], "on_error": "fail"}
+    try:
+        if ext["event"] == "tokenIssuanceStart":
+            if user is None:
+                raise SystemExit("--user is required for tokenIssuanceStart")
+            result = events.call_event(storage, settings, probe, "token", client_id=args.client, user=user)
+        elif ext["event"] in ("attributeCollectionStart", "attributeCollectionSubmit"):
+            result = events.call_event(storage, settings, probe, ext["event"], client_id=args.client,
+                                       email=(user.email if user else "someone@example.com"), attributes={})
+        elif ext["event"] == "otpSend":
+            result = events.call_event(storage, settings, probe, "otp", client_id=args.client,
+                                       to=(user.email if user else "someone@example.com"), code="00000000")
+        else:
+            if user is None:
+                raise SystemExit("--user is required for passwordSubmit")
+            result = events.call_event(storage, settings, probe, "password", client_id=args.client, user=user,
+                                       password="not-a-real-password")
+    except caller.ExtensionFailed as exc:
+        print(f"FAIL  {ext['name']}: {exc.kind} (AADSTS{exc.error_codes[0]})")
+        return 1
+    print(f"ok    {ext['name']} ({ext['event']}): {json.dumps(result, default=str)[:500]}")
     return 0
 
 

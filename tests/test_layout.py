@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / "shared"
-PACKAGES = ("protocol", "flows", "security", "tokens", "delivery", "storage")
+PACKAGES = ("protocol", "flows", "security", "tokens", "delivery", "storage", "extensions")
 MAX_MODULES_PER_PACKAGE = 12
 
 

@@ -176,6 +176,14 @@ class Blocked(AuthError):
     description = "Access has been blocked by conditional access policies."
 
 
+class ExtensionBlocked(AuthError):
+    """A custom authentication extension blocked the step (Entra's ``showBlockPage``
+    or ``passwordSubmit.Block``): its message is the description."""
+    error = "access_denied"
+    error_codes = (1003023,)
+    description = "This request was blocked."
+
+
 class CannotSatisfy(AuthError):
     """A second factor is required, and this account has no method that can
     serve as one in this sign-in, nor one it could prove before registering

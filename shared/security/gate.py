@@ -43,6 +43,7 @@ import json
 import time
 from typing import Any
 
+from shared.extensions import events as extension_events
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import methods as methods_mod, policy, risk
@@ -233,6 +234,9 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     response, flow, decision = gate(storage, settings, flow, user, form, request)
     if response is not None:
         return response
+    # The client's token-issuance extension, before the flow ends: if it fails (on_error: fail),
+    # nothing was issued and the flow is as it was.
+    extra = extension_events.token_claims(storage, settings, flow["client_id"], user, scopes=scopes)
     flows.finish(storage, flow)
     now = int(time.time())
     steps = flow.steps
@@ -263,7 +267,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
                              second_factors=tuple({"id": f["id"], "channel": f["channel"]} for f in done),
                              mfa_at=now if done else 0)
     subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr, now,
-                             tuple(decision.auth_contexts), session)
+                             tuple(decision.auth_contexts), session, extra)
     signinlog.record(storage, flow, user, "success", "", list(subject.amr),
                      (current().extra.get("risk") if current() else "") or "none", decision, ip)
     return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
@@ -309,8 +313,14 @@ def refresh_subject(storage: Storage, settings: Settings, family: dict[str, Any]
         elif context in asked:
             _log_refused(storage, family, user, f"context {context} not satisfied at refresh", level, d, ip)
             raise errors.RefreshBlocked() if d.block else errors.InteractionRequired()
+    # Claims stay current: the token-issuance extension is asked again at every refresh.
+    try:
+        scopes = tokens.parse_scopes(settings, form.get("scope")) if form else None
+    except errors.AuthError:
+        scopes = None  # the refresh itself refuses bad scopes; the extension sees the client as the resource
+    extra = extension_events.token_claims(storage, settings, family["client_id"], user, scopes=scopes)
     return tokens.Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr,
-                          int(family.get("auth_time") or now), tuple(granted), session)
+                          int(family.get("auth_time") or now), tuple(granted), session, extra)
 
 
 def _log_refused(storage: Storage, family: dict[str, Any], user: User, reason: str, level: str,

@@ -33,6 +33,9 @@ def record(storage: Storage, flow, user, result: str, reason: str, steps: list[s
         "correlation_id": ctx.correlation_id if ctx else "",
         "expires_at": int(now) + 30 * 86400,
     }
+    calls = (ctx.extra or {}).get("extensions") if ctx else None
+    if calls:  # custom extensions called in this request: name, event, outcome, latency (never their answers)
+        entry["extensions"] = json.dumps(calls)[:4000]
     try:
         storage.table("signinlog").insert(entry)
     except StorageError:

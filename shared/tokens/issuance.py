@@ -27,8 +27,8 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from shared.protocol import errors
 from shared.settings import Settings
@@ -321,6 +321,8 @@ class Subject:
     auth_time: int
     acrs: tuple[str, ...] = ()
     session: Session | None = None
+    # Claims a token-issuance extension added: {"access_token": {...}, "id_token": {...}} (never a reserved claim)
+    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _sign(ring: KeyRing, claims: dict[str, Any], typ: str) -> str:
@@ -328,6 +330,9 @@ def _sign(ring: KeyRing, claims: dict[str, Any], typ: str) -> str:
 
     key = ring.active()
     return jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": typ})
+
+
+sign_jwt = _sign  # for the service's own calls (custom extensions): the same keys, the same JWKS
 
 
 def client_info(settings: Settings, oid: str) -> str:
@@ -350,11 +355,13 @@ def issue(storage: Storage, settings: Settings, client_id: str, subject: Subject
     }
     if subject.acrs:
         at_claims["acrs"] = list(subject.acrs)
+    at_claims = {**subject.extra.get("access_token", {}), **at_claims}  # the protocol's own claims always win
     id_claims = {
         **common, "aud": client_id, "exp": now + settings.id_token_ttl_seconds, "ver": "2.0",
         "preferred_username": subject.email, "email": subject.email, "name": subject.name or subject.email,
         "amr": list(subject.amr), "acr": subject.acr, "auth_time": subject.auth_time,
     }
+    id_claims = {**subject.extra.get("id_token", {}), **id_claims}
     if refresh_token is None:
         refresh_token = create_family(storage, settings, client_id, subject)
     # sid: the session (refresh-token family) the tokens belong to; the account API uses it to

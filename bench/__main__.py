@@ -478,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--seconds", type=float, default=60.0)
         pumping.run(sp.parse_args(argv[1:]).seconds)
         return 0
+    if argv[:1] == ["extensions"]:
+        from bench import extensions
+
+        sp = argparse.ArgumentParser(prog="python -m bench extensions")
+        sp.add_argument("--rounds", type=int, default=60)
+        extensions.run(sp.parse_args(argv[1:]).rounds)
+        return 0
     if argv[:1] == ["hardening"]:
         from bench import hardening
 

@@ -61,11 +61,16 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
     3. the send limits count it (``limits.check_and_count``), the same for an
        account that does not exist (nothing is sent then) and for the
        "someone tried to sign up" notice sent instead of a sign-up code;
-    4. the message goes out.
+    4. the message goes out: through the client's ``otpSend`` custom extension
+       when one answers this channel (then the built-in sender is not used;
+       when it fails and its ``fallback`` is ``builtin``, the built-in sender
+       delivers), else through the built-in sender. Nothing goes to the
+       extension for an account that does not exist (nothing is sent then).
 
-    If 3 or 4 fails, the flow is put back as it was (the client may retry at
-    once with the same continuation token); a refusal by a limit is written
-    to the sign-in log with the limit's name. Returns ``(flow, code length)``."""
+    If 3 or 4 fails (a failed extension call included), the flow is put back
+    as it was and the cooldown released (the client may retry at once with
+    the same continuation token); a refusal by a limit is written to the
+    sign-in log with the limit's name. Returns ``(flow, code length)``."""
     from shared.flows import state as flows
     from shared.security import limits
     from shared.protocol.http import current
@@ -97,7 +102,7 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
         elif not real_recipient:
             log.info("code not sent: no such account (purpose=%s channel=%s)", purpose, channel)
         else:
-            _send(settings, Message_of(channel, to, purpose, code.value, request))
+            _deliver(storage, settings, flow.get("client_id"), Message_of(channel, to, purpose, code.value, request))
     except (errors.AuthError, StorageError) as exc:
         throttled = isinstance(exc, (errors.SlowDown, errors.BlockedContact))
         # A refusal is written to the sign-in log once per flow: a client retrying the same
@@ -122,6 +127,22 @@ def Message_of(channel: str, to: str, purpose: str, code: str, request: Request 
         return Message(channel=channel, to=to, purpose=purpose, code=code, locale=locale_of(request))
     except ValueError:
         raise errors.InvalidRequest("The code cannot be sent to this address.", error_codes=(901001,)) from None
+
+
+def _deliver(storage: Storage, settings: Settings, client_id: str | None, message) -> None:
+    """A code: the client's OTP-send extension first, else the built-in sender.
+    ``ExtensionFailed`` (a 503 with Entra's code) when the extension failed and
+    has no fallback: the caller puts the flow back and releases the cooldown."""
+    from shared.extensions import events as extension_events
+
+    outcome = extension_events.otp_send(storage, settings, client_id, message.channel, message.to, message.code)
+    if outcome == "sent":
+        log.info("code delivered by the otpSend extension (purpose=%s channel=%s)", message.purpose, message.channel)
+        return
+    if outcome == "fallback":
+        log.warning("otpSend extension failed: the built-in sender delivers (purpose=%s channel=%s)",
+                    message.purpose, message.channel)
+    _send(settings, message)
 
 
 def _send(settings: Settings, message) -> None:

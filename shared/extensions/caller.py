@@ -63,9 +63,10 @@ class ExtensionFailed(errors.ServiceUnavailable):
     description = "A custom authentication extension did not answer as expected. Retry shortly."
 
     def __init__(self, kind: str, name: str = "") -> None:
-        super().__init__(f"The custom authentication extension {name!r} failed ({kind}). Retry shortly.",
+        # The extension's name is the administrator's: logged, never sent to the client.
+        super().__init__(f"A custom authentication extension failed ({kind}). Retry shortly.",
                          error_codes=(CODES.get(kind, 1003001),), retry_after=5)
-        self.kind = kind
+        self.kind, self.name = kind, name
 
 
 class ExtensionError(Exception):

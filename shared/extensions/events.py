@@ -136,7 +136,7 @@ def _attribute_values(attributes: dict[str, Any], custom_prefix: str) -> dict[st
 def _sign_up_info(settings: Settings, email: str, attributes: dict[str, Any]) -> dict[str, Any]:
     prefix = f"extension_{settings.extensions_app_id}_" if settings.extensions_app_id else "extension_"
     return {"@odata.type": "microsoft.graph.userSignUpInfo",
-            "attributes": _attribute_values({"email": email, **attributes}, prefix),
+            "attributes": _attribute_values({**attributes, "email": email}, prefix),  # the verified address wins
             "identities": [{"signInType": "email", "issuer": settings.issuer, "issuerAssignedId": email}]}
 
 
@@ -205,8 +205,13 @@ def attribute_collection_submit(storage: Storage, settings: Settings, client_id:
 
 
 def _message(action: dict[str, Any]) -> str:
+    """The extension's message as one printable line (it ends up in an error
+    description: no line breaks or control characters to forge lines with)."""
     message = action.get("message")
-    return message[:500] if isinstance(message, str) and message.strip() else "Sign-up is not possible right now."
+    if not isinstance(message, str):
+        return "This request was blocked."
+    line = " ".join("".join(ch if ch.isprintable() else " " for ch in message).split())
+    return line[:500] or "This request was blocked."
 
 
 # ------------------------------------------------------------------ OTP send

@@ -54,34 +54,66 @@ def _check(spec: dict[str, Any], value: Any) -> str | None:
     return text
 
 
-def accept(schema: tuple[dict[str, Any], ...], submitted: dict[str, Any]) -> dict[str, str]:
-    """Validated values for known attributes; unknown ones are ignored.
-    Raises ``invalid_grant`` / ``attribute_validation_failed`` listing the bad ones."""
+def valid_values(schema: tuple[dict[str, Any], ...], submitted: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """``(accepted, invalid names)``: the values of known attributes as stored,
+    and the names of known attributes whose value fails the schema. Unknown
+    names are in neither (ignored, as Entra does)."""
     known = {s["name"]: s for s in schema}
     out: dict[str, str] = {}
-    invalid = []
+    invalid: list[str] = []
     for name, value in submitted.items():
         spec = known.get(name)
         if spec is None:
             continue
         checked = _check(spec, value)
         if checked is None:
-            invalid.append({"name": name})
+            invalid.append(name)
         else:
             out[name] = checked
+    return out, invalid
+
+
+def accept(schema: tuple[dict[str, Any], ...], submitted: dict[str, Any]) -> dict[str, str]:
+    """Validated values for known attributes; unknown ones are ignored.
+    Raises ``invalid_grant`` / ``attribute_validation_failed`` listing the bad ones."""
+    out, invalid = valid_values(schema, submitted)
     if invalid:
         raise errors.InvalidGrant("One or more attributes are not valid.", suberror="attribute_validation_failed",
-                                  error_codes=(55107,), extra={"invalid_attributes": invalid})
+                                  error_codes=(55107,), extra={"invalid_attributes": [{"name": n} for n in invalid]})
     return out
+
+
+def typed(schema: tuple[dict[str, Any], ...], values: dict[str, str]) -> dict[str, Any]:
+    """Stored values (strings) with the schema's JSON types, as Entra sends them to
+    custom extensions: ``int`` attributes as numbers, ``boolean`` ones as booleans,
+    multi-value ones as one comma-separated string."""
+    kinds = {s["name"]: s["type"] for s in schema}
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        kind = kinds.get(name)
+        if kind == "int" and re.fullmatch(r"-?\d{1,18}", str(value)):
+            out[name] = int(value)
+        elif kind == "boolean" and str(value) in ("true", "false"):
+            out[name] = value == "true"
+        else:
+            out[name] = value
+    return out
+
+
+def _entry(spec: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": spec["name"], "type": spec["type"], "required": True}
+    if spec.get("regex"):
+        entry["options"] = {"regex": spec["regex"]}
+    return entry
 
 
 def missing(schema: tuple[dict[str, Any], ...], collected: dict[str, str]) -> list[dict[str, Any]]:
     """``required_attributes`` entries (iOS needs name, type and required) for what is still missing."""
-    out = []
-    for spec in schema:
-        if spec["required"] and not collected.get(spec["name"]):
-            entry: dict[str, Any] = {"name": spec["name"], "type": spec["type"], "required": True}
-            if spec.get("regex"):
-                entry["options"] = {"regex": spec["regex"]}
-            out.append(entry)
-    return out
+    return [_entry(spec) for spec in schema if spec["required"] and not collected.get(spec["name"])]
+
+
+def asked_again(schema: tuple[dict[str, Any], ...], names: list[str]) -> list[dict[str, Any]]:
+    """``required_attributes`` entries for attributes a custom extension refused:
+    the client must send them (again) before the account can be created."""
+    wanted = set(names)
+    return [_entry(spec) for spec in schema if spec["name"] in wanted]

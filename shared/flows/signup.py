@@ -13,13 +13,55 @@ ready for ``/token`` with ``grant_type=continuation_token``.
 Existing address with enumeration protection on: every answer looks the same
 as for a new address, the owner gets a "someone tried to sign up" email
 instead of a code, and the flow can never complete.
+
+Custom authentication extensions (``shared/extensions``), as Entra calls them:
+
+* ``attributeCollectionStart``: once per flow, right after the email is
+  verified and before anything else is asked for (remembered in the flow as
+  ``attr_start``, written with that step; a step that fails after the call
+  calls it again when retried). ``showBlockPage`` ends the flow (``access_denied``
+  1003023 with the extension's message). ``setPrefillValues`` gives
+  *defaults*: each value that passes the attribute schema is used for an
+  attribute the client has not sent (a client value always wins), so a
+  prefilled required attribute is not asked for. Native auth has no form to
+  show a prefilled value in: the user never sees it unless the app asks for
+  it anyway, and it is stored with the account (and shown to the submit
+  extension) like a value the user typed. Values outside the schema or
+  failing it are dropped.
+* ``attributeCollectionSubmit``: when nothing is missing, right before the
+  account is created, with every collected attribute (typed as the schema
+  says). ``modifyAttributeValues`` replaces values after the same schema
+  validation (names outside the schema are ignored, as Entra does; a value
+  that fails the schema is a broken answer, below). ``showValidationError``:
+  on ``grant_type=attributes`` the answer is ``invalid_grant`` /
+  ``attribute_validation_failed`` with ``invalid_attributes`` and the same
+  continuation token, which stays valid (the SDKs resubmit with the token
+  they hold); on the code or password step, where the SDKs cannot resubmit
+  attributes after that error, it is ``attributes_required`` naming the
+  refused attributes (a new token). Either way the flow waits for
+  attributes again, without the refused values. Names outside the schema are
+  dropped; a validation error that names none of the schema's attributes
+  cannot be shown to anyone and fails closed like a broken answer with
+  ``on_error: fail``, whatever ``on_error`` says (``continue`` would create
+  an account the extension refused). ``showBlockPage`` ends the flow. At
+  most ``MAX_EXTENSION_REFUSALS_PER_FLOW`` validation errors per flow (an
+  invitation code must not be guessable at HTTP speed): then the flow
+  answers ``invalid_grant`` without calling the extension. Attributes sent
+  before the email is verified are stored, never shown to an extension.
+* A failed call follows the extension's ``on_error``: ``fail`` is the
+  caller's 503 (``ExtensionFailed``) with nothing written, so the same
+  continuation token (and, on the code step, the same code) works once the
+  extension is back; ``continue`` goes on as if there were no extension.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 from shared.delivery import notify
+from shared.extensions import config as extension_config, events as extension_events
+from shared.extensions.caller import ExtensionFailed
 from shared.flows import attributes, state as flows
 from shared.protocol import errors
 from shared.security import passwords
@@ -29,6 +71,8 @@ from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
 from shared.flows.signin import begin, capabilities, challenge_types, username
 from shared.storage.tables import Storage
+
+log = logging.getLogger("nativeauth.signup")
 
 
 class UserAlreadyExists(errors.AuthError):
@@ -140,22 +184,30 @@ def continue_(request: Request, settings: Settings) -> Response:
         raise errors.InvalidRequest("The request body must contain the 'grant_type' parameter.")
     else:
         raise errors.UnsupportedGrantType()
-    return _next_requirement(storage, settings, flow)
+    return _next_requirement(storage, settings, flow, grant=grant, token=form.get("continuation_token") or "")
 
 
-def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow) -> Response:
-    """Ask for what is still missing, or create the account."""
+def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow, *, grant: str = "",
+                      token: str = "") -> Response:
+    """Ask for what is still missing, or create the account. ``grant`` is the
+    step that brought the flow here and ``token`` the continuation token the
+    client presented (for the answer to an extension's validation error)."""
     view = {**flow.entity, **{k: v for k, v in flow.changes.items()}}
     changes = dict(flow.changes)
+    collected = view.get("attributes")
+    collected = collected if isinstance(collected, dict) else flow.json("attributes", {})
+    if view.get("email_verified") and not view.get("attr_start"):
+        collected = _collection_start(storage, settings, flow, collected)
+        changes.update(attributes=collected, attr_start=1)
     if view.get("needs_password") and not view.get("password_hash"):
         flow = flows.advance(storage, flow, state="credential_required", **changes)
         raise CredentialRequired(extra={"continuation_token": flow.token})
-    collected = view.get("attributes")
-    collected = collected if isinstance(collected, dict) else flow.json("attributes", {})
     missing = attributes.missing(settings.signup_attributes, collected)
     if missing:
         flow = flows.advance(storage, flow, state="attributes_required", **changes)
         raise AttributesRequired(extra={"continuation_token": flow.token, "required_attributes": missing})
+    collected = _collection_submit(storage, settings, flow, collected, changes, grant=grant, token=token)
+    changes["attributes"] = collected
     email = flow["username"]
     try:
         create_user(storage, email, password_hash=view.get("password_hash") or None,
@@ -170,3 +222,107 @@ def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow) ->
     flow = flows.advance(storage, flow, state="ready_for_token", user_exists=True, steps=steps,
                          password_hash="", **{k: v for k, v in changes.items() if k not in ("password_hash", "steps")})
     return ok({"continuation_token": flow.token, "expires_in": max(0, int(flow["expires_at"]) - int(time.time()))})
+
+
+# ------------------------------------------------------------------ custom extensions
+
+MAX_MESSAGE_CHARS = 300
+# Validation errors from the submit extension per flow: an invitation code checked by an extension
+# must not be guessable at HTTP speed once one address is verified (A101).
+MAX_EXTENSION_REFUSALS_PER_FLOW = 10
+
+
+def _clean(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """An extension's text as one printable line (it ends up in error_description,
+    whose lines the SDKs and people read: no forged "Trace ID:" line)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())[:limit]
+
+
+def _blocked(storage: Storage, flow: flows.Flow, message: str) -> errors.ExtensionBlocked:
+    """The extension's block page: the flow ends (its token is dead), the message is the answer."""
+    try:
+        flows.finish(storage, flow)
+    except errors.AuthError:
+        pass  # another request moved the flow on meanwhile: it is not ours to end
+    return errors.ExtensionBlocked(_clean(message) or errors.ExtensionBlocked.description)
+
+
+def _collection_start(storage: Storage, settings: Settings, flow: flows.Flow,
+                      collected: dict[str, str]) -> dict[str, str]:
+    """attributeCollectionStart: the attributes with the extension's prefill as
+    defaults (client values win), or the block page."""
+    schema = settings.signup_attributes
+    answer = extension_events.attribute_collection_start(storage, settings, flow["client_id"], flow["username"],
+                                                         attributes.typed(schema, collected))
+    if "block" in answer:
+        raise _blocked(storage, flow, answer["block"])
+    prefill = answer.get("prefill") or {}
+    if not prefill:
+        return collected
+    accepted, invalid = attributes.valid_values(schema, prefill)
+    ignored = len(prefill) - len(accepted) - len(invalid)
+    if invalid or ignored:
+        log.warning("attributeCollectionStart: %d prefill value(s) failing the schema and %d outside it were dropped",
+                    len(invalid), ignored)
+    return {**accepted, **collected}
+
+
+def _collection_submit(storage: Storage, settings: Settings, flow: flows.Flow, collected: dict[str, str],
+                       changes: dict, *, grant: str, token: str) -> dict[str, str]:
+    """attributeCollectionSubmit: the attributes to create the account with, or
+    the answer that sends the client back to its attributes, or the block page."""
+    ext = extension_config.for_event(storage, "attributeCollectionSubmit", flow["client_id"])
+    if ext is None:
+        return collected
+    if int(flow.get("attr_refusals") or 0) >= MAX_EXTENSION_REFUSALS_PER_FLOW:
+        raise errors.InvalidGrant("Too many attribute submissions were refused in this flow. Start again.")
+    schema = settings.signup_attributes
+    answer = extension_events.attribute_collection_submit(storage, settings, flow["client_id"], flow["username"],
+                                                          attributes.typed(schema, collected), ext=ext)
+    known = {spec["name"] for spec in schema}
+    if "block" in answer:
+        raise _blocked(storage, flow, answer["block"])
+    if "modify" in answer:
+        wanted = {k: v for k, v in answer["modify"].items() if k in known}
+        if len(wanted) < len(answer["modify"]):
+            log.warning("attributeCollectionSubmit: %d modified value(s) outside the attribute schema were ignored",
+                        len(answer["modify"]) - len(wanted))
+        modified, invalid = attributes.valid_values(schema, wanted)
+        if invalid:
+            log.warning("attributeCollectionSubmit: extension %s modified %d value(s) so they fail the schema",
+                        ext["name"], len(invalid))
+            if ext.get("on_error") == "continue":
+                return collected  # as if there were no extension
+            raise ExtensionFailed("body", ext["name"])
+        return {**collected, **modified}
+    if "errors" in answer:
+        names = [n for n in answer["errors"] if n in known]
+        if not names:
+            # A refusal nobody can act on: never "continue" past it (that would create the account).
+            log.warning("attributeCollectionSubmit: extension %s refused attributes outside the schema", ext["name"])
+            raise ExtensionFailed("body", ext["name"])
+        _refused(storage, settings, flow, collected, changes, names, answer, grant=grant, token=token)
+    return collected
+
+
+def _refused(storage: Storage, settings: Settings, flow: flows.Flow, collected: dict[str, str], changes: dict,
+             names: list[str], answer: dict, *, grant: str, token: str) -> None:
+    """The extension's validation error, as the SDKs can act on it (raises)."""
+    details = "; ".join(f"{n}: {_clean(answer['errors'][n], 200)}" for n in names if _clean(answer["errors"][n], 200))
+    page = _clean(answer.get("message") or "")
+    description = " ".join(p for p in ("One or more attributes are not valid.", page, details) if p)[:1500]
+    kept = {k: v for k, v in collected.items() if k not in names}
+    rest = {k: v for k, v in changes.items() if k != "attributes"}
+    rest["attr_refusals"] = int(flow.get("attr_refusals") or 0) + 1
+    if grant == "attributes":
+        # MSAL JS, iOS and Android resubmit with the continuation token they hold: it stays valid.
+        flows.advance(storage, flow, rotate=False, state="attributes_required", attributes=kept, **rest)
+        raise errors.InvalidGrant(description, suberror="attribute_validation_failed", error_codes=(55107,),
+                                  extra={"invalid_attributes": [{"name": n} for n in names],
+                                         "continuation_token": token})
+    # After a code or a password the SDKs end the flow on attribute_validation_failed;
+    # attributes_required takes them to their attribute-collection state instead.
+    flow = flows.advance(storage, flow, state="attributes_required", attributes=kept, **rest)
+    raise AttributesRequired(description, extra={"continuation_token": flow.token,
+                                                 "required_attributes": attributes.asked_again(
+                                                     settings.signup_attributes, names)})

@@ -10,6 +10,7 @@ Azurite and in Azure to the real tables (export the app's settings, with
     python -m admin locations set <name> <cidr>...
     python -m admin users list | create <email> [--password-stdin] | show <email> | remove-method <email> <id> | delete <email>
                           | disable <email> | enable <email> | unlock <email> | groups <email> <group>...
+                          | import <file.jsonl|-> [--dry-run]
     python -m admin log tail [--limit N] [--days D]
     python -m admin extensions list | create <file.json|-> | enable|disable|delete <name> | test <name> [--user <email>]
     python -m admin doctor [--json]
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     g = u.add_parser("groups")
     g.add_argument("email")
     g.add_argument("groups", nargs="*")
+    im = u.add_parser("import", help="create users from JSON lines (email, displayName, attributes, methods, "
+                                     "and migrate: true or passwordHash); existing addresses are skipped")
+    im.add_argument("file", help="a JSON-lines file, or - for stdin")
+    im.add_argument("--dry-run", action="store_true", help="validate every line, create nothing")
 
     sd = sub.add_parser("sends").add_subparsers(dest="action")
     rep = sd.add_parser("report")
@@ -349,6 +354,8 @@ def _users(args, storage) -> int:
             raise SystemExit(f"not an email address: {args.email}")
         print(f"created {user.email} ({user.oid})")
         return 0
+    if args.action == "import":
+        return _users_import(args, storage)
     if args.action == "delete":
         # Idempotent, like DELETE /me: an address without an account is nothing to do.
         from shared.flows import account
@@ -367,7 +374,8 @@ def _users(args, storage) -> int:
         return 0
     user = _user(storage, args.email)
     if args.action == "show":
-        print(f"{user.email}  oid={user.oid}  disabled={user.disabled}  password={'yes' if user.has_password else 'no'}")
+        password = "yes" if user.has_password else "to migrate at first sign-in" if user.password_migrating else "no"
+        print(f"{user.email}  oid={user.oid}  disabled={user.disabled}  password={password}")
         _print([{**m, "target": m["target"]} for m in user.methods], ["id", "channel", "target", "default"])
     elif args.action == "remove-method":
         from shared.security import methods
@@ -391,6 +399,191 @@ def _users(args, storage) -> int:
         directory.update_user(storage, user, groups=",".join(args.groups))
         print(f"groups of {user.email}: {', '.join(args.groups) or '(none)'}")
     return 0
+
+
+IMPORT_FIELDS = ("email", "displayName", "attributes", "methods", "migrate", "passwordHash")
+IMPORT_MAX_LINE_CHARS = 64 * 1024
+IMPORT_MAX_METHODS = 10
+
+
+class _BadLine(ValueError):
+    """A line that cannot be imported; the message names the field and the rule, never a hash."""
+
+
+def _users_import(args, storage) -> int:
+    """``users import <file.jsonl|->``: one user per JSON line. Every line is
+    validated the way sign-up and registration validate (the address, the
+    sign-up attribute schema, second-factor methods, and the password hash
+    kinds the sign-in verifies); bad lines are reported by number and
+    skipped, existing addresses are skipped (so a corrected file can be run
+    again), hashes are never printed. Exit status 2 when a line was bad."""
+    import secrets
+    import time
+
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    stream = sys.stdin if args.file == "-" else None
+    if stream is None:
+        try:
+            stream = open(args.file, encoding="utf-8")
+        except OSError as exc:
+            print(f"cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    created: dict[str, int] = {}
+    skipped = bad = 0
+    seen: dict[str, int] = {}
+    number = 0
+    try:
+        for number, line in enumerate(stream, 1):
+            if number == 1:
+                line = line.lstrip("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                record = _import_record(line, settings)
+            except _BadLine as exc:
+                bad += 1
+                print(f"line {number}: bad: {exc}")
+                continue
+            email = record["email"]
+            if email in seen:
+                bad += 1
+                print(f"line {number}: bad: the same address as line {seen[email]}")
+                continue
+            seen[email] = number
+            if args.dry_run:
+                exists = directory.get_user(storage, email) is not None
+            else:
+                now = int(time.time())
+                methods = [{"id": secrets.token_hex(8), "channel": m["channel"], "target": m["target"],
+                            "default": m["default"], "created": now} for m in record["methods"]]
+                try:
+                    directory.create_user(storage, email, password_hash=record["password_hash"],
+                                          display_name=record["display_name"], attributes=record["attributes"],
+                                          methods=methods, migrate_password=record["migrate"],
+                                          extra={"imported_at": now})
+                    exists = False
+                except directory.UserExists:
+                    exists = True
+            if exists:
+                skipped += 1
+                print(f"line {number}: skipped: {email} exists")
+                continue
+            created[record["kind"]] = created.get(record["kind"], 0) + 1
+    except UnicodeDecodeError:
+        bad += 1
+        print(f"line {number + 1}: bad: not UTF-8 text (the rest of the file was not read)")
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    labels = {"migrate": "to migrate at first sign-in", "argon2": "with an argon2id hash",
+              "bcrypt": "with a bcrypt hash", "pbkdf2_sha256": "with a PBKDF2-SHA256 hash",
+              "none": "without a password (email code sign-in)"}
+    total = sum(created.values())
+    detail = ", ".join(f"{created[k]} {labels[k]}" for k in labels if created.get(k))
+    verb = "would import" if args.dry_run else "imported"
+    print(f"{verb} {total} user{'s' if total != 1 else ''}" + (f" ({detail})" if detail else "") +
+          f", skipped {skipped} existing, {bad} bad line{'s' if bad != 1 else ''}")
+    return 2 if bad else 0
+
+
+def _import_record(line: str, settings) -> dict:
+    """One JSON line as the user to create, or :class:`_BadLine`."""
+    from shared.flows import attributes as attribute_schema
+    from shared.protocol import errors
+    from shared.protocol.identifiers import BlockedNumber, normalize_phone
+    from shared.security import methods as method_rules, passwords
+
+    if len(line) > IMPORT_MAX_LINE_CHARS:
+        raise _BadLine(f"longer than {IMPORT_MAX_LINE_CHARS} characters")
+    try:
+        raw = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise _BadLine(f"not JSON ({exc.msg if hasattr(exc, 'msg') else 'nested too deeply'})") from None
+    if not isinstance(raw, dict):
+        raise _BadLine("not a JSON object")
+    unknown = sorted(set(raw) - set(IMPORT_FIELDS))
+    if "password" in unknown:
+        raise _BadLine("password: plain-text passwords are not imported (use passwordHash, or migrate: true)")
+    if unknown:
+        raise _BadLine("unknown fields: " + ", ".join(repr(k)[:40] for k in unknown[:5]))
+    try:
+        email = normalize_email(raw.get("email") if isinstance(raw.get("email"), str) else None)
+    except InvalidIdentifier:
+        raise _BadLine("email: missing or not an email address") from None
+
+    submitted = raw.get("attributes", {})
+    if not isinstance(submitted, dict):
+        raise _BadLine("attributes: a JSON object")
+    schema = settings.signup_attributes
+    outside = sorted(set(submitted) - {spec["name"] for spec in schema})
+    if outside:
+        raise _BadLine("attributes: not in the sign-up schema (AUTH_SIGNUP_ATTRIBUTES): " +
+                       ", ".join(repr(k)[:40] for k in outside[:5]))
+    if "displayName" in raw:
+        name = raw["displayName"]
+        if submitted.get("displayName") not in (None, name):
+            raise _BadLine("displayName and attributes.displayName differ")
+        submitted = {**submitted, "displayName": name}
+    try:
+        values = attribute_schema.accept(schema, submitted)
+    except errors.InvalidGrant as exc:
+        names = [a["name"] for a in exc.extra.get("invalid_attributes", [])]
+        raise _BadLine("attributes not valid for the sign-up schema: " + ", ".join(names)) from None
+    display_name = values.get("displayName", "")
+    if "displayName" in raw and not display_name:
+        # No displayName in the schema: the sign-up rules for a string value still apply.
+        try:
+            display_name = attribute_schema.accept(({"name": "displayName", "type": "string", "required": False},),
+                                                   {"displayName": raw["displayName"]}).get("displayName", "")
+        except errors.InvalidGrant:
+            display_name = ""
+        if not display_name:
+            raise _BadLine("displayName: a non-empty string without control characters")
+
+    entries = raw.get("methods", [])
+    if not isinstance(entries, list) or len(entries) > IMPORT_MAX_METHODS:
+        raise _BadLine(f"methods: a list of at most {IMPORT_MAX_METHODS}")
+    found: list[dict] = []
+    for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict) or set(entry) - {"channel", "target", "default"} \
+                or entry.get("channel") not in ("email", "sms") or not isinstance(entry.get("target"), str) \
+                or not isinstance(entry.get("default", False), bool):
+            raise _BadLine(f'methods[{i}]: {{"channel": "email" or "sms", "target": "...", "default": true/false}}')
+        try:
+            if entry["channel"] == "email":
+                target = normalize_email(entry["target"])
+                if method_rules.mailbox_key(target) == method_rules.mailbox_key(email):
+                    raise _BadLine(f"methods[{i}]: the sign-in address cannot be its own second factor")
+            else:
+                target = normalize_phone(entry["target"], region=settings.default_phone_region,
+                                         allowed_countries=settings.sms_allowed_countries)
+        except InvalidIdentifier:
+            raise _BadLine(f"methods[{i}]: not a valid {'email address' if entry['channel'] == 'email' else 'mobile number'}") from None
+        except BlockedNumber:
+            raise _BadLine(f"methods[{i}]: SMS cannot go to this number (line type or country)") from None
+        if any(m["channel"] == entry["channel"] and m["target"] == target for m in found):
+            continue  # the same method twice: once
+        found.append({"channel": entry["channel"], "target": target, "default": entry.get("default", False)})
+    default = next((m for m in found if m["default"]), found[0] if found else None)
+    for m in found:
+        m["default"] = m is default
+
+    migrate = raw.get("migrate", False)
+    if not isinstance(migrate, bool):
+        raise _BadLine("migrate: true or false")
+    stored = raw.get("passwordHash")
+    if stored is not None and migrate:
+        raise _BadLine("migrate: true and passwordHash: one or the other")
+    kind = "migrate" if migrate else "none"
+    if stored is not None:
+        try:
+            kind = passwords.check_importable(stored)
+        except passwords.UnsupportedHash as exc:
+            raise _BadLine(f"passwordHash: {exc}") from None
+    return {"email": email, "display_name": display_name, "attributes": values, "methods": found,
+            "migrate": migrate, "password_hash": stored, "kind": kind}
 
 
 if __name__ == "__main__":

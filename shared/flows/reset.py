@@ -26,7 +26,8 @@ from shared.delivery import notify
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import passwords
-from shared.storage.directory import all_code_failures_cleared, change_user, get_user, get_user_by_key, user_key
+from shared.storage.directory import (MIGRATE_FIELD, all_code_failures_cleared, change_user, get_user,
+                                     get_user_by_key, user_key)
 from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
 from shared.flows.signin import begin, capabilities, challenge_types, username
@@ -58,9 +59,11 @@ def start(request: Request, settings: Settings) -> Response:
         from shared.protocol.errors import UserNotFound
 
         raise UserNotFound()
-    if user is not None and not user.has_password and not settings.enumeration_protection:
+    # A user still to migrate (imported with the marker) has a password, in the legacy system:
+    # resetting it is how an UpdatePassword verdict is answered, and it clears the marker.
+    if user is not None and not user.signs_in_with_password and not settings.enumeration_protection:
         raise NoPassword()
-    real = user is not None and user.has_password and not user.disabled
+    real = user is not None and user.signs_in_with_password and not user.disabled
     flow = flows.start(storage, settings, "reset", client_id, ident=user_key(email), user_exists=real,
                        username=email, challenge_types=types, capabilities=capabilities(form))
     return ok({"continuation_token": flow.token})
@@ -129,7 +132,7 @@ def submit(request: Request, settings: Settings) -> Response:
         "password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
         "previous_passwords": json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
         "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, **all_code_failures_cleared(),
-        "reset_by_flow": flow.id})
+        "reset_by_flow": flow.id, **({MIGRATE_FIELD: False} if u.entity.get(MIGRATE_FIELD) else {})})
     if saved is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     flow = flows.advance(storage, flow, state="reset_done")

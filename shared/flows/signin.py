@@ -10,21 +10,49 @@ Flow states for ``kind = "signin"``::
 Enumeration protection (setting, on by default): an unknown username gets a
 flow like any other; no message is sent, and every later step fails with the
 same error a wrong password or wrong code gets.
+
+Just-in-time password migration (Entra's passwordSubmit event): a user
+imported with the migration marker and no password is offered the password
+challenge like any password user; its first password is judged by the
+client's passwordSubmit extension (the legacy system), after the attempt was
+counted by the lockout. ``MigratePassword`` stores the password (argon2id)
+and clears the marker, if it meets this service's password policy (Entra:
+"if the password is weak, triggers UpdatePassword"); ``UpdatePassword``
+answers ``PasswordResetRequired`` (the reset clears the marker); ``Retry``,
+no extension, or a failed one with ``on_error: continue`` answer exactly
+like a wrong password; ``Block`` answers the extension's block. The lockout
+bounds the legacy calls (every instance counts on the same record), and
+concurrent attempts of one user with the same password share one call in an
+instance (double submits: the others use the password it stored). While a
+passwordSubmit extension serves the client, every wrong-password answer the
+legacy system did not give (unknown names, locked accounts, password
+accounts) waits about as long as a legacy check takes, so the extension's
+latency does not tell which names are accounts still to migrate.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
+import random
+import secrets
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from shared.delivery import notify
+from shared.extensions import config as extension_config, events as extension_events
+from shared.extensions.caller import ExtensionFailed
 from shared.flows import mfa, state as flows
 from shared.protocol import errors
 from shared.security import gate, passwords
 from shared.storage import signinlog
 from shared.tokens import issuance as tokens
-from shared.storage.directory import User, change_user, get_client, get_user, get_user_by_key, user_key
+from shared.storage.directory import (MIGRATE_FIELD, User, change_user, get_client, get_user, get_user_by_key,
+                                     user_key)
 from shared.protocol.identifiers import InvalidIdentifier, mask_email, normalize_email
 from shared.protocol.http import Form, Request, Response, ok, parse_form, redirect_response, split_list
 from shared.settings import Settings
@@ -32,6 +60,8 @@ from shared.storage.tables import Storage, get_storage
 
 KNOWN_CHALLENGE_TYPES = ("password", "oob", "redirect")
 LOCKOUT_RESET_SECONDS = 12 * 3600
+
+log = logging.getLogger("nativeauth.signin")
 
 
 # ------------------------------------------------------------------ shared request checks
@@ -93,7 +123,8 @@ def initiate(request: Request, settings: Settings) -> Response:
     user = get_user(storage, email)
     if user is None and not settings.enumeration_protection:
         raise errors.UserNotFound()
-    has_password = user.has_password if user else True  # unknown users look like password users
+    # Unknown users look like password users; users still to migrate are password users.
+    has_password = user.signs_in_with_password if user else True
     if not _first_factor(types, has_password):
         return redirect_response("The client does not support a challenge type this account can use.")
     flow = flows.start(storage, settings, "signin", client_id, ident=user_key(email), user_exists=user is not None,
@@ -164,7 +195,8 @@ def token(request: Request, settings: Settings) -> Response:
             return mfa.token(storage, settings, flow, form, scopes, request)
         if grant == "continuation_token" and flow["state"] == "ready_for_token":
             return complete(storage, settings, flow, scopes, form, request)
-    except (errors.InvalidCredentials, errors.InvalidOob, errors.PasswordResetRequired) as exc:
+    except (errors.InvalidCredentials, errors.InvalidOob, errors.PasswordResetRequired,
+            errors.ExtensionBlocked) as exc:
         # The grant handlers attach the user they read (None for unknown users): no second read.
         signinlog.record(storage, flow, getattr(exc, "log_user", None), "failure",
                          exc.suberror or str(exc.error_codes[0]), flow.steps, "none")
@@ -183,30 +215,206 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         raise _failed(errors.InvalidCredentials(), None)
     # Read the user even for an unknown name: the same storage work either way.
     user = get_user_by_key(storage, flow["ident"])
-    if user is None or user.disabled or not user.has_password:
+    if user is None or user.disabled or not user.signs_in_with_password:
         # Same work and the same answer as a wrong password (no oracle): one
         # argon2 verification and one write.
         passwords.dummy_verify(password)
         _record_unknown_failure(storage, flow["ident"])
-        raise _failed(errors.InvalidCredentials(), user)
+        raise _wrong_password(storage, flow, user)
     # The attempt is counted before the password is compared (A21): a burst of
     # parallel guesses cannot all be judged against the lock state they read
     # when they started; the guess that reaches the threshold sets the lock,
-    # and later ones are refused without being compared.
+    # and later ones are refused without being compared. The same holds for
+    # a password the legacy system judges (migration): counted before the call.
     counted = reserve_password_attempt(storage, settings, user)
     if counted is None:  # locked (or the record stayed contended): not compared, same answer and work
         passwords.dummy_verify(password)
         _record_unknown_failure(storage, flow["ident"])
-        raise _failed(errors.InvalidCredentials(), user)
-    if not passwords.verify_password(counted.password_hash, password):
-        raise _failed(errors.InvalidCredentials(), counted)
-    # Right: this attempt was no failure. Earlier failures stay until the sign-in
-    # completes (they are a risk signal for this sign-in; issue_tokens clears them).
-    user = change_user(storage, counted, lambda u: undo_password_attempt(settings, u)) or counted
+        raise _wrong_password(storage, flow, user)
+    if counted.password_migrating:
+        user = _migrate(storage, settings, flow, counted, password)
+    else:
+        user = _check_stored_password(storage, settings, flow, counted, password)
     if user.entity.get("password_reset_required"):
-        raise errors.PasswordResetRequired()
+        raise _failed(errors.PasswordResetRequired(), user)
     flow.entity["steps"] = json.dumps(flow.steps + ["pwd"])
     return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
+
+
+def _check_stored_password(storage: Storage, settings: Settings, flow: flows.Flow, counted: User, password: str,
+                           *, pad: bool = True) -> User:
+    """The password against the stored hash (the attempt is counted). Right:
+    the attempt is taken back (earlier failures stay until the sign-in
+    completes: they are this sign-in's risk signal; issue_tokens clears
+    them), and an imported or outdated hash is replaced by our argon2id in
+    the same write. Wrong: the wrong-password answer."""
+    stored = counted.password_hash
+    if not passwords.verify_password(stored, password):
+        raise _wrong_password(storage, flow, counted, pad=pad)
+    new_hash = passwords.hash_password(password) if passwords.needs_rehash(stored) else None
+
+    def compute(u: User) -> dict[str, Any]:
+        changes = undo_password_attempt(settings, u)
+        if new_hash and u.password_hash == stored:   # not if the password changed meanwhile
+            changes["password_hash"] = new_hash
+        return changes
+
+    user = change_user(storage, counted, compute) or counted
+    if new_hash and user.password_hash == new_hash:
+        log.info("password of user %s rehashed to argon2id (was %s)", user.oid, passwords.hash_kind(stored))
+    return user
+
+
+# ------------------------------------------------------------------ just-in-time password migration
+
+class _Pending:
+    """A legacy check in progress in this instance, shared by concurrent attempts with the same password."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.action: str | None = None
+        self.message = ""
+        self.failure: Exception | None = None
+
+
+_inflight: dict[bytes, _Pending] = {}
+_inflight_lock = threading.Lock()
+_inflight_key = secrets.token_bytes(32)          # per process: the in-flight keys never outlive it
+_latencies: dict[str, deque[float]] = {}         # extension name -> recent legacy check durations (seconds)
+_latency_lock = threading.Lock()
+LATENCY_SAMPLES = 64
+LATENCY_MIN_SAMPLES = 5
+_random = random.SystemRandom()
+
+
+def _migrate(storage: Storage, settings: Settings, flow: flows.Flow, counted: User, password: str) -> User:
+    """The first password of a user imported with the migration marker, judged
+    by the client's passwordSubmit extension (the attempt is already counted:
+    the lockout bounds the legacy calls, across instances too). Returns the
+    user with the password stored (the attempt taken back), or raises the
+    answer. Concurrent attempts in this instance with the same password share
+    one legacy call (a double submit, a retrying client); different passwords
+    are judged side by side, so a burst of guesses is not serialized (which
+    would time differently from an unknown name)."""
+    ext = extension_config.for_event(storage, "passwordSubmit", flow["client_id"])
+    if ext is None:  # nothing can judge it: a wrong password (same work as one)
+        passwords.dummy_verify(password)
+        raise _wrong_password(storage, flow, counted)
+    key = hmac.new(_inflight_key, counted.pk.encode() + b"\0" + password.encode("utf-8", "surrogatepass"),
+                   hashlib.sha256).digest()
+    with _inflight_lock:
+        pending = _inflight.get(key)
+        leader = pending is None
+        if leader:
+            pending = _inflight[key] = _Pending()
+    if leader:
+        try:
+            return _legacy_verdict(storage, settings, flow, counted, password, ext, pending)
+        except Exception as exc:
+            if pending.action is None:
+                pending.failure = exc
+            raise
+        finally:
+            with _inflight_lock:
+                if _inflight.get(key) is pending:
+                    del _inflight[key]
+            pending.done.set()
+    # The call is bounded by the extension's timeouts, the hashing and strength check by their queues.
+    bound = ext["timeout_ms"] / 1000.0 * (1 + int(ext.get("max_retries", 1))) \
+        + passwords.ARGON2_QUEUE_SECONDS + passwords.STRENGTH_QUEUE_SECONDS
+    pending.done.wait(bound)
+    if pending.action is None:
+        if isinstance(pending.failure, ExtensionFailed):
+            raise ExtensionFailed(pending.failure.kind, ext["name"])
+        raise errors.ServiceUnavailable(retry_after=5)
+    fresh = get_user_by_key(storage, counted.pk)
+    if fresh is not None and not fresh.disabled and fresh.has_password:
+        return _check_stored_password(storage, settings, flow, fresh, password, pad=False)  # migrated by the leader
+    return _apply_verdict(storage, settings, flow, fresh or counted, password,
+                          "Retry" if pending.action == "MigratePassword" else pending.action, pending.message)
+
+
+def _legacy_verdict(storage: Storage, settings: Settings, flow: flows.Flow, user: User, password: str,
+                    ext: dict[str, Any], pending: _Pending) -> User:
+    called = time.perf_counter()
+    # ExtensionFailed (on_error "fail") goes up as the 503 it is; the attempt stays counted.
+    action, message = extension_events.password_submit(storage, settings, flow["client_id"], user, flow["username"],
+                                                       password, ext=ext)
+    _note_latency(ext["name"], time.perf_counter() - called)
+    if action == "MigratePassword":
+        email = user.email
+        context = (email.split("@")[0], email.split("@")[1].split(".")[0], settings.app_name.lower().replace(" ", ""))
+        try:
+            passwords.check_policy(password, min_length=settings.password_min_length, context=context)
+        except passwords.PasswordRejected as exc:
+            # Right, but not a password this service accepts: it must be changed (Entra does the same).
+            log.info("legacy password of user %s is right but below the password policy (%s): reset required",
+                     user.oid, exc.suberror)
+            action = "UpdatePassword"
+    try:
+        return _apply_verdict(storage, settings, flow, user, password, action, message)
+    finally:
+        pending.action, pending.message = action, message   # after the password is stored
+
+
+def _apply_verdict(storage: Storage, settings: Settings, flow: flows.Flow, user: User, password: str, action: str,
+                   message: str) -> User:
+    if action == "MigratePassword":
+        new_hash = passwords.hash_password(password)
+        now = int(time.time())
+
+        def compute(u: User) -> dict[str, Any] | None:
+            if u.has_password or u.disabled or not u.password_migrating:
+                return None  # a reset (or another instance's migration) got there first
+            return {**undo_password_attempt(settings, u), "password_hash": new_hash, "password_changed_at": now,
+                    MIGRATE_FIELD: False, "password_migrated_at": now}
+
+        saved = change_user(storage, user, compute)
+        if saved is None:
+            fresh = get_user_by_key(storage, user.pk)
+            if fresh is not None and not fresh.disabled and fresh.has_password:
+                return _check_stored_password(storage, settings, flow, fresh, password, pad=False)
+            raise _wrong_password(storage, flow, fresh, pad=False)
+        log.info("password of user %s migrated from the legacy system", saved.oid)
+        return saved
+    if action == "UpdatePassword":
+        # The password is right (not a failure), but must be changed first: the marker stays.
+        user = change_user(storage, user, lambda u: undo_password_attempt(settings, u)) or user
+        raise _failed(errors.PasswordResetRequired(), user)
+    if action == "Block":
+        raise _failed(errors.ExtensionBlocked(message or None), user)
+    passwords.dummy_verify(password)  # Retry: the same hashing work as a wrong password here
+    raise _wrong_password(storage, flow, user, pad=False)
+
+
+def _note_latency(name: str, seconds: float) -> None:
+    with _latency_lock:
+        _latencies.setdefault(name, deque(maxlen=LATENCY_SAMPLES)).append(seconds)
+
+
+def _legacy_check_seconds(ext: dict[str, Any]) -> float:
+    """A duration drawn from this instance's recent legacy checks (so that a
+    wrong password anywhere takes what one of a migrating account takes), or,
+    while there are too few (a new instance), from 5% to 25% of the extension's
+    timeout (100-500 ms at Entra's 2 s)."""
+    with _latency_lock:
+        recent = list(_latencies.get(ext["name"], ()))
+    if len(recent) >= LATENCY_MIN_SAMPLES:
+        return _random.choice(recent)
+    timeout = ext["timeout_ms"] / 1000.0
+    return _random.uniform(0.05 * timeout, 0.25 * timeout)
+
+
+def _wrong_password(storage: Storage, flow: flows.Flow, user: User | None, *, pad: bool = True) -> errors.AuthError:
+    """The wrong-password answer (50126). While a passwordSubmit extension
+    serves this client, one not judged by the legacy system comes no sooner
+    than a legacy check would (``pad``): unknown names, locked accounts and
+    password accounts must not answer faster than accounts still to migrate."""
+    if pad:
+        ext = extension_config.for_event(storage, "passwordSubmit", flow["client_id"])
+        if ext is not None:
+            time.sleep(min(_legacy_check_seconds(ext), ext["timeout_ms"] / 1000.0 * 2))
+    return _failed(errors.InvalidCredentials(), user)
 
 
 def _failed(exc: errors.AuthError, user: User | None) -> errors.AuthError:

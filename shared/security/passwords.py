@@ -13,12 +13,34 @@ Retry-After); the strength estimator (zxcvbn, pure Python, holding the GIL)
 sees at most STRENGTH_CHECK_MAX_CHARS characters and runs one at a time, so
 a crafted password costs a bounded ~0.3 s of one core and cannot stall the
 other requests of the instance.
+
+Imported hashes (``python -m admin users import``): besides this service's
+own argon2id, a user may carry the hash of the system they came from:
+argon2id with other parameters, bcrypt (``$2a$``/``$2b$``/``$2y$``) or
+Django's ``pbkdf2_sha256$iterations$salt$hash``. They are verified here
+(the sign-in rehashes them to this service's argon2id on the first success,
+:func:`needs_rehash`) and bounded when imported (:func:`check_importable`):
+every verification, foreign or not, holds hashing slots, and an imported
+argon2id hash with more memory than ours holds as many slots as it needs
+19 MiB blocks (at most all four), so the memory ceiling stays 4 x 19 MiB.
+The work is constant per stored hash, not across hashes: a bcrypt or
+PBKDF2 account answers a wrong password at the speed of its own hash
+(bcrypt cost 10: about 60 ms, PBKDF2 600,000 iterations: about 130 ms,
+argon2id here: about 25 ms) until its first sign-in rehashes it. Unknown
+names and accounts without a password always cost one argon2id verification
+with this service's parameters.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 import threading
+import time
 import unicodedata
+from collections import deque
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -29,7 +51,19 @@ ARGON2_QUEUE_SECONDS = 10.0
 STRENGTH_CHECK_MAX_CHARS = 32
 STRENGTH_QUEUE_SECONDS = 5.0
 
-_slots = threading.BoundedSemaphore(ARGON2_CONCURRENCY)
+ARGON2_SLOT_KIB = 19 * 1024    # one slot is one of our argon2id blocks (m = 19 MiB)
+
+# Bounds on imported hashes (check_importable): the work one sign-in attempt can cost.
+IMPORT_ARGON2_MAX_KIB = ARGON2_CONCURRENCY * ARGON2_SLOT_KIB   # 76 MiB: argon2-cffi's default 64 MiB fits
+IMPORT_ARGON2_MAX_TIME = 10
+IMPORT_ARGON2_MAX_PARALLELISM = 8
+IMPORT_BCRYPT_COST = (4, 13)          # cost 13 is about 0.5 s of one core here
+IMPORT_PBKDF2_ITERATIONS = (1000, 2_000_000)
+BCRYPT_MAX_BYTES = 72
+
+_slot_cond = threading.Condition()
+_slot_queue: deque[object] = deque()   # waiting tickets, first come first served
+_slots_in_use = 0
 
 
 def _return_large_allocations_to_the_os() -> None:
@@ -52,7 +86,7 @@ def _return_large_allocations_to_the_os() -> None:
 
 _return_large_allocations_to_the_os()
 _stats_lock = threading.Lock()
-_stats = {"running": 0, "peak": 0, "operations": 0, "compared": 0}
+_stats = {"running": 0, "peak": 0, "operations": 0, "compared": 0, "foreign": 0}
 _strength_lock = threading.Lock()
 
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt_len=16, type=Type.ID)
@@ -73,28 +107,57 @@ def _normalize(password: str) -> str:
 
 
 class _Slot:
-    """One of the ARGON2_CONCURRENCY hashing slots (a queue, not an error, for normal bursts)."""
+    """Hashing slots (a queue, not an error, for normal bursts): ARGON2_CONCURRENCY
+    in all, one per 19 MiB argon2 block. Our own hashes and bcrypt/PBKDF2 take
+    one; an imported argon2id hash with more memory takes one per 19 MiB
+    started (at most all). Waiters are served in arrival order, so a heavy
+    hash is not starved by a stream of light ones."""
+
+    def __init__(self, weight: int = 1) -> None:
+        self.weight = max(1, min(int(weight), ARGON2_CONCURRENCY))
 
     def __enter__(self):
-        if not _slots.acquire(timeout=ARGON2_QUEUE_SECONDS):
-            from shared.protocol.errors import ServiceUnavailable
+        global _slots_in_use
+        ticket = object()
+        deadline = time.monotonic() + ARGON2_QUEUE_SECONDS
+        with _slot_cond:
+            _slot_queue.append(ticket)
+            try:
+                while _slot_queue[0] is not ticket or _slots_in_use + self.weight > ARGON2_CONCURRENCY:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        from shared.protocol.errors import ServiceUnavailable
 
-            raise ServiceUnavailable("Too many sign-ins at once. Retry shortly.", retry_after=2)
+                        raise ServiceUnavailable("Too many sign-ins at once. Retry shortly.", retry_after=2)
+                    _slot_cond.wait(remaining)
+            finally:
+                _slot_queue.remove(ticket)
+                _slot_cond.notify_all()   # the next in line may fit now
+            _slots_in_use += self.weight
         with _stats_lock:
-            _stats["running"] += 1
+            _stats["running"] += self.weight
             _stats["operations"] += 1
             _stats["peak"] = max(_stats["peak"], _stats["running"])
         return self
 
     def __exit__(self, *exc):
+        global _slots_in_use
         with _stats_lock:
-            _stats["running"] -= 1
-        _slots.release()
+            _stats["running"] -= self.weight
+        with _slot_cond:
+            _slots_in_use -= self.weight
+            _slot_cond.notify_all()
 
 
 def argon2_operations() -> int:
-    """Argon2 hashes and verifications done by this process (for tests and the benchmark)."""
+    """Hashes and verifications done by this process, in hashing slots: argon2, and
+    the bcrypt/PBKDF2 verifications of imported hashes (for tests and the benchmark)."""
     return _stats["operations"]
+
+
+def foreign_verifications() -> int:
+    """Verifications against an imported bcrypt or PBKDF2 hash (for tests)."""
+    return _stats["foreign"]
 
 
 def passwords_compared() -> int:
@@ -117,19 +180,25 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
-    """True when the password matches. Always does one argon2 verification."""
+    """True when the password matches the stored hash (ours or an imported one).
+    Always does one verification in hashing slots: against the stored hash,
+    or, without one (or with one in no known format), one argon2id
+    verification against a dummy hash with our parameters."""
     if len(password) > MAX_PASSWORD_CHARS:
         return False
-    target = stored_hash or _dummy()
+    kind = hash_kind(stored_hash) if stored_hash else None
     if stored_hash:
         with _stats_lock:
             _stats["compared"] += 1
+    if kind in ("bcrypt", "pbkdf2_sha256"):
+        return _verify_foreign(kind, stored_hash, password)
+    target = stored_hash if kind == "argon2" else _dummy()
     try:
-        with _Slot():
+        with _Slot(_argon2_weight(target)):
             ok = _hasher.verify(target, _normalize(password))
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
-    return bool(ok) and bool(stored_hash)
+    return bool(ok) and kind == "argon2"
 
 
 def dummy_verify(password: str) -> None:
@@ -137,7 +206,107 @@ def dummy_verify(password: str) -> None:
 
 
 def needs_rehash(stored_hash: str) -> bool:
-    return _hasher.check_needs_rehash(stored_hash)
+    """True for an imported hash (bcrypt, PBKDF2, argon2id with other
+    parameters): the first successful sign-in stores our argon2id instead."""
+    if hash_kind(stored_hash) != "argon2":
+        return True
+    try:
+        return _hasher.check_needs_rehash(stored_hash)
+    except (InvalidHashError, ValueError):
+        return True
+
+
+# ------------------------------------------------------------------ imported hashes
+
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+_PBKDF2_RE = re.compile(r"^pbkdf2_sha256\$(\d{1,9})\$([!-#%-~]{1,128})\$([A-Za-z0-9+/]{43}=)$")
+
+
+def hash_kind(stored_hash: str | None) -> str | None:
+    """``"argon2"``, ``"bcrypt"``, ``"pbkdf2_sha256"`` or None (not a hash this service verifies)."""
+    if not stored_hash or not isinstance(stored_hash, str):
+        return None
+    if stored_hash.startswith("$argon2id$"):
+        return "argon2"
+    if _BCRYPT_RE.match(stored_hash):
+        return "bcrypt"
+    if _PBKDF2_RE.match(stored_hash):
+        return "pbkdf2_sha256"
+    return None
+
+
+class UnsupportedHash(ValueError):
+    """An imported hash this service will not store. The message never contains the hash."""
+
+
+def check_importable(stored_hash: object) -> str:
+    """The kind of an importable hash, or :class:`UnsupportedHash` (whose
+    message names the rule, never the hash). The bounds keep one sign-in
+    attempt's work in proportion: argon2id up to 76 MiB (four slots), t <= 10,
+    p <= 8; bcrypt cost 4-13; PBKDF2-SHA256 1,000-2,000,000 iterations."""
+    kind = hash_kind(stored_hash if isinstance(stored_hash, str) else None)
+    if kind is None:
+        raise UnsupportedHash("not a supported hash: argon2id ($argon2id$...), bcrypt ($2a$/$2b$/$2y$) or "
+                              "Django's pbkdf2_sha256$iterations$salt$hash")
+    if kind == "argon2":
+        from argon2 import extract_parameters
+
+        try:
+            params = extract_parameters(stored_hash)
+        except (InvalidHashError, ValueError):
+            raise UnsupportedHash("argon2id hash that cannot be parsed") from None
+        if params.version != 19:
+            raise UnsupportedHash("argon2id: only version 19 (v=19)")
+        if not (8 <= params.memory_cost <= IMPORT_ARGON2_MAX_KIB and 1 <= params.time_cost <= IMPORT_ARGON2_MAX_TIME
+                and 1 <= params.parallelism <= IMPORT_ARGON2_MAX_PARALLELISM):
+            raise UnsupportedHash(f"argon2id parameters out of bounds (m <= {IMPORT_ARGON2_MAX_KIB} KiB, "
+                                  f"t <= {IMPORT_ARGON2_MAX_TIME}, p <= {IMPORT_ARGON2_MAX_PARALLELISM})")
+        if params.salt_len < 8 or params.hash_len < 16:
+            raise UnsupportedHash("argon2id: salt of 8 bytes and hash of 16 bytes at least")
+    elif kind == "bcrypt":
+        cost = int(_BCRYPT_RE.match(stored_hash).group(1))
+        if not IMPORT_BCRYPT_COST[0] <= cost <= IMPORT_BCRYPT_COST[1]:
+            raise UnsupportedHash(f"bcrypt cost {cost} out of bounds ({IMPORT_BCRYPT_COST[0]}-{IMPORT_BCRYPT_COST[1]})")
+    else:
+        iterations = int(_PBKDF2_RE.match(stored_hash).group(1))
+        if not IMPORT_PBKDF2_ITERATIONS[0] <= iterations <= IMPORT_PBKDF2_ITERATIONS[1]:
+            raise UnsupportedHash(f"pbkdf2_sha256: {iterations} iterations out of bounds "
+                                  f"({IMPORT_PBKDF2_ITERATIONS[0]}-{IMPORT_PBKDF2_ITERATIONS[1]})")
+    return kind
+
+
+def _argon2_weight(stored_hash: str) -> int:
+    """Slots an argon2 verification holds: one per 19 MiB block started."""
+    if stored_hash is _dummy_hash:
+        return 1
+    try:
+        from argon2 import extract_parameters
+
+        memory = extract_parameters(stored_hash).memory_cost
+    except (InvalidHashError, ValueError):
+        return 1
+    return max(1, -(-memory // ARGON2_SLOT_KIB))
+
+
+def _verify_foreign(kind: str, stored_hash: str, password: str) -> bool:
+    """bcrypt or Django PBKDF2-SHA256, on the password as typed (the source
+    system hashed it without NFKC). bcrypt only ever saw the first 72 bytes
+    (that is what the source system checked too); the rehash after the first
+    success keeps the whole password."""
+    raw = password.encode("utf-8")
+    with _Slot(1):
+        with _stats_lock:
+            _stats["foreign"] += 1
+        if kind == "bcrypt":
+            import bcrypt
+
+            try:
+                return bcrypt.checkpw(raw[:BCRYPT_MAX_BYTES], stored_hash.encode("ascii"))
+            except ValueError:
+                return False
+        _, iterations, salt, encoded = stored_hash.split("$", 3)
+        derived = hashlib.pbkdf2_hmac("sha256", raw, salt.encode("utf-8"), int(iterations))
+        return hmac.compare_digest(base64.b64encode(derived).decode("ascii"), encoded)
 
 
 # ------------------------------------------------------------------ policy

@@ -21,6 +21,11 @@ from shared.settings import Settings
 from shared.storage.tables import Conflict, Entity, Storage, hash_key
 
 USER_RK = "user"
+# The "migrate on first sign-in" marker of an imported user without a password
+# (Entra's extension_<app>_requiresMigration): its first password is checked
+# by the client's passwordSubmit extension (shared/flows/signin.py), then
+# stored; a password reset clears it too.
+MIGRATE_FIELD = "migrate_password"
 
 
 class UserExists(Exception):
@@ -73,6 +78,17 @@ class User:
         return bool(self.password_hash)
 
     @property
+    def password_migrating(self) -> bool:
+        """Imported with the migration marker and no password yet: the legacy
+        system (the passwordSubmit extension) judges its first password."""
+        return bool(self.entity.get(MIGRATE_FIELD)) and not self.has_password
+
+    @property
+    def signs_in_with_password(self) -> bool:
+        """Offered the password challenge: a stored password, or one still to migrate."""
+        return self.has_password or self.password_migrating
+
+    @property
     def disabled(self) -> bool:
         return bool(self.entity.get("disabled"))
 
@@ -97,8 +113,14 @@ def get_user_by_key(storage: Storage, pk: str) -> User | None:
 def create_user(storage: Storage, email: str, *, password: str | None = None, password_hash: str | None = None,
                 display_name: str = "",
                 attributes: dict[str, Any] | None = None, methods: list[dict[str, Any]] | None = None,
-                password_reset_required: bool = False, extra: dict[str, Any] | None = None) -> User:
-    """Insert-if-absent: two concurrent sign-ups of one address make one account."""
+                password_reset_required: bool = False, migrate_password: bool = False,
+                extra: dict[str, Any] | None = None) -> User:
+    """Insert-if-absent: two concurrent sign-ups of one address make one account.
+
+    ``password_hash`` may be an imported hash (``passwords.check_importable``);
+    ``migrate_password`` sets the migration marker, for a user without a password."""
+    if migrate_password and (password or password_hash):
+        raise ValueError("the migration marker is for users without a password")
     now = int(time.time())
     entity: Entity = {
         "PartitionKey": user_key(email), "RowKey": USER_RK,
@@ -110,6 +132,7 @@ def create_user(storage: Storage, email: str, *, password: str | None = None, pa
         "methods": json.dumps(methods or []),
         "created": now, "failed_logins": 0, "lockout_until": 0, "code_failures_email": 0, "code_failures_sms": 0,
         "rt_not_before": 0.0, "disabled": False,
+        **({MIGRATE_FIELD: True} if migrate_password else {}),
         **(extra or {}),
     }
     try:

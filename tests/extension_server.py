@@ -91,3 +91,55 @@ class ExtensionServer:
             self.script.clear()
             self.answer, self.status, self.delay, self.raw = claims_answer({}), 200, 0.0, None
             self.content_type, self.headers = "application/json", {}
+
+
+# ------------------------------------------------------------------ shared by the extension tests
+
+AUDIENCE = "api://localhost/extensions"   # the resource the tests' extensions are configured with
+
+
+def sample_serve_module():
+    """samples/extensions/serve.py, loaded by path (the sample is its own app, not a package of ours)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ext_sample_serve", Path(__file__).resolve().parent.parent / "samples" / "extensions" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sample_settings(server, **extra: str) -> dict[str, str]:
+    """Settings for the sample extension pointed at the test server (http on loopback)."""
+    return {"EXTENSION_ISSUER": server.settings.issuer, "EXTENSION_AUDIENCE": AUDIENCE,
+            "EXTENSION_ALLOW_INSECURE_HTTP": "true", "JWKS_MIN_REFETCH_SECONDS": "0", **extra}
+
+
+import pytest  # noqa: E402 - the fixtures below are imported by the test modules that use them
+
+
+@pytest.fixture
+def extensions(server):
+    """Save extension definitions for one test; all removed (and breakers reset) afterwards."""
+    from shared.extensions import caller, config
+
+    saved: list[str] = []
+
+    def add(**definition):
+        ext = config.save(server.storage, server.settings, {"resource": AUDIENCE, **definition})
+        if ext["name"] not in saved:
+            saved.append(ext["name"])
+        return ext
+
+    caller.reset_breakers()
+    yield add
+    for name in saved:
+        config.delete(server.storage, name)
+    caller.reset_breakers()
+
+
+@pytest.fixture
+def hostile():
+    with ExtensionServer() as ext:
+        yield ext

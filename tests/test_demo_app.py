@@ -618,24 +618,17 @@ def test_account_view_deletes_the_account_with_a_silent_step_up(demo_site, brows
 def test_the_demo_shows_claims_added_by_an_extension(demo_site, browser, server, make_user, tmp_path):
     """A token-issuance extension (the sample app, samples/extensions, as a real HTTP server) adds
     `roles` to the ID token: the signed-in view's claims table shows it."""
-    import importlib.util
-
+    from extension_server import AUDIENCE, sample_serve_module, sample_settings
     from shared.extensions import caller, config
 
-    spec = importlib.util.spec_from_file_location("ext_sample_serve", ROOT / "samples" / "extensions" / "serve.py")
-    serve_sample = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_sample)
     email, _ = make_user(password=PASSWORD, email=unique_email("demo-claims"))
     roles = tmp_path / "roles.json"
     roles.write_text(json.dumps({email: {"roles": ["editor", "billing"]}}))
-    audience = "api://localhost/demo-extension"
     caller.reset_breakers()
-    with serve_sample.running({"EXTENSION_ISSUER": server.settings.issuer, "EXTENSION_AUDIENCE": audience,
-                               "ROLES_FILE": str(roles), "EXTENSION_ALLOW_INSECURE_HTTP": "true",
-                               "JWKS_MIN_REFETCH_SECONDS": "0"}) as base:
+    with sample_serve_module().running(sample_settings(server, ROLES_FILE=str(roles))) as base:
         config.save(server.storage, server.settings, {
             "name": "demo-claims", "event": "tokenIssuanceStart", "url": f"{base}/token-issuance-start",
-            "resource": audience, "claims": {"id_token": ["roles"], "access_token": ["roles"]}})
+            "resource": AUDIENCE, "claims": {"id_token": ["roles"], "access_token": ["roles"]}})
         try:
             browser("open", url=demo_site.url)
             browser.type("#signin-email", email)

@@ -9,7 +9,6 @@ Rows A105-A110 of the attack catalogue (SECURITY.md §7)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,11 +22,10 @@ from shared.extensions import caller, config
 from shared.storage import signinlog
 
 from conftest import ROOT, unique_email
-from extension_server import ExtensionServer, claims_answer
+from extension_server import AUDIENCE, claims_answer, extensions, hostile, sample_serve_module, sample_settings  # noqa: F401
 
 PW = "correct horse battery staple"
 SCOPE = "api://native-auth/access_as_user openid profile offline_access"
-AUDIENCE = "api://localhost/extension-tests"
 
 
 def sign_in(api, email: str, password: str = PW):
@@ -41,29 +39,6 @@ def claims(token: str) -> dict:
     return jwt.decode(token, options={"verify_signature": False})
 
 
-@pytest.fixture
-def extensions(server):
-    """Save extension definitions for the test; all removed (and breakers reset) afterwards."""
-    saved: list[str] = []
-
-    def add(**definition):
-        ext = config.save(server.storage, server.settings, {"resource": AUDIENCE, **definition})
-        saved.append(ext["name"])
-        return ext
-
-    caller.reset_breakers()
-    yield add
-    for name in saved:
-        config.delete(server.storage, name)
-    caller.reset_breakers()
-
-
-@pytest.fixture
-def hostile():
-    with ExtensionServer() as ext:
-        yield ext
-
-
 def _token_ext(extensions, url: str, **over):
     return extensions(name="claims", event="tokenIssuanceStart", url=url,
                       claims={"access_token": ["roles", "plan"], "id_token": ["roles"]}, **over)
@@ -73,15 +48,9 @@ def _token_ext(extensions, url: str, **over):
 
 @pytest.fixture
 def sample(server, tmp_path):
-    spec = importlib.util.spec_from_file_location("ext_sample_serve", ROOT / "samples" / "extensions" / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
     roles = tmp_path / "roles.json"
     roles.write_text("{}")
-    settings = {"EXTENSION_ISSUER": server.settings.issuer, "EXTENSION_AUDIENCE": AUDIENCE, "ROLES_FILE": str(roles),
-                "EXTENSIONS_APP_ID": server.settings.extensions_app_id or "", "JWKS_MIN_REFETCH_SECONDS": "0",
-                "EXTENSION_ALLOW_INSECURE_HTTP": "true"}
-    with serve.running(settings) as base:
+    with sample_serve_module().running(sample_settings(server, ROLES_FILE=str(roles))) as base:
         yield base, roles
 
 

@@ -10,7 +10,6 @@ Rows A95-A104 of the attack catalogue (SECURITY.md §7)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import statistics
@@ -26,13 +25,12 @@ from shared.settings import _attribute_schema
 from shared.storage import directory
 
 from conftest import ROOT, SEEN_SECRETS, unique_email
-from extension_server import ExtensionServer
+from extension_server import AUDIENCE, ExtensionServer, extensions, hostile, sample_serve_module  # noqa: F401
 
 PW = "correct horse battery staple"
 SCOPE = "openid profile offline_access"
 TYPES = "oob password redirect"
 CAPS = "mfa_required registration_required"
-AUDIENCE = "api://localhost/extensions"
 APP = "b3a1d1e07c2f4e1a9d3b1f2e3d4c5b6a"
 CODE = f"extension_{APP}_invitationCode"
 NEWS = f"extension_{APP}_newsletter"
@@ -69,18 +67,11 @@ OTP_SENT = action("microsoft.graph.OnOtpSendResponseData", "microsoft.graph.OtpS
 
 # ------------------------------------------------------------------ fixtures
 
-def _serve_module():
-    spec = importlib.util.spec_from_file_location("ext_sample_serve_signup", ROOT / "samples" / "extensions" / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
-    return serve
-
-
 class Sample:
     """The sample extension app on a port of its own; ``stop()`` and ``start()`` again on the same port."""
 
     def __init__(self, server, tmp: Path, port: int = 0):
-        self.serve = _serve_module()
+        self.serve = sample_serve_module()
         self.outbox = tmp / f"otp-{time.monotonic_ns()}.jsonl"
         self.settings = {"EXTENSION_ISSUER": server.settings.issuer, "EXTENSION_AUDIENCE": AUDIENCE,
                          "EXTENSIONS_APP_ID": APP, "INVITATION_CODES": INVITE, "BLOCKED_CODES": REVOKED,
@@ -127,30 +118,6 @@ def sample(server, tmp_path_factory):
 def schema(server):
     with server.override(signup_attributes=_attribute_schema(json.dumps(SCHEMA)), extensions_app_id=APP):
         yield
-
-
-@pytest.fixture
-def extensions(server):
-    """Save extension definitions for one test; all removed (and breakers reset) afterwards."""
-    saved: list[str] = []
-
-    def add(**definition):
-        ext = config.save(server.storage, server.settings, {"resource": AUDIENCE, **definition})
-        if ext["name"] not in saved:
-            saved.append(ext["name"])
-        return ext
-
-    caller.reset_breakers()
-    yield add
-    for name in saved:
-        config.delete(server.storage, name)
-    caller.reset_breakers()
-
-
-@pytest.fixture
-def hostile():
-    with ExtensionServer() as ext:
-        yield ext
 
 
 def dead_url() -> str:

@@ -86,17 +86,22 @@ class Form:
         return list(self._fields)
 
 
-def parse_form(request: Request, settings: Settings, *, allow_query: bool = False) -> Form:
-    """Strict form parsing: content type, size, UTF-8, one value per name."""
+def _body_text(request: Request, settings: Settings, content_type: str) -> str:
+    """The body as text, after the checks every body passes: its content type, its size, UTF-8."""
     ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
-    if ctype != FORM_CONTENT_TYPE:
-        raise errors.InvalidRequest("The request body must be application/x-www-form-urlencoded.")
+    if ctype != content_type:
+        raise errors.InvalidRequest(f"The request body must be {content_type}.")
     if len(request.body) > settings.max_body_bytes:
         raise errors.InvalidRequest("The request body is too large.")
     try:
-        text = request.body.decode("utf-8")
+        return request.body.decode("utf-8")
     except UnicodeDecodeError:
         raise errors.InvalidRequest("The request body is not valid UTF-8.") from None
+
+
+def parse_form(request: Request, settings: Settings, *, allow_query: bool = False) -> Form:
+    """Strict form parsing: content type, size, UTF-8, one value per name."""
+    text = _body_text(request, settings, FORM_CONTENT_TYPE)
     try:
         pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS, errors="strict")
     except UnicodeDecodeError:
@@ -126,15 +131,7 @@ def parse_json(request: Request, settings: Settings, *, required: bool = True) -
     duplicate names, an object. An empty body is ``{}`` unless ``required``."""
     if not request.body and not required:
         return {}
-    ctype = (request.header("content-type") or "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise errors.InvalidRequest("The request body must be application/json.")
-    if len(request.body) > settings.max_body_bytes:
-        raise errors.InvalidRequest("The request body is too large.")
-    try:
-        text = request.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise errors.InvalidRequest("The request body is not valid UTF-8.") from None
+    text = _body_text(request, settings, "application/json")
 
     def no_duplicates(pairs):
         seen: dict[str, Any] = {}

@@ -5,54 +5,31 @@ hands the app, and a sign-up blocked by an attribute-collection extension."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import ROOT, unique_email, wait_until
-from extension_server import ExtensionServer
-from shared.extensions import caller, config
+from conftest import unique_email, wait_until
+from extension_server import ExtensionServer, extensions, sample_serve_module, sample_settings  # noqa: F401
 from .e2e_harness import unverified_claims
 
 PASSWORD = "Velvet-Harbor-Lantern-2718"
-AUDIENCE = "api://localhost/e2e-extension"
 SCOPES = ["api://native-auth/access_as_user"]
 
 
 @pytest.fixture
-def saved_extensions(server):
-    names: list[str] = []
-
-    def add(**definition):
-        ext = config.save(server.storage, server.settings, {"resource": AUDIENCE, **definition})
-        names.append(ext["name"])
-        return ext
-
-    caller.reset_breakers()
-    yield add
-    for name in names:
-        config.delete(server.storage, name)
-
-
-@pytest.fixture
 def sample(server, tmp_path):
-    spec = importlib.util.spec_from_file_location("ext_sample_serve", ROOT / "samples" / "extensions" / "serve.py")
-    serve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve)
     roles = tmp_path / "roles.json"
     roles.write_text("{}")
-    with serve.running({"EXTENSION_ISSUER": server.settings.issuer, "EXTENSION_AUDIENCE": AUDIENCE,
-                        "ROLES_FILE": str(roles), "EXTENSION_ALLOW_INSECURE_HTTP": "true",
-                        "JWKS_MIN_REFETCH_SECONDS": "0"}) as base:
+    with sample_serve_module().running(sample_settings(server, ROLES_FILE=str(roles))) as base:
         yield base, roles
 
 
-def test_a_custom_claim_reaches_the_app_in_the_access_token(page, server, make_user, saved_extensions, sample):
+def test_a_custom_claim_reaches_the_app_in_the_access_token(page, server, make_user, extensions, sample):
     base, roles = sample
     email, _ = make_user(password=PASSWORD)
     roles.write_text(json.dumps({email: {"roles": ["editor"], "plan": "team"}}))
-    saved_extensions(name="e2e-claims", event="tokenIssuanceStart", url=f"{base}/token-issuance-start",
+    extensions(name="e2e-claims", event="tokenIssuanceStart", url=f"{base}/token-issuance-start",
                      claims={"access_token": ["roles", "plan"], "id_token": ["roles"]})
     done = page.sign_in(email, password=PASSWORD, scopes=SCOPES)
     assert done.is_("Completed"), done
@@ -65,12 +42,12 @@ def test_a_custom_claim_reaches_the_app_in_the_access_token(page, server, make_u
     assert "plan" not in account.data["claims"]                            # mapped to the access token only
 
 
-def test_a_sign_up_blocked_by_an_extension_ends_with_the_extensions_message(page, server, outbox, saved_extensions):
+def test_a_sign_up_blocked_by_an_extension_ends_with_the_extensions_message(page, server, outbox, extensions):
     with ExtensionServer() as ext:
         ext.answer = {"data": {"@odata.type": "microsoft.graph.onAttributeCollectionSubmitResponseData",
                                "actions": [{"@odata.type": "microsoft.graph.attributeCollectionSubmit.showBlockPage",
                                             "message": "Sign-ups from this domain are closed."}]}}
-        saved_extensions(name="e2e-block", event="attributeCollectionSubmit", url=ext.url)
+        extensions(name="e2e-block", event="attributeCollectionSubmit", url=ext.url)
         email = unique_email("e2e-blocked")
         started = page.start("signUp", username=email, password=PASSWORD)
         assert started.is_("CodeRequired"), started

@@ -43,11 +43,28 @@ def test_no_secret_in_any_log_line(server):
     secrets.add(base64.b64encode(server.settings.code_hash_key).decode())
     secrets.add(base64.b64encode(server.settings.signing_key_secret).decode())
     secrets.add(server.settings.code_hash_key.hex())
-    blob = "\n".join(conftest.LOG_LINES)
-    # Whole-token matches: a 6-digit code must not be "found" inside a UUID or a number.
-    leaked = sorted(s for s in secrets
-                    if re.search(r"(?<![0-9A-Za-z_-])" + re.escape(s) + r"(?![0-9A-Za-z_-])", blob))
+    leaked = _leaked(secrets, conftest.LOG_LINES)
     assert not leaked, f"{len(leaked)} secrets found in logs, e.g. {json.dumps(leaked[:3])[:300]}"
+
+
+def test_the_check_finds_a_planted_secret():
+    lines = ["nativeauth.request: request {\"x\": 1}", "host: code 12345678 sent to a@b.c",
+             "x: refresh rAb.fam-ily_1.secret-part and the password \"correct horse battery\""]
+    found = _leaked({"12345678", "rAb.fam-ily_1.secret-part", "correct horse battery", "1234567", "abc.def"}, lines)
+    assert found == ["12345678", "correct horse battery", "rAb.fam-ily_1.secret-part"]
+
+
+def _leaked(secrets, lines) -> list[str]:
+    blob = "\n".join(lines)
+    # Whole-token matches: a 6-digit code must not be "found" inside a UUID or a number. One pass collects
+    # every token of the logs; a secret can only be there if each of its own tokens is (its boundaries are
+    # token boundaries), and only those candidates are searched for exactly. (A regex per secret over the
+    # whole log took minutes once the suite passed a few thousand secrets.)
+    word = re.compile(r"[0-9A-Za-z_-]+")
+    logged = set(word.findall(blob))
+    candidates = [s for s in secrets if s and all(part in logged for part in word.findall(s))]
+    return sorted(s for s in candidates
+                  if re.search(r"(?<![0-9A-Za-z_-])" + re.escape(s) + r"(?![0-9A-Za-z_-])", blob))
 
 
 def test_request_log_lines_are_structured_and_complete():

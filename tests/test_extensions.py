@@ -188,11 +188,12 @@ def test_A107_a_failing_extension_trips_its_circuit_breaker(server, api, make_us
     r = sign_in(api, email)
     assert r.status == 503 and r["error_codes"] == [1003004] and len(hostile.calls) == calls
     monkeypatch.setattr(caller, "BREAKER_OPEN_SECONDS", 0.2)
-    caller._breakers["claims"].open_until = time.monotonic() - 0.01
+    key = f"claims|{api.client_id}"                 # one breaker per extension and client
+    caller._breakers[key].open_until = time.monotonic() - 0.01
     hostile.status, hostile.answer = 200, claims_answer({"roles": ["back"]})
     r = sign_in(api, email)
     assert r.status == 200 and claims(r["access_token"])["roles"] == ["back"]
-    assert caller._breakers["claims"].failures == 0
+    assert caller._breakers[key].failures == 0
 
 
 def test_on_error_continue_issues_tokens_without_the_claims(server, api, make_user, extensions, hostile):
@@ -294,3 +295,114 @@ def test_admin_configures_and_test_calls_extensions(server, make_user, hostile):
         assert admin(server, "extensions", "delete", "cli-claims").returncode == 2
     finally:
         config.delete(server.storage, "cli-claims")
+
+
+def test_A106_an_answer_trickled_byte_by_byte_is_cut_at_the_deadline(server, api, make_user, extensions):
+    """The socket timeout restarts with every byte; the attempt has its own deadline (an outside
+    review held a sign-in for 16 s with a 300 ms timeout this way)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                listener.settimeout(0.2)
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            body = json.dumps(claims_answer({"roles": ["slow"]})).encode()
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n")
+                for byte in body:
+                    if stop.is_set():
+                        break
+                    conn.sendall(bytes([byte]))
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        email, _ = make_user()
+        _token_ext(extensions, f"http://127.0.0.1:{listener.getsockname()[1]}/x", timeout_ms=300)
+        started = time.monotonic()
+        r = sign_in(api, email)
+        assert r.status == 503 and r["error_codes"] == [1003005], r.body
+        assert time.monotonic() - started < 3, "two attempts of 300 ms, not the trickle's pace"
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("on_error", ["fail", "continue"])
+def test_a_deeply_nested_answer_is_a_body_error_and_the_breaker_recovers(server, api, make_user, extensions, hostile,
+                                                                         on_error):
+    """`[` × 60000 made json.loads raise RecursionError: a 500, even with continue, and a half-open
+    breaker stuck for good (outside review F3/F4)."""
+    email, _ = make_user()
+    _token_ext(extensions, hostile.url, on_error=on_error, max_retries=0)
+    hostile.raw = b"[" * 60000
+    r = sign_in(api, email)
+    if on_error == "fail":
+        assert r.status == 503 and r["error_codes"] == [1003003], r.body
+    else:
+        assert r.status == 200 and "roles" not in claims(r["access_token"])
+    key = f"claims|{api.client_id}"
+    b = caller._breakers[key]
+    b.failures, b.open_until, b.trial = caller.BREAKER_FAILURES, time.monotonic() - 1, False   # open, period over
+    r = sign_in(api, email)                                       # the trial call meets the bad answer again
+    assert not caller._breakers[key].trial, "a failed trial must not leave the breaker half-open"
+    hostile.raw, hostile.answer = None, claims_answer({"roles": ["ok"]})
+    caller._breakers[key].open_until = time.monotonic() - 1
+    r = sign_in(api, email)
+    assert r.status == 200 and claims(r["access_token"])["roles"] == ["ok"], r.body
+
+
+def test_a_failing_client_does_not_open_the_breaker_for_another(server, api, make_user, extensions, hostile):
+    from shared.storage import directory as directory_mod
+
+    other = "44444444-0000-0000-0000-0000000000e1"
+    directory_mod.register_client(server.storage, other, "another app")
+    email, _ = make_user()
+    _token_ext(extensions, hostile.url, max_retries=0)
+    hostile.status = 500
+    for _ in range(caller.BREAKER_FAILURES):
+        sign_in(api, email)
+    assert sign_in(api, email)["error_codes"] == [1003004]           # open for this client
+    hostile.status, hostile.answer = 200, claims_answer({"roles": ["other-app"]})
+    i = api.post("oauth2/v2.0/initiate", client_id=other, username=email, challenge_type="password oob redirect")
+    c = api.post("oauth2/v2.0/challenge", client_id=other, continuation_token=i["continuation_token"],
+                 challenge_type="password oob redirect")
+    t = api.post("oauth2/v2.0/token", client_id=other, continuation_token=c["continuation_token"],
+                 grant_type="password", password=PW, scope=SCOPE)
+    assert t.status == 200 and claims(t["access_token"])["roles"] == ["other-app"], t.body
+
+
+@pytest.mark.parametrize("url", ["https://example.com:99999/x", "https://a..b/x", "https://" + "a" * 64 + ".com/x",
+                                 "https://[64:ff9b::a9fe:a9fe]/x", "https://[2002:7f00:1::]/x", "https://[::127.0.0.1]/x",
+                                 "https://[fec0::1]/x"])
+def test_A108_more_urls_the_guard_refuses(server, url):
+    azure = dataclasses.replace(server.settings, environment="azure")
+    with pytest.raises(config.ExtensionConfigError):
+        config.validate({"name": "x", "event": "tokenIssuanceStart", "url": url, "resource": AUDIENCE,
+                         "claims": {"access_token": ["roles"]}}, azure)
+
+
+def test_A105_claims_other_apis_act_on_and_this_services_own_audiences_are_refused(server, hostile):
+    base = {"name": "x", "event": "tokenIssuanceStart", "url": hostile.url, "resource": AUDIENCE}
+    for name in ("scope", "act", "entitlements", "email_verified", "phone_number", "cid"):
+        with pytest.raises(config.ExtensionConfigError, match="reserved"):
+            config.validate({**base, "claims": {"access_token": [name]}}, server.settings)
+    for resource in ("api://native-auth", server.settings.account_resource, server.settings.issuer):
+        with pytest.raises(config.ExtensionConfigError, match="resource"):
+            config.validate({**base, "resource": resource, "claims": {"access_token": ["roles"]}}, server.settings)

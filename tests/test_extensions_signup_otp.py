@@ -25,6 +25,7 @@ from shared.settings import _attribute_schema
 from shared.storage import directory
 
 from conftest import ROOT, SEEN_SECRETS, unique_email
+from attack_kit import parallel
 from extension_server import AUDIENCE, ExtensionServer, extensions, hostile, sample_serve_module  # noqa: F401
 
 PW = "correct horse battery staple"
@@ -613,6 +614,29 @@ def test_A101_invitation_codes_cannot_be_guessed_through_the_submit_extension(se
         assert g["suberror"] == "attribute_validation_failed", g.body
     over = submit_attributes(api, ct, {CODE: INVITE})                # even the right one, after the cap
     assert over.status == 400 and over["error"] == "invalid_grant" and "suberror" not in over.body, over.body
+    assert directory.get_user(server.storage, email) is None
+
+
+def test_A101_parallel_guesses_on_one_token_reach_the_extension_once_each_round(server, api, outbox, schema, extensions,
+                                                                                 hostile):
+    """3 × 40 parallel submissions of different invitation codes on one continuation token (the
+    token is not rotated on attributes): each check is counted before the call, so at most 10
+    guesses per flow reach the extension (an outside review saw 120 of 120 judged)."""
+    hostile.delay = 0.2
+    hostile.answer = submit_answer("showValidationError", message="Wrong code.", attributeErrors={CODE: "Wrong code."})
+    submit_ext(extensions, hostile.url)
+    email = unique_email("a101-parallel")
+    ct = signup_challenge(api, signup_start(api, email, {"city": "Oslo"}))
+    r = submit_code(api, ct, outbox.last_code(email))
+    assert r["error"] == "attributes_required", r.body
+    ct = r["continuation_token"]
+    for round_ in range(3):
+        parallel(40, lambda i: submit_attributes(api, ct, {CODE: f"GUESS-{round_}-{i:03d}"}))
+    # Each guess is counted (If-Match) before the extension sees it: never more than the cap per flow.
+    assert len(hostile.calls) <= signup_flow.MAX_EXTENSION_REFUSALS_PER_FLOW, len(hostile.calls)
+    pk, rk = ct.split(".")[:2]
+    counted = int(server.storage.table("flows").get(pk, rk).get("attr_refusals") or 0)
+    assert counted >= len(hostile.calls), (counted, len(hostile.calls))       # no guess judged without being counted
     assert directory.get_user(server.storage, email) is None
 
 

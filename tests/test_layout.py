@@ -110,3 +110,15 @@ def test_shared_is_grouped_by_concern():
         assert 1 <= len(modules) <= MAX_MODULES_PER_PACKAGE, (package, modules)
         assert (SHARED / package / "__init__.py").read_text().strip().startswith('"""'), package  # says what it holds
         assert not [p for p in (SHARED / package).iterdir() if p.is_dir() and p.name != "__pycache__"], package
+
+
+def test_every_test_the_security_catalogue_names_exists():
+    """SECURITY.md §7 maps each attack row to its test: a renamed or deleted test
+    must not leave a row pointing at nothing."""
+    import re
+    names = set(re.findall(r"(test_[A-Za-z0-9_]+)`", (ROOT / "SECURITY.md").read_text()))
+    assert len(names) > 100
+    sources = "".join(p.read_text() for base in ("tests", "samples")
+                      for p in (ROOT / base).rglob("test_*.py"))
+    missing = sorted(n for n in names if not re.search(rf"def {re.escape(n)}\b", sources))
+    assert not missing, f"SECURITY.md names tests that do not exist: {missing}"

@@ -40,7 +40,7 @@ from shared.protocol.context import current
 from shared.settings import Settings
 from shared.storage.tables import Storage
 
-from .config import ExtensionConfigError, check_url
+from .config import ExtensionConfigError, check_url, public_address
 
 log = logging.getLogger("nativeauth.extensions")
 
@@ -173,15 +173,12 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 def _resolve(host: str, port: int, settings: Settings) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
+    except (OSError, UnicodeError, ValueError) as exc:
         raise ExtensionError("connection", f"cannot resolve: {type(exc).__name__}") from None
     addresses = [info[4][0] for info in infos]
     if not settings.is_local:
         for a in addresses:
-            ip = ipaddress.ip_address(a.split("%")[0])
-            if ip.version == 6 and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if not ip.is_global:
+            if not public_address(ipaddress.ip_address(a.split("%")[0])):
                 raise ExtensionError("url", "resolves to a private, loopback or link-local address")
     return addresses[0]
 
@@ -195,30 +192,61 @@ def _context() -> ssl.SSLContext:
 
 def _post_once(url: str, body: bytes, token: str, timeout: float, settings: Settings) -> tuple[int, str, bytes]:
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ExtensionError("url", "port") from None
     address = _resolve(parts.hostname or "", port, settings)
     conn = (_PinnedHTTPS(parts.hostname, port, address, timeout, _context()) if parts.scheme == "https"
             else _PinnedHTTP(parts.hostname, port, address, timeout))
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # The socket timeout restarts with every byte: an answer trickled one byte at a time would never time
+    # out. A deadline for the whole attempt shuts the connection down.
+    expired = threading.Event()
+
+    def _expire() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    deadline = threading.Timer(timeout, _expire)
+    deadline.daemon = True
+    deadline.start()
     try:
         conn.request("POST", path, body=body, headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/json", "Accept": "application/json",
             "User-Agent": "native-auth-backend custom-extension caller"})
         resp = conn.getresponse()
         data = resp.read(MAX_RESPONSE_BYTES + 1)
+        if expired.is_set():
+            raise ExtensionError("timeout", "deadline")
         return resp.status, resp.getheader("Content-Type") or "", data
     except (socket.timeout, TimeoutError):
         raise ExtensionError("timeout") from None
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if expired.is_set():
+            raise ExtensionError("timeout", "deadline") from None
         raise ExtensionError("connection", type(exc).__name__) from None
     finally:
+        deadline.cancel()
         conn.close()
 
 
 def call(storage: Storage, settings: Settings, ext: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """POST the payload; the parsed JSON answer (a dict) or :class:`ExtensionError`.
-    Latency and outcome are noted in the request context."""
+    """POST the payload; the parsed JSON answer (a dict) or :class:`ExtensionError`
+    (whatever goes wrong: never another exception). Latency and outcome are
+    noted in the request context."""
     name = ext["name"]
+    try:
+        client = payload["data"]["authenticationContext"]["clientServicePrincipal"]["appId"]
+    except (KeyError, TypeError):
+        client = ""
+    # One breaker per extension and client: failures one app provokes do not close the extension for the others.
+    breaker = f"{name}|{client}"
     started = time.perf_counter()
     outcome = "ok"
     tries = 0
@@ -227,7 +255,7 @@ def call(storage: Storage, settings: Settings, ext: dict[str, Any], payload: dic
             check_url(ext["url"], settings)
         except ExtensionConfigError:
             raise ExtensionError("url") from None
-        _admit(name)
+        _admit(breaker)
         body = json.dumps(payload, separators=(",", ":")).encode()
         token = bearer(storage, settings, ext["resource"])
         for attempt in range(1 + int(ext.get("max_retries", 1))):
@@ -252,18 +280,23 @@ def call(storage: Storage, settings: Settings, ext: dict[str, Any], payload: dic
                 raise ExtensionError("content_type")
             try:
                 parsed = json.loads(data)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise ExtensionError("body", "not JSON") from None
             if not isinstance(parsed, dict):
                 raise ExtensionError("body", "not an object")
-            _record(name, True)
+            _record(breaker, True)
             return parsed
         raise ExtensionError("unexpected")
     except ExtensionError as exc:
         outcome = exc.kind
         if exc.kind != "throttled" or "circuit" not in str(exc):
-            _record(name, False)
+            _record(breaker, False)
         raise
+    except Exception as exc:  # noqa: BLE001 - a storage blip (the bearer), a bad port...: the extension's failure
+        outcome = "unexpected"
+        _record(breaker, False)   # also ends a half-open trial (it must never stay "in progress")
+        log.warning("extension %s: unexpected %s", name, type(exc).__name__)
+        raise ExtensionError("unexpected", type(exc).__name__) from None
     finally:
         ms = round((time.perf_counter() - started) * 1000, 1)
         ctx = current()

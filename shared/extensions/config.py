@@ -47,6 +47,9 @@ RESERVED_CLAIMS = frozenset(c.lower() for c in (
     "c_hash", "email", "preferred_username", "upn", "unique_name", "name", "uti", "rh", "wids", "ipaddr", "cnf",
     "typ", "alg", "kid", "x5t", "onprem_sid", "pwd_exp", "pwd_url", "puid", "login_hint", "client_info", "ctry",
     "tenant_ctry", "tenant_region_scope", "xms_cc", "nickname", "family_name", "given_name", "hasgroups", "groups",
+    # RFC 9068 / RFC 8693 / OIDC claims other resource servers act on (Spring reads `scope` before `scp`)
+    "scope", "act", "may_act", "entitlements", "cid", "email_verified", "phone_number", "phone_number_verified",
+    "s_hash", "events", "token_use",
 ))
 MAX_CLAIMS_BYTES = 3 * 1024      # Entra: "The maximum claim size ... 3KB", keys and values together
 MAX_CLAIM_VALUES = 100
@@ -76,6 +79,12 @@ def validate(raw: dict[str, Any], settings: Settings, *, existing: dict[str, Any
     resource = raw.get("resource")
     if not isinstance(resource, str) or not resource.strip() or len(resource) > 256:
         raise ExtensionConfigError("resource: the audience of the token the extension receives (e.g. api://host/id)")
+    own = {r.lower() for r in settings.resources} | {settings.account_resource.lower(), settings.issuer.lower()}
+    if settings.dev_client_id:
+        own.add(settings.dev_client_id.lower())
+    if resource.strip().lower().rstrip("/") in {o.rstrip("/") for o in own}:
+        raise ExtensionConfigError("resource: the extension's own audience, not one of this service's APIs or apps "
+                                   "(the token it receives must not be usable at them)")
     clients = raw.get("clients", ["all"])
     if not isinstance(clients, list) or not clients or not all(isinstance(c, str) and c.strip() for c in clients):
         raise ExtensionConfigError('clients: a list of client ids, or ["all"]')
@@ -150,13 +159,39 @@ def check_url(url: Any, settings: Settings) -> None:
         raise ExtensionConfigError("url: https only" + ("" if settings.is_local else " in Azure (http is allowed locally)"))
     if not parts.hostname or parts.username or parts.password or parts.fragment:
         raise ExtensionConfigError("url: a host, no user info, no fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+        parts.hostname.encode("idna")
+    except (ValueError, UnicodeError):
+        raise ExtensionConfigError("url: not a valid host and port") from None
     if not settings.is_local:
         try:
             address = ipaddress.ip_address(parts.hostname)
         except ValueError:
             return
-        if not address.is_global:
+        if not public_address(address):
             raise ExtensionConfigError("url: private, loopback and link-local addresses are refused in Azure")
+
+
+# IPv6 forms that carry (or translate to) an IPv4 address, and site-local space: Python's ``is_global``
+# lets some through (NAT64, IPv4-compatible, 6to4), so they are refused here unless what they carry is public.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_REFUSED_V6 = (ipaddress.ip_network("::/96"), ipaddress.ip_network("fec0::/10"))
+
+
+def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address an extension may live at in Azure: globally routable, and
+    not a v6 wrapper of a private v4 address."""
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return public_address(ip.ipv4_mapped)
+        if ip.sixtofour is not None:
+            return public_address(ip.sixtofour)
+        if any(ip in net for net in _NAT64):
+            return public_address(ipaddress.ip_address(int(ip) & 0xFFFFFFFF))
+        if any(ip in net for net in _REFUSED_V6):
+            return False
+    return ip.is_global
 
 
 # ------------------------------------------------------------------ storage

@@ -206,7 +206,7 @@ def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow, *,
     if missing:
         flow = flows.advance(storage, flow, state="attributes_required", **changes)
         raise AttributesRequired(extra={"continuation_token": flow.token, "required_attributes": missing})
-    collected = _collection_submit(storage, settings, flow, collected, changes, grant=grant, token=token)
+    flow, collected = _collection_submit(storage, settings, flow, collected, changes, grant=grant, token=token)
     changes["attributes"] = collected
     email = flow["username"]
     try:
@@ -268,14 +268,19 @@ def _collection_start(storage: Storage, settings: Settings, flow: flows.Flow,
 
 
 def _collection_submit(storage: Storage, settings: Settings, flow: flows.Flow, collected: dict[str, str],
-                       changes: dict, *, grant: str, token: str) -> dict[str, str]:
-    """attributeCollectionSubmit: the attributes to create the account with, or
-    the answer that sends the client back to its attributes, or the block page."""
+                       changes: dict, *, grant: str, token: str) -> tuple[flows.Flow, dict[str, str]]:
+    """attributeCollectionSubmit: the flow and the attributes to create the
+    account with, or the answer that sends the client back to its attributes,
+    or the block page."""
     ext = extension_config.for_event(storage, "attributeCollectionSubmit", flow["client_id"])
     if ext is None:
-        return collected
-    if int(flow.get("attr_refusals") or 0) >= MAX_EXTENSION_REFUSALS_PER_FLOW:
+        return flow, collected
+    checks = int(flow.get("attr_refusals") or 0)
+    if checks >= MAX_EXTENSION_REFUSALS_PER_FLOW:
         raise errors.InvalidGrant("Too many attribute submissions were refused in this flow. Start again.")
+    # The check is counted before the extension sees it, with If-Match: of parallel submissions on one
+    # continuation token exactly one reaches the extension (guessing an invitation code, A101).
+    flow = flows.advance(storage, flow, rotate=False, attr_refusals=checks + 1)
     schema = settings.signup_attributes
     answer = extension_events.attribute_collection_submit(storage, settings, flow["client_id"], flow["username"],
                                                           attributes.typed(schema, collected), ext=ext)
@@ -292,9 +297,9 @@ def _collection_submit(storage: Storage, settings: Settings, flow: flows.Flow, c
             log.warning("attributeCollectionSubmit: extension %s modified %d value(s) so they fail the schema",
                         ext["name"], len(invalid))
             if ext.get("on_error") == "continue":
-                return collected  # as if there were no extension
+                return flow, collected  # as if there were no extension
             raise ExtensionFailed("body", ext["name"])
-        return {**collected, **modified}
+        return flow, {**collected, **modified}
     if "errors" in answer:
         names = [n for n in answer["errors"] if n in known]
         if not names:
@@ -302,7 +307,7 @@ def _collection_submit(storage: Storage, settings: Settings, flow: flows.Flow, c
             log.warning("attributeCollectionSubmit: extension %s refused attributes outside the schema", ext["name"])
             raise ExtensionFailed("body", ext["name"])
         _refused(storage, settings, flow, collected, changes, names, answer, grant=grant, token=token)
-    return collected
+    return flow, collected
 
 
 def _refused(storage: Storage, settings: Settings, flow: flows.Flow, collected: dict[str, str], changes: dict,
@@ -313,7 +318,6 @@ def _refused(storage: Storage, settings: Settings, flow: flows.Flow, collected: 
     description = " ".join(p for p in ("One or more attributes are not valid.", page, details) if p)[:1500]
     kept = {k: v for k, v in collected.items() if k not in names}
     rest = {k: v for k, v in changes.items() if k != "attributes"}
-    rest["attr_refusals"] = int(flow.get("attr_refusals") or 0) + 1
     if grant == "attributes":
         # MSAL JS, iOS and Android resubmit with the continuation token they hold: it stays valid.
         flows.advance(storage, flow, rotate=False, state="attributes_required", attributes=kept, **rest)

@@ -551,9 +551,14 @@ def main(argv: list[str] | None = None) -> int:
             results["throughput"] = {}
             for conc in (1, 4, 16):
                 run = run_flows(port, outbox, flow_password_sms, users, conc, duration=args.duration)
+                by_path = defaultdict(list)
+                for path, ms, _ in run["calls"]:
+                    by_path[path].append(ms)
                 results["throughput"][conc] = {"flows_per_second": round(run["per_second"], 2), "flows": run["flows"],
                                                "errors": run["errors"], "error_samples": run["error_samples"],
-                                               "p50_flow_ms": None}
+                                               "endpoints": {path: {"calls": len(v), "p50_ms": round(pct(v, .5), 1),
+                                                                    "p95_ms": round(pct(v, .95), 1)}
+                                                             for path, v in sorted(by_path.items())}}
                 print(f"  concurrency {conc}: {run['per_second']:.1f} flows/s, {run['errors']} errors", flush=True)
 
             # 4: floor for the password + SMS flow
@@ -595,6 +600,16 @@ def report(r: dict) -> None:
     print("\nThroughput, password + SMS second factor (complete sign-ins per second)")
     for conc, t in r["throughput"].items():
         print(f"  concurrency {conc:>2}: {t['flows_per_second']:>6} /s  ({t['flows']} flows, {t['errors']} errors)")
+    print("\nLatency per endpoint under load, password + SMS sign-ins (p50 / p95 ms)")
+    levels = [c for c in r["throughput"] if c in (1, 16, "1", "16")]
+    print("  " + f"{'endpoint':36}" + "".join(f"{'concurrency ' + str(c):>22}" for c in levels))
+    paths = sorted({p for c in levels for p in r["throughput"][c].get("endpoints", {})})
+    for path in paths:
+        cells = []
+        for c in levels:
+            e = r["throughput"][c].get("endpoints", {}).get(path)
+            cells.append(f"{e['p50_ms']:>9} / {e['p95_ms']:<9}" if e else f"{'-':>22}")
+        print(f"  {path:36}" + "".join(f"{x:>22}" for x in cells))
     f = r["floor"]
     print(f"\nFloor: {f['ops']} bare Table operations + 1 argon2 verification = {f['median_ms']:.1f} ms; "
           f"flow {f['flow_ms']} ms; ratio {f['ratio']}")

@@ -75,6 +75,13 @@ def _token(pk: str, flow_id: str, secret: str) -> str:
     return f"{pk}.{flow_id}.{secret}"
 
 
+def presented(flow: Flow) -> str:
+    """The continuation token the client presented, handed back unchanged by
+    a step that only reads (introspect): nothing was consumed or proven, so
+    nothing needs a new token (and no write is spent on one)."""
+    return _token(flow.pk, flow.id, flow.secret)
+
+
 def start(storage: Storage, settings: Settings, kind: str, client_id: str, **fields: Any) -> Flow:
     """Create a flow and its first continuation token (insert-if-absent)."""
     now = time.time()

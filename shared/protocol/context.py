@@ -18,6 +18,7 @@ class Context:
     client_ip: str | None
     locale: str | None
     storage_ops: int = 0
+    storage_trace: list = dataclasses.field(default_factory=list)   # "table.operation", in order
     outcome: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -37,7 +38,8 @@ def leave(token: contextvars.Token) -> None:
     _context.reset(token)
 
 
-def count_storage_op(n: int = 1) -> None:
+def count_storage_op(n: int = 1, what: str = "") -> None:
     ctx = _context.get()
     if ctx is not None:
         ctx.storage_ops += n
+        ctx.storage_trace.append(what)

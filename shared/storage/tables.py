@@ -155,7 +155,7 @@ class Table:
         self.name = name
 
     def _call(self, fn, *args, **kwargs):
-        context.count_storage_op()
+        context.count_storage_op(what=f"{self.name}.{fn.__name__.removesuffix('_entity')}")
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - translated into our small set
@@ -215,17 +215,18 @@ class Table:
               select: list[str] | None = None, limit: int | None = None) -> list[Entity]:
         """Filtered query; values always go through ``parameters`` (never concatenated)."""
         check_filter(query_filter)
-        context.count_storage_op()
+        context.count_storage_op(what=f"{self.name}.query")
         out: list[Entity] = []
         try:
             pages = self._client.query_entities(query_filter, parameters=dict(parameters or {}), select=select,
                                                 results_per_page=min(limit or 1000, 1000)).by_page()
-            for page in pages:
+            for n, page in enumerate(pages):
+                if n:
+                    context.count_storage_op(what=f"{self.name}.query+")  # each further page is another round trip
                 for entity in page:
                     out.append(_plain(entity))
                     if limit is not None and len(out) >= limit:
                         return out
-                context.count_storage_op()  # each further page is another round trip
         except Exception as exc:  # noqa: BLE001
             raise _translate(exc) from exc
         return out

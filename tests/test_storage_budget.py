@@ -55,7 +55,7 @@ BUDGETS = {
         ("resetpassword/v1.0/challenge", 4),
         ("resetpassword/v1.0/continue", 6),
         ("resetpassword/v1.0/submit", 5),   # flows.get, users.get, flows.update (counted, A53), users.update, flows.update
-        ("resetpassword/v1.0/poll_completion", 2),
+        ("resetpassword/v1.0/poll_completion", 1),   # a read: the same token back
         ("oauth2/v2.0/token", 8),
     ],
 }

@@ -4,7 +4,7 @@
 Flow states for ``kind = "reset"``::
 
     started --challenge--> code_sent --continue(oob)--> code_verified --submit--> reset_done
-            --poll_completion--> ready_for_token   (then /token grant_type=continuation_token)
+            (--poll_completion: succeeded, the same token) --/token grant_type=continuation_token--> done
 
 The reset is done synchronously in ``/submit``, so the first poll already says
 ``succeeded``. It revokes every refresh token of the user (``rt_not_before``)
@@ -143,8 +143,8 @@ def submit(request: Request, settings: Settings) -> Response:
 def poll_completion(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     if flow["state"] == "reset_done":
-        flow = flows.advance(storage, flow, state="ready_for_token")
-        return ok({"status": "succeeded", "continuation_token": flow.token})
+        # A read (SDKs poll it): the same token back, no write; /token ends the flow.
+        return ok({"status": "succeeded", "continuation_token": flows.presented(flow)})
     if flow["state"] == "code_verified":
         return ok({"status": "not_started", "continuation_token": form.get("continuation_token")})
     raise errors.InvalidGrant("This flow has no reset to report on.")

@@ -193,7 +193,8 @@ def token(request: Request, settings: Settings) -> Response:
             return _oob_grant(storage, settings, flow, form, scopes, request)
         if grant in ("mfa_oob", "oob") and flow["state"] == "mfa_challenge":
             return mfa.token(storage, settings, flow, form, scopes, request)
-        if grant == "continuation_token" and flow["state"] == "ready_for_token":
+        if grant == "continuation_token" and (flow["state"] == "ready_for_token"
+                                              or (flow["kind"] == "reset" and flow["state"] == "reset_done")):
             return complete(storage, settings, flow, scopes, form, request)
     except (errors.InvalidCredentials, errors.InvalidOob, errors.PasswordResetRequired,
             errors.ExtensionBlocked) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import azure.functions as func
@@ -9,6 +10,25 @@ import azure.functions as func
 from shared.protocol import http as protocol
 
 ANON = func.AuthLevel.ANONYMOUS
+LAZY: list[tuple[str, str]] = []   # every lazy handler, for the test that each one resolves
+
+
+def lazy(module: str, attr: str) -> Callable:
+    """The handler ``module.attr``, imported on its first call: the Functions
+    worker imports function_app to index the functions, and the domain
+    modules (flows, policies, tokens) need not be loaded for that, only for
+    the first request that uses them (cold start: bench/RESULTS.md §5)."""
+    target: list[Callable] = []
+    LAZY.append((module, attr))
+
+    def call(*args, **kwargs):
+        if not target:
+            target.append(getattr(importlib.import_module(module), attr))
+        return target[0](*args, **kwargs)
+
+    call.__name__ = attr
+    call.__qualname__ = f"{module}.{attr}"
+    return call
 
 
 def to_request(req: func.HttpRequest) -> protocol.Request:

@@ -7,12 +7,10 @@ path segment (docs/sdk-compatibility.md)."""
 
 import azure.functions as func
 
-from shared.protocol import discovery
-
-from ._http import endpoint
+from ._http import endpoint, lazy
 
 bp = func.Blueprint()
 
-endpoint(bp, "openid_configuration", ".well-known/openid-configuration", discovery.openid_configuration, "GET",
+endpoint(bp, "openid_configuration", ".well-known/openid-configuration", lazy("shared.protocol.discovery", "openid_configuration"), "GET",
          aliases={"openid_configuration_v2": "v2.0/.well-known/openid-configuration"})
-endpoint(bp, "jwks", "discovery/v2.0/keys", discovery.jwks, "GET")
+endpoint(bp, "jwks", "discovery/v2.0/keys", lazy("shared.protocol.discovery", "jwks"), "GET")

@@ -6,30 +6,32 @@ import logging
 
 import azure.functions as func
 
-from shared.storage import maintenance
-
-from ._http import ANON, serve
+from ._http import ANON, lazy, serve
 
 bp = func.Blueprint()
+_health = lazy("shared.storage.maintenance", "health")
+_health_detail = lazy("shared.storage.maintenance", "health_detail")
+_purge_expired = lazy("shared.storage.maintenance", "purge_expired")
+_not_found = lazy("shared.storage.maintenance", "not_found")
 
 
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET", "OPTIONS"], auth_level=ANON)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("health", req, maintenance.health, methods="GET")
+    return serve("health", req, _health, methods="GET")
 
 
 @bp.function_name("health_detail")
 @bp.route(route="health/detail", methods=["GET"], auth_level=func.AuthLevel.ADMIN)
 def health_detail(req: func.HttpRequest) -> func.HttpResponse:
     """The readiness report (python -m admin doctor): the host's admin (master) key is required in Azure."""
-    return serve("health_detail", req, maintenance.health_detail, methods="GET")
+    return serve("health_detail", req, _health_detail, methods="GET")
 
 
 @bp.function_name("purge_expired")
 @bp.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=True)
 def purge_expired(timer: func.TimerRequest) -> None:
-    counts = maintenance.purge_expired()
+    counts = _purge_expired()
     logging.getLogger("nativeauth.maintenance").info("purged %s", counts)
 
 
@@ -37,4 +39,4 @@ def purge_expired(timer: func.TimerRequest) -> None:
 @bp.route(route="{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"], auth_level=ANON)
 def not_found(req: func.HttpRequest) -> func.HttpResponse:
     """Unknown paths get the contract's JSON error (404), known paths with the wrong method 405."""
-    return serve("not_found", req, maintenance.not_found, methods="GET, POST, PUT, PATCH, DELETE, HEAD")
+    return serve("not_found", req, _not_found, methods="GET, POST, PUT, PATCH, DELETE, HEAD")

@@ -2,12 +2,10 @@
 
 import azure.functions as func
 
-from shared.flows import register
-
-from ._http import endpoint
+from ._http import endpoint, lazy
 
 bp = func.Blueprint()
 
-endpoint(bp, "register_introspect", "register/v1.0/introspect", register.introspect)
-endpoint(bp, "register_challenge", "register/v1.0/challenge", register.challenge)
-endpoint(bp, "register_continue", "register/v1.0/continue", register.continue_)
+endpoint(bp, "register_introspect", "register/v1.0/introspect", lazy("shared.flows.register", "introspect"))
+endpoint(bp, "register_challenge", "register/v1.0/challenge", lazy("shared.flows.register", "challenge"))
+endpoint(bp, "register_continue", "register/v1.0/continue", lazy("shared.flows.register", "continue_"))

@@ -2,14 +2,13 @@
 
 import azure.functions as func
 
-from shared.tokens import stepup
-
-from ._http import ANON, serve
+from ._http import ANON, lazy, serve
 
 bp = func.Blueprint()
+_sensitive = lazy("shared.tokens.stepup", "sensitive")
 
 
 @bp.function_name("sample_sensitive")
 @bp.route(route="sample/sensitive", methods=["GET", "OPTIONS"], auth_level=ANON)
 def sensitive(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("sample_sensitive", req, stepup.sensitive, methods="GET")
+    return serve("sample_sensitive", req, _sensitive, methods="GET")

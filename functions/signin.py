@@ -2,12 +2,10 @@
 
 import azure.functions as func
 
-from shared.flows import signin
-
-from ._http import endpoint
+from ._http import endpoint, lazy
 
 bp = func.Blueprint()
 
-endpoint(bp, "signin_initiate", "oauth2/v2.0/initiate", signin.initiate)
-endpoint(bp, "signin_challenge", "oauth2/v2.0/challenge", signin.challenge)
-endpoint(bp, "signin_introspect", "oauth2/v2.0/introspect", signin.introspect)
+endpoint(bp, "signin_initiate", "oauth2/v2.0/initiate", lazy("shared.flows.signin", "initiate"))
+endpoint(bp, "signin_challenge", "oauth2/v2.0/challenge", lazy("shared.flows.signin", "challenge"))
+endpoint(bp, "signin_introspect", "oauth2/v2.0/introspect", lazy("shared.flows.signin", "introspect"))

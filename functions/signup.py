@@ -2,12 +2,10 @@
 
 import azure.functions as func
 
-from shared.flows import signup
-
-from ._http import endpoint
+from ._http import endpoint, lazy
 
 bp = func.Blueprint()
 
-endpoint(bp, "signup_start", "signup/v1.0/start", signup.start)
-endpoint(bp, "signup_challenge", "signup/v1.0/challenge", signup.challenge)
-endpoint(bp, "signup_continue", "signup/v1.0/continue", signup.continue_)
+endpoint(bp, "signup_start", "signup/v1.0/start", lazy("shared.flows.signup", "start"))
+endpoint(bp, "signup_challenge", "signup/v1.0/challenge", lazy("shared.flows.signup", "challenge"))
+endpoint(bp, "signup_continue", "signup/v1.0/continue", lazy("shared.flows.signup", "continue_"))

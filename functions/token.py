@@ -2,10 +2,8 @@
 
 import azure.functions as func
 
-from shared.flows import signin
-
-from ._http import endpoint
+from ._http import endpoint, lazy
 
 bp = func.Blueprint()
 
-endpoint(bp, "token", "oauth2/v2.0/token", signin.token)
+endpoint(bp, "token", "oauth2/v2.0/token", lazy("shared.flows.signin", "token"))

@@ -122,3 +122,25 @@ def test_every_test_the_security_catalogue_names_exists():
                       for p in (ROOT / base).rglob("test_*.py"))
     missing = sorted(n for n in names if not re.search(rf"def {re.escape(n)}\b", sources))
     assert not missing, f"SECURITY.md names tests that do not exist: {missing}"
+
+
+def test_function_app_indexes_without_the_domain_and_every_handler_resolves():
+    """Cold start: importing function_app (what the Functions worker does to
+    index the functions) loads no flow, policy, token or delivery module;
+    those load with the first request that needs them. So a handler named
+    wrongly would only fail at its first request: each one must resolve."""
+    import importlib
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import function_app, sys; "
+                          "print('\\n'.join(m for m in sys.modules if m.startswith('shared.')))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    heavy = [m for m in out if m.split(".")[1] in ("flows", "security", "tokens", "delivery", "extensions")]
+    assert not heavy, f"function_app imports domain modules at index time: {heavy}"
+    import function_app  # noqa: F401
+    from functions._http import LAZY
+
+    assert len(LAZY) >= 25
+    for module, attr in LAZY:
+        assert callable(getattr(importlib.import_module(module), attr)), (module, attr)

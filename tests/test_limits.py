@@ -182,3 +182,23 @@ def test_limiter_fails_closed_when_storage_is_down():
 def test_limit_errors_have_the_contract_shape():
     exc = errors.SlowDown("x", retry_after=5)
     assert exc.status == 400 and exc.error == "slow_down" and exc.retry_after == 5
+
+
+def test_verifications_under_load_are_all_credited(server):
+    """Conversion is what tells users from pumps: a verification lost under load
+    makes a busy country look like a pumped one. 32 parallel sends to one
+    country, then their 32 verifications in parallel: every one is counted and
+    credited (the country counter is sharded: on one row, concurrent sends and
+    credits ran out of retries)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings, store = isolated(server)
+    numbers = [f"+3725{random.randrange(10 ** 7):07d}" for _ in range(32)]   # Estonia: no other test sends there
+    before = limits.report(store)["countries"].get("EE", {"sent": 0, "verified": 0})
+    with ThreadPoolExecutor(16) as pool:
+        plans = list(pool.map(lambda n: limits.check_and_count(store, settings, "sms", n, f"203.0.113.{random.randint(1, 254)}",
+                                                                purpose="mfa_code"), numbers))
+        list(pool.map(lambda p: limits.credit(store, p.ticket), plans))
+    after = limits.report(store)["countries"]["EE"]
+    assert after["sent"] - before["sent"] == 32
+    assert after["verified"] - before["verified"] == 32

@@ -66,7 +66,8 @@ log = logging.getLogger("nativeauth.limits")
 metrics = logging.getLogger("nativeauth.metrics")
 
 MAX_RETRIES = 10
-GLOBAL_SHARDS = 4  # each global budget bucket is spread over rows so that concurrent sends rarely collide
+GLOBAL_SHARDS = 16  # each global budget bucket is spread over rows so that concurrent sends rarely collide
+PUMP_SHARDS = 16    # the country counter takes every SMS to that country (and its verifications): the hottest row
 SUSPEND_PK = "suspend"
 SUSPENSION_CACHE_SECONDS = 30.0
 LOCAL_DESTINATION_FACTOR = 10
@@ -118,7 +119,7 @@ class Plan:
     pk: str
     rules: tuple[Rule, ...]
     ticket: Ticket
-    pump_keys: tuple[tuple[str, str, str], ...]  # (RowKey, kind, value) of the pumping counters (SMS)
+    pump_keys: tuple[tuple[str, str, str], ...]  # (RowKey of this send's shard, kind, value): pumping counters (SMS)
     channel: str
     bucket: str
     to: str
@@ -178,7 +179,9 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
         verified_keys.append(rules[-1].key)
         country = _country(to)
         for kind, value in (("pfx", to[:-4]), ("cty", country)):
-            key = f"h{hour}-pump{kind}-{hash_key(kind, value)[:32]}"
+            # Sharded (the shard is chosen here, so the flow's ticket can credit it): under load every
+            # send and every verification to one country would otherwise retry on one row.
+            key = f"{pump_base(hour, kind, value)}{random.randrange(PUMP_SHARDS)}"
             pump.append((key, kind, value))
             verified_keys.append(key)
         share = SMS_SHARES.get(bucket, 0)
@@ -224,15 +227,25 @@ def _country(e164: str) -> str:
         return "ZZ"
 
 
+def pump_base(hour: str, kind: str, value: str) -> str:
+    """The RowKey prefix of a pumping counter's shards (``<base><0..PUMP_SHARDS-1>``)."""
+    return f"h{hour}-pump{kind}-{hash_key(kind, value)[:32]}-"
+
+
+def _base(key: str) -> str:
+    return key[:key.rindex("-") + 1]
+
+
 def _filter(p: Plan) -> tuple[str, dict[str, Any]]:
-    keys = [r.key for r in p.rules if not r.shards] + [p.ticket.cooldown_key] + [k for k, _, _ in p.pump_keys]
+    keys = [r.key for r in p.rules if not r.shards] + [p.ticket.cooldown_key]
     params: dict[str, Any] = {"pk": p.pk}
     terms = []
     for i, key in enumerate(dict.fromkeys(keys)):
         params[f"r{i}"] = key
         terms.append(f"RowKey eq @r{i}")
-    for j, rule in enumerate(r for r in p.rules if r.shards):
-        params[f"lo{j}"], params[f"hi{j}"] = rule.key, rule.key[:-1] + "."  # '-' < '.': every shard of the rule
+    ranges = [r.key for r in p.rules if r.shards] + [_base(k) for k, _, _ in p.pump_keys]
+    for j, base in enumerate(ranges):
+        params[f"lo{j}"], params[f"hi{j}"] = base, base[:-1] + "."  # '-' < '.': every shard of the counter
         terms.append(f"( RowKey ge @lo{j} and RowKey lt @hi{j} )")
     # Spaces around the parentheses: the SDK substitutes @names between spaces.
     return "PartitionKey eq @pk and ( " + " or ".join(terms) + " )", params
@@ -273,12 +286,13 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
                 shard_rows = {k: v for k, v in rows.items() if k.startswith(rule.key)}
                 counts = {f"{rule.key}{i}": int(shard_rows.get(f"{rule.key}{i}", {}).get("count", 0))
                           for i in range(rule.shards)}
-                # All shards are read: the budget is exact (the sum), never refused while it has room;
-                # the write goes to the emptiest shard, so concurrent sends rarely touch the same row.
+                # All shards are read: the budget is exact (the sum), never refused while it has room.
                 if enforce and sum(counts.values()) >= rule.limit:
                     _refused(p, rule.what)
                     raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
-                key = min(counts, key=lambda k: (counts[k], random.random()))
+                # The write goes to a shard at random: choosing the emptiest made every concurrent send
+                # choose the same row (they all read the same counts).
+                key = random.choice(list(counts))
                 row = shard_rows.get(key)
             else:
                 key, row = rule.key, rows.get(rule.key)
@@ -302,7 +316,9 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
             fields = {"PartitionKey": p.pk, "RowKey": key, "kind": kind, "value": value,
                       "count": (int(row.get("count", 0)) if row else 0) + 1, "expires_at": expires}
             ops.append(("update", {**fields, "_etag": row["_etag"]}) if row else ("create", {**fields, "verified": 0}))
-            pump_rows.append((kind, value, fields["count"], int(row.get("verified", 0)) if row else 0))
+            shards = [r for k, r in rows.items() if k.startswith(_base(key))]
+            pump_rows.append((kind, value, sum(int(r.get("count", 0)) for r in shards) + 1,
+                              sum(int(r.get("verified", 0)) for r in shards)))
         try:
             table.batch(ops)
         except (Conflict, Modified):
@@ -451,13 +467,13 @@ def lift(storage: Storage, key: str) -> bool:
     digest = hash_key("cty", key[4:])[:32] if kind == "cty" else key[4:]
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
-    pump_key = f"h{time.strftime('%H', time.gmtime(now))}-pump{kind}-{digest}"
+    base = f"h{time.strftime('%H', time.gmtime(now))}-pump{kind}-{digest}-"
     for _ in range(MAX_RETRIES):
-        pump = table.get(pk, pump_key)
-        if pump is None:
-            break
+        shards = table.query("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                             {"pk": pk, "lo": base, "hi": base[:-1] + "."})
         try:
-            table.update({"PartitionKey": pk, "RowKey": pump_key, "count": int(pump.get("verified", 0))}, pump["_etag"])
+            table.batch([("update", {"PartitionKey": pk, "RowKey": r["RowKey"], "count": int(r.get("verified", 0)),
+                                     "_etag": r["_etag"]}) for r in shards])
             break
         except (Conflict, Modified):
             time.sleep(random.uniform(0.002, 0.02))

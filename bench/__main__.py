@@ -318,6 +318,28 @@ def pct(values: list[float], p: float) -> float:
     return values[f] + (values[min(f + 1, len(values) - 1)] - values[f]) * (k - f)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children[int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])].append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+        todo += children.get(p, [])
+    return total
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -557,12 +579,18 @@ def main(argv: list[str] | None = None) -> int:
             # 3: throughput
             results["throughput"] = {}
             for conc in (1, 4, 16):
+                azurite_pid = azurite.proc.pid if azurite.proc else None
+                cpu0 = (cpu_seconds(host.pid), cpu_seconds(azurite_pid) if azurite_pid else 0.0, time.process_time())
                 run = run_flows(port, outbox, flow_password_sms, users, conc, duration=args.duration)
+                cpu1 = (cpu_seconds(host.pid), cpu_seconds(azurite_pid) if azurite_pid else 0.0, time.process_time())
+                n = max(run["flows"], 1)
+                cpu_ms = {k: round((b - a) * 1000 / n, 1) for k, a, b in zip(("host", "azurite", "load_generator"), cpu0, cpu1)}
                 by_path = defaultdict(list)
                 for path, ms, _ in run["calls"]:
                     by_path[path].append(ms)
                 results["throughput"][conc] = {"flows_per_second": round(run["per_second"], 2), "flows": run["flows"],
                                                "errors": run["errors"], "error_samples": run["error_samples"],
+                                               "cpu_ms_per_flow": cpu_ms,
                                                "endpoints": {path: {"calls": len(v), "p50_ms": round(pct(v, .5), 1),
                                                                     "p95_ms": round(pct(v, .95), 1)}
                                                              for path, v in sorted(by_path.items())}}
@@ -608,7 +636,10 @@ def report(r: dict) -> None:
         print(f"  {path:36} {e['calls']:>6} {e['ops_mean']:>5} {e['p50_ms']:>7} {e['p95_ms']:>7} {e['p99_ms']:>7}")
     print("\nThroughput, password + SMS second factor (complete sign-ins per second)")
     for conc, t in r["throughput"].items():
-        print(f"  concurrency {conc:>2}: {t['flows_per_second']:>6} /s  ({t['flows']} flows, {t['errors']} errors)")
+        cpu = t.get("cpu_ms_per_flow") or {}
+        print(f"  concurrency {conc:>2}: {t['flows_per_second']:>6} /s  ({t['flows']} flows, {t['errors']} errors); "
+              f"CPU ms per sign-in: host {cpu.get('host')}, Azurite {cpu.get('azurite')}, "
+              f"load generator {cpu.get('load_generator')}")
     print("\nLatency per endpoint under load, password + SMS sign-ins (p50 / p95 ms)")
     levels = [c for c in r["throughput"] if c in (1, 16, "1", "16")]
     print("  " + f"{'endpoint':36}" + "".join(f"{'concurrency ' + str(c):>22}" for c in levels))

@@ -31,6 +31,26 @@ def lazy(module: str, attr: str) -> Callable:
     return call
 
 
+_all_resolved = False
+
+
+def unresolved() -> list[str]:
+    """Import every lazy handler (once, then cached): the ones that fail to load.
+    The health check answers 503 with them, so a broken deployment (a missing
+    native wheel, an import-time error) is not green while its endpoints 500."""
+    global _all_resolved
+    if _all_resolved:
+        return []
+    broken = []
+    for module, attr in list(LAZY):
+        try:
+            getattr(importlib.import_module(module), attr)
+        except Exception as exc:  # noqa: BLE001 - reported, never raised from the health check
+            broken.append(f"{module}.{attr}: {type(exc).__name__}")
+    _all_resolved = not broken
+    return broken
+
+
 def to_request(req: func.HttpRequest) -> protocol.Request:
     headers = {k.lower(): v for k, v in req.headers.items()}
     # The client IP comes from X-Forwarded-For, read by protocol.handle with

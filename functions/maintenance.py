@@ -6,7 +6,10 @@ import logging
 
 import azure.functions as func
 
-from ._http import ANON, lazy, serve
+from shared.protocol.http import Request, Response
+from shared.settings import Settings
+
+from ._http import ANON, lazy, serve, unresolved
 
 bp = func.Blueprint()
 _health = lazy("shared.storage.maintenance", "health")
@@ -15,10 +18,18 @@ _purge_expired = lazy("shared.storage.maintenance", "purge_expired")
 _not_found = lazy("shared.storage.maintenance", "not_found")
 
 
+def _checked_health(request: Request, settings: Settings) -> Response:
+    broken = unresolved()   # the first health check also loads every handler's modules
+    if broken:
+        return Response(503, {"status": "misconfigured", "handlers": "failed to load",
+                              "reason": "; ".join(broken)[:1000]}, {"Retry-After": "30"})
+    return _health(request, settings)
+
+
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET", "OPTIONS"], auth_level=ANON)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    return serve("health", req, _health, methods="GET")
+    return serve("health", req, _checked_health, methods="GET")
 
 
 @bp.function_name("health_detail")

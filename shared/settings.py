@@ -174,6 +174,7 @@ class Settings:
     new_method_unverified_per_account_hour: int
     signup_starts_per_ip_hour: int
     local_developer_relief: bool
+    storage_trace: bool
     pumping_prefix_unverified: int
     pumping_country_unverified: int
     pumping_min_conversion_percent: int
@@ -323,6 +324,9 @@ class Settings:
             # Local mode: the developer's own (loopback) requests have no per-IP limit, ten times the
             # per-destination caps and no global budget (shared/security/limits.py). Never in Azure.
             local_developer_relief=local and _bool(get("AUTH_LOCAL_DEVELOPER_RELIEF", "true"), "AUTH_LOCAL_DEVELOPER_RELIEF"),
+            # Local mode only, off by default: each response names the table operations it made (the tables
+            # touched differ between a known and an unknown name, so never where anyone else can call it).
+            storage_trace=local and _bool(get("AUTH_STORAGE_TRACE", "false"), "AUTH_STORAGE_TRACE"),
             pumping_prefix_unverified=i("AUTH_PUMPING_PREFIX_UNVERIFIED", 10, 0, 100000),
             pumping_country_unverified=i("AUTH_PUMPING_COUNTRY_UNVERIFIED", 50, 0, 1000000),
             pumping_min_conversion_percent=i("AUTH_PUMPING_MIN_CONVERSION_PERCENT", 30, 0, 100),
@@ -452,6 +456,7 @@ SETTING_NAMES = (
     "AUTH_NEW_METHOD_UNVERIFIED_PER_ACCOUNT_HOUR",
     "AUTH_SIGNUP_STARTS_PER_IP_HOUR",
     "AUTH_LOCAL_DEVELOPER_RELIEF",
+    "AUTH_STORAGE_TRACE",
     "AUTH_PUMPING_PREFIX_UNVERIFIED",
     "AUTH_PUMPING_COUNTRY_UNVERIFIED",
     "AUTH_PUMPING_MIN_CONVERSION_PERCENT",

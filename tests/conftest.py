@@ -117,7 +117,7 @@ def make_settings(azurite: Azurite, tmp: Path, **env: str) -> settings_mod.Setti
         "AUTH_NEW_METHOD_UNVERIFIED_PER_ACCOUNT_HOUR": "100000",
         # The suite exercises the production limits: no local-developer relief; pumping detection off
         # (the suite sends many unverified SMS to German numbers; tests/test_attacks_limits.py turns it on).
-        "AUTH_LOCAL_DEVELOPER_RELIEF": "false",
+        "AUTH_LOCAL_DEVELOPER_RELIEF": "false", "AUTH_STORAGE_TRACE": "true",
         "AUTH_PUMPING_PREFIX_UNVERIFIED": "0", "AUTH_PUMPING_COUNTRY_UNVERIFIED": "0",
     }
     base.update(env)

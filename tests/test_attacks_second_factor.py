@@ -485,3 +485,51 @@ def test_A56_step_up_inside_a_freshness_window_does_not_loop(server, api, outbox
         assert r.status == 200, r.body
         assert claims_of(r["access_token"]).get("acrs") == ["c1"]
         assert sensitive(api, r["access_token"]).status == 200
+
+
+def test_A111_a_continuation_token_from_a_url_log_is_dead(server, api, outbox, make_user, require_mfa):
+    """The register endpoints also read parameters from the query string (the docs show that form), and URLs
+    end up in front-end, proxy and Application Insights logs. A token that arrived in a URL is burnt on
+    arrival: its holder (someone reading the logs) cannot register their own phone, whatever the answer was
+    (a read-only introspect, a wrong code, a refused challenge); the client continues with the successor the
+    answer carries, errors included."""
+    from urllib.parse import urlencode
+
+    def url_post(path: str, **params):
+        q = urlencode({"client_id": api.client_id, **params})
+        return api.request("POST", f"{path}?{q}", b"", {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def attacker_registers(token: str) -> bool:
+        phone = f"+49151{random.randrange(10 ** 8):08d}"
+        c = api.post("register/v1.0/challenge", continuation_token=token, challenge_type="oob",
+                     challenge_channel="sms", challenge_target=phone)
+        return c.status == 200
+
+    email, _ = make_user()                      # a password, no method yet: registration_required
+    require_mfa(email)
+    first = password_first_factor(api, email)
+    assert first["suberror"] == "registration_required", first.body
+    logged = first["continuation_token"]
+    listed = url_post("register/v1.0/introspect", continuation_token=logged)          # a read-only step
+    assert listed.status == 200 and listed["continuation_token"] != logged
+    assert not attacker_registers(logged)
+    bad = url_post("register/v1.0/challenge", continuation_token=listed["continuation_token"], challenge_type="oob",
+                   challenge_channel="sms", challenge_target="not a number")          # a refused step
+    assert bad.status == 400 and bad["continuation_token"] not in (listed["continuation_token"], logged)
+    assert not attacker_registers(listed["continuation_token"])
+    phone = f"+49151{random.randrange(10 ** 8):08d}"
+    sent = url_post("register/v1.0/challenge", continuation_token=bad["continuation_token"], challenge_type="oob",
+                    challenge_channel="sms", challenge_target=phone)
+    assert sent.status == 200
+    wrong = url_post("register/v1.0/continue", continuation_token=sent["continuation_token"], grant_type="oob",
+                     oob="00000000")                                                 # a wrong code
+    assert wrong.status == 400 and wrong["continuation_token"] != sent["continuation_token"]
+    assert not attacker_registers(sent["continuation_token"])
+    done = url_post("register/v1.0/continue", continuation_token=wrong["continuation_token"], grant_type="oob",
+                    oob=outbox.last_code(phone))                                     # the user carries on
+    assert done.status == 200
+    tokens = api.post("oauth2/v2.0/token", continuation_token=done["continuation_token"],
+                      grant_type="continuation_token", scope=SCOPE)
+    assert tokens.status == 200 and tokens["access_token"]
+    user = directory.get_user(server.storage, email)
+    assert [m["target"] for m in user.methods] == [phone]

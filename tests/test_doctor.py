@@ -218,3 +218,17 @@ def test_the_rotation_script_waits_for_what_the_readiness_report_shows(server):
     assert 's/AUTH_CODE_HASH_KEY/code hash key/' in script and "also accepted.*$fp" in script
     deploy = (ROOT / "docs" / "deploy.md").read_text()
     assert "scripts/rotate_secret.sh" in deploy and "configreferences/appsettings/refresh" in deploy
+
+
+def test_health_is_not_green_while_a_handler_cannot_load(server, api, monkeypatch):
+    """Handlers load with their first request (cold start); the health check loads them all, so a deployment
+    whose domain cannot be imported answers 503 with the reason instead of 200 while every endpoint fails."""
+    import functions._http as adapter
+
+    monkeypatch.setattr(adapter, "_all_resolved", False)
+    monkeypatch.setattr(adapter, "LAZY", adapter.LAZY + [("shared.flows.no_such_module", "handler")])
+    r = api.get("health")
+    assert r.status == 503 and r["handlers"] == "failed to load", r.body
+    assert "shared.flows.no_such_module.handler: ModuleNotFoundError" in r["reason"]
+    monkeypatch.setattr(adapter, "LAZY", [e for e in adapter.LAZY if e[0] != "shared.flows.no_such_module"])
+    assert api.get("health").status == 200

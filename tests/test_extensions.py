@@ -128,7 +128,7 @@ def test_a_broken_extension_fails_the_step_cleanly(server, api, make_user, exten
     assert "access_token" not in r.body and r.headers["retry-after"] == "5"
 
 
-@pytest.mark.parametrize("name", ["sub", "oid", "aud", "scp", "acrs", "Roles_WIDS", "xms_pdl", "email", "amr", "tid"])
+@pytest.mark.parametrize("name", ["sub", "oid", "aud", "scp", "acrs", "WIDS", "xms_pdl", "email", "amr", "tid"])
 def test_A105_an_extension_cannot_set_a_reserved_claim(server, api, make_user, extensions, hostile, name):
     """A compromised or careless extension returns `sub`, `oid`, `scp`, `acrs`, …:
     the answer is refused as malformed, no token carries it (it cannot even be mapped)."""
@@ -390,7 +390,9 @@ def test_a_failing_client_does_not_open_the_breaker_for_another(server, api, mak
 
 @pytest.mark.parametrize("url", ["https://example.com:99999/x", "https://a..b/x", "https://" + "a" * 64 + ".com/x",
                                  "https://[64:ff9b::a9fe:a9fe]/x", "https://[2002:7f00:1::]/x", "https://[::127.0.0.1]/x",
-                                 "https://[fec0::1]/x"])
+                                 "https://[fec0::1]/x", "https://[::ffff:0:7f00:1]/x",
+                                 "https://[64:ff9b:1:7f00:0:100:808:808]/x", "https://[ff0e::1]/x",
+                                 "https://168.63.129.16/x"])
 def test_A108_more_urls_the_guard_refuses(server, url):
     azure = dataclasses.replace(server.settings, environment="azure")
     with pytest.raises(config.ExtensionConfigError):
@@ -406,3 +408,36 @@ def test_A105_claims_other_apis_act_on_and_this_services_own_audiences_are_refus
     for resource in ("api://native-auth", server.settings.account_resource, server.settings.issuer):
         with pytest.raises(config.ExtensionConfigError, match="resource"):
             config.validate({**base, "resource": resource, "claims": {"access_token": ["roles"]}}, server.settings)
+
+
+def test_A105_the_client_id_of_a_registered_app_is_refused_as_resource_and_roles_stay_settable(server, hostile):
+    """The extension's bearer token has `aud` = its resource: the client id of an app registered here would
+    make it a token that app accepts. `roles` (app roles from the customer's data) is what extensions are
+    for, so it stays settable; `wids` and `groups` do not."""
+    import uuid
+
+    from shared.storage import directory as directory_mod
+
+    other = f"app-{uuid.uuid4().hex[:8]}"
+    directory_mod.register_client(server.storage, other, "another app")
+    base = {"name": f"r-{uuid.uuid4().hex[:6]}", "event": "tokenIssuanceStart", "url": hostile.url}
+    with pytest.raises(config.ExtensionConfigError, match="resource"):
+        config.save(server.storage, server.settings, {**base, "resource": other, "claims": {"access_token": ["plan"]}})
+    assert "roles" not in config.RESERVED_CLAIMS and {"wids", "groups", "scp"} <= config.RESERVED_CLAIMS
+    assert not any("_" in c and c.startswith("roles") for c in config.RESERVED_CLAIMS)
+
+
+def test_a_slow_resolver_is_bounded_by_the_attempt_timeout(monkeypatch):
+    """Name resolution runs inside the attempt's budget: a resolver that hangs is a timeout, not a held request."""
+    import socket
+    import time as time_mod
+
+    def hang(*args, **kwargs):
+        time_mod.sleep(3)
+        raise OSError("late")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    started = time_mod.monotonic()
+    with pytest.raises(caller.ExtensionError) as info:
+        caller._getaddrinfo("slow.example.com", 443, 0.3)
+    assert info.value.kind == "timeout" and time_mod.monotonic() - started < 1.5

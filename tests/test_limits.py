@@ -202,3 +202,31 @@ def test_verifications_under_load_are_all_credited(server):
     after = limits.report(store)["countries"]["EE"]
     assert after["sent"] - before["sent"] == 32
     assert after["verified"] - before["verified"] == 32
+
+
+@pytest.mark.parametrize("channel,purpose,env,share", [
+    ("sms", "mfa_code", {"AUTH_SMS_GLOBAL_HOUR": "10"}, ("SMS", "second_factor", 10)),
+    ("email", "signup_code", {"AUTH_EMAIL_GLOBAL_MINUTE": "100000", "AUTH_EMAIL_GLOBAL_HOUR": "25"},
+     ("EMAIL", "sign_up", 25)),
+])
+def test_a_parallel_burst_never_passes_a_global_budget(server, channel, purpose, env, share):
+    """48 sends at once against a small budget: exactly the budget passes (each shard holds its own slice and
+    takes its last place with If-Match; with one shared total read by all, sends that read the same sum and
+    wrote to different shards overshot it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings, store = isolated(server, **env)
+    kind, bucket, total = share
+    budget = int(total * getattr(limits, f"{kind}_SHARES")[bucket])
+
+    def one(i: int) -> bool:
+        to = f"+49151{random.randrange(10 ** 8):08d}" if channel == "sms" else unique_email(f"b{i}")
+        try:
+            limits.check_and_count(store, settings, channel, to, f"203.0.113.{i % 250 + 1}", purpose=purpose)
+            return True
+        except errors.SlowDown:
+            return False
+
+    with ThreadPoolExecutor(16) as pool:
+        allowed = sum(pool.map(one, range(48)))
+    assert allowed == budget, (allowed, budget)

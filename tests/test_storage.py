@@ -154,10 +154,14 @@ def test_operations_are_counted_per_request_context(table):
     assert ctx.storage_ops == 3
 
 
-def test_api_calls_report_their_storage_operations(api):
+def test_api_calls_report_their_storage_operations(server, api):
     r = api.post("oauth2/v2.0/initiate", username="nobody@example.com", challenge_type="password redirect")
     assert r.status == 200
     assert r.headers["x-storage-ops"] == "2"  # one user lookup, one flow insert
+    assert r.headers["x-storage-trace"].endswith("users.get," + server.settings.table_prefix + "flows.create")
+    with server.override(storage_trace=False):   # the default: which tables a request touched is not shown
+        r = api.post("oauth2/v2.0/initiate", username="nobody@example.com", challenge_type="password redirect")
+    assert r.headers["x-storage-ops"] == "2" and "x-storage-trace" not in r.headers
 
 
 def test_keys_hide_identifiers():

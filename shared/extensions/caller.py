@@ -170,9 +170,31 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def _resolve(host: str, port: int, settings: Settings) -> str:
+_resolver = None
+_resolver_lock = threading.Lock()
+
+
+def _getaddrinfo(host: str, port: int, timeout: float):
+    """getaddrinfo within the attempt's time budget: a slow resolver for the extension's domain must not hold
+    the request (the lookup runs on a small pool; one that overruns is abandoned, and a pool kept busy by a
+    stuck resolver fails later lookups as timeouts rather than queueing requests behind it)."""
+    global _resolver
+    from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+
+    with _resolver_lock:
+        if _resolver is None:
+            _resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ext-dns")
+    future = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return future.result(timeout=timeout)
+    except FutureTimeout:
+        future.cancel()
+        raise ExtensionError("timeout", "dns") from None
+
+
+def _resolve(host: str, port: int, settings: Settings, timeout: float = 10.0) -> str:
+    try:
+        infos = _getaddrinfo(host, port, timeout)
     except (OSError, UnicodeError, ValueError) as exc:
         raise ExtensionError("connection", f"cannot resolve: {type(exc).__name__}") from None
     addresses = [info[4][0] for info in infos]
@@ -196,7 +218,7 @@ def _post_once(url: str, body: bytes, token: str, timeout: float, settings: Sett
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ExtensionError("url", "port") from None
-    address = _resolve(parts.hostname or "", port, settings)
+    address = _resolve(parts.hostname or "", port, settings, timeout)
     conn = (_PinnedHTTPS(parts.hostname, port, address, timeout, _context()) if parts.scheme == "https"
             else _PinnedHTTP(parts.hostname, port, address, timeout))
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -41,8 +41,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 CLAIM_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,63}$")
 MAX_TIMEOUT_MS = 10000
 # Claims an extension can never set: the protocol's own and those Entra restricts (claims-mapping policy type).
+# `roles` is deliberately settable: app roles from the customer's own data are what extensions are for (the
+# issue's first use case); resource servers that act on them trust the customer's extension (SECURITY.md §3.6).
 RESERVED_CLAIMS = frozenset(c.lower() for c in (
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "oid", "tid", "amr", "acr", "acrs", "scp", "roles_wids", "azp",
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "oid", "tid", "amr", "acr", "acrs", "scp", "azp",
     "azpacr", "appid", "appidacr", "ver", "auth_time", "sid", "nonce", "client_id", "idp", "idtyp", "at_hash",
     "c_hash", "email", "preferred_username", "upn", "unique_name", "name", "uti", "rh", "wids", "ipaddr", "cnf",
     "typ", "alg", "kid", "x5t", "onprem_sid", "pwd_exp", "pwd_url", "puid", "login_hint", "client_info", "ctry",
@@ -175,8 +177,12 @@ def check_url(url: Any, settings: Settings) -> None:
 
 # IPv6 forms that carry (or translate to) an IPv4 address, and site-local space: Python's ``is_global``
 # lets some through (NAT64, IPv4-compatible, 6to4), so they are refused here unless what they carry is public.
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
-_REFUSED_V6 = (ipaddress.ip_network("::/96"), ipaddress.ip_network("fec0::/10"))
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"),)   # RFC 6052 well-known prefix: the v4 address in the last 32 bits
+_REFUSED_V6 = (ipaddress.ip_network("::/96"), ipaddress.ip_network("fec0::/10"),
+               ipaddress.ip_network("64:ff9b:1::/48"),      # local-use NAT64 (RFC 8215): v4 elsewhere in the address
+               ipaddress.ip_network("::ffff:0:0:0/96"))     # SIIT IPv4-translated (RFC 2765)
+# Azure's platform addresses: the wire server (168.63.129.16) is globally routed, yet only the platform's.
+_REFUSED_V4 = (ipaddress.ip_network("168.63.129.16/32"),)
 
 
 def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -191,7 +197,9 @@ def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return public_address(ipaddress.ip_address(int(ip) & 0xFFFFFFFF))
         if any(ip in net for net in _REFUSED_V6):
             return False
-    return ip.is_global
+    elif any(ip in net for net in _REFUSED_V4):
+        return False
+    return ip.is_global and not ip.is_multicast
 
 
 # ------------------------------------------------------------------ storage
@@ -227,6 +235,11 @@ def clear_cache() -> None:
 def save(storage: Storage, settings: Settings, raw: dict[str, Any]) -> dict[str, Any]:
     existing = next((e for e in load(storage, fresh=True) if e["name"] == raw.get("name")), None)
     ext = validate(raw, settings, existing=existing)
+    from shared.storage.directory import get_client
+
+    if get_client(storage, settings, ext["resource"].strip()) is not None:
+        raise ExtensionConfigError("resource: the extension's own audience, not the client id of an app registered "
+                                   "here (the token it receives would be accepted by that app)")
     if ext["state"] == "on":
         for other in load(storage, fresh=True):
             if other["name"] == ext["name"] or other["event"] != ext["event"] or other.get("state") != "on":

@@ -18,6 +18,8 @@ address without a code.
 
 from __future__ import annotations
 
+import contextvars
+
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import methods
@@ -29,6 +31,7 @@ from shared.settings import Settings
 from shared.flows.signin import begin
 
 FLOW_KINDS = ("signin", "signup", "reset")
+_successor_token: contextvars.ContextVar[str] = contextvars.ContextVar("register_successor_token", default="")
 INVALID_CONTACT = (901001,)
 BLOCKED_CONTACT = (550024,)
 
@@ -39,9 +42,33 @@ BlockedContact = errors.BlockedContact
 def _load(request: Request, settings: Settings):
     # Contract §8 #4: the docs show query-string parameters; the SDKs send a form.
     form, storage, client_id, flow = begin(request, settings, FLOW_KINDS, allow_query=True)
+    if request.query.get("continuation_token") and form.get("continuation_token") == request.query["continuation_token"]:
+        # A token in a URL is in front-end, proxy and Application Insights logs: it is burnt on arrival
+        # (one write), and every answer, errors included, carries its successor. Otherwise a read-only
+        # step or a wrong code would leave the logged token live for whoever reads the logs.
+        flow = flows.advance(storage, flow)
+        _successor_token.set(flow.token)
     return form, storage, flow
 
 
+def _successor(handler):
+    """Errors of a request whose URL token was burnt carry the new token."""
+    def run(request: Request, settings: Settings) -> Response:
+        reset = _successor_token.set("")
+        try:
+            return handler(request, settings)
+        except errors.AuthError as exc:
+            successor = _successor_token.get()
+            if successor and "continuation_token" not in exc.extra:
+                exc.extra["continuation_token"] = successor
+            raise
+        finally:
+            _successor_token.reset(reset)
+    run.__name__, run.__doc__ = handler.__name__, handler.__doc__
+    return run
+
+
+@_successor
 def introspect(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     if flow["state"] not in ("registration_required", "register_challenge"):
@@ -59,6 +86,7 @@ def introspect(request: Request, settings: Settings) -> Response:
     return ok({"continuation_token": token, "methods": offered})
 
 
+@_successor
 def challenge(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     if flow["state"] not in ("registration_required", "register_challenge"):
@@ -95,6 +123,7 @@ def challenge(request: Request, settings: Settings) -> Response:
                      register_target=target)
 
 
+@_successor
 def continue_(request: Request, settings: Settings) -> Response:
     form, storage, flow = _load(request, settings)
     grant = form.get("grant_type")

@@ -404,5 +404,6 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
     )
     if settings.is_local:  # for the benchmark and tests; not shown in Azure
         response.headers["x-storage-ops"] = str(ctx.storage_ops)
-        response.headers["x-storage-trace"] = ",".join(ctx.storage_trace)[:2000]
+        if settings.storage_trace:
+            response.headers["x-storage-trace"] = ",".join(ctx.storage_trace)[:2000]
     return response

@@ -286,13 +286,18 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
                 shard_rows = {k: v for k, v in rows.items() if k.startswith(rule.key)}
                 counts = {f"{rule.key}{i}": int(shard_rows.get(f"{rule.key}{i}", {}).get("count", 0))
                           for i in range(rule.shards)}
-                # All shards are read: the budget is exact (the sum), never refused while it has room.
+                # All shards are read: refused exactly when their sum is at the budget. Each shard holds its
+                # own slice of the budget (the slices add up to it) and a send is written, If-Match, to a
+                # shard with room in its slice, chosen at random: concurrent sends spread over the rows, and
+                # two of them can never both take a slice's last place, so a burst cannot pass the budget
+                # (while the budget is unchanged in the window: after it is lowered mid-window, a slice may
+                # already hold more than its share and the least-filled shard takes the send).
                 if enforce and sum(counts.values()) >= rule.limit:
                     _refused(p, rule.what)
                     raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
-                # The write goes to a shard at random: choosing the emptiest made every concurrent send
-                # choose the same row (they all read the same counts).
-                key = random.choice(list(counts))
+                room = [k for i, k in enumerate(counts)
+                        if counts[k] < rule.limit // rule.shards + (i < rule.limit % rule.shards)]
+                key = random.choice(room) if room else min(counts, key=lambda k: (counts[k], random.random()))
                 row = shard_rows.get(key)
             else:
                 key, row = rule.key, rows.get(rule.key)
@@ -468,15 +473,19 @@ def lift(storage: Storage, key: str) -> bool:
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
     base = f"h{time.strftime('%H', time.gmtime(now))}-pump{kind}-{digest}-"
-    for _ in range(MAX_RETRIES):
-        shards = table.query("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                             {"pk": pk, "lo": base, "hi": base[:-1] + "."})
-        try:
-            table.batch([("update", {"PartitionKey": pk, "RowKey": r["RowKey"], "count": int(r.get("verified", 0)),
-                                     "_etag": r["_etag"]}) for r in shards])
-            break
-        except (Conflict, Modified):
-            time.sleep(random.uniform(0.002, 0.02))
+    shards = table.query("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                         {"pk": pk, "lo": base, "hi": base[:-1] + "."})
+    for shard in shards:   # shard by shard: a busy country must not make one 16-row batch fail for good
+        for _ in range(MAX_RETRIES * 3):
+            try:
+                table.update({"PartitionKey": pk, "RowKey": shard["RowKey"], "count": int(shard.get("verified", 0))},
+                             shard["_etag"])
+                break
+            except (Conflict, Modified):
+                time.sleep(random.uniform(0.002, 0.02))
+                shard = table.get(pk, shard["RowKey"]) or shard
+        else:
+            log.warning("lift %s: the hour's count of one shard could not be forgiven (contended)", key)
     clear_cache()
     return True
 

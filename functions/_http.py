@@ -11,6 +11,9 @@ from shared.protocol import http as protocol
 
 ANON = func.AuthLevel.ANONYMOUS
 LAZY: list[tuple[str, str]] = []   # every lazy handler, for the test that each one resolves
+# Packages the domain imports only when first needed (tokens, phone numbers, the password policy, hashing):
+# the health check loads them too, so a deployment missing one is not green.
+LAZY_PACKAGES = ("jwt", "phonenumbers", "zxcvbn", "argon2", "cryptography.hazmat.primitives.asymmetric.rsa")
 
 
 def lazy(module: str, attr: str) -> Callable:
@@ -42,11 +45,13 @@ def unresolved() -> list[str]:
     if _all_resolved:
         return []
     broken = []
-    for module, attr in list(LAZY):
+    for module, attr in list(LAZY) + [(name, "") for name in LAZY_PACKAGES]:
         try:
-            getattr(importlib.import_module(module), attr)
+            loaded = importlib.import_module(module)
+            if attr:
+                getattr(loaded, attr)
         except Exception as exc:  # noqa: BLE001 - reported, never raised from the health check
-            broken.append(f"{module}.{attr}: {type(exc).__name__}")
+            broken.append(f"{module}{'.' + attr if attr else ''}: {type(exc).__name__}")
     _all_resolved = not broken
     return broken
 
@@ -69,8 +74,12 @@ def to_response(resp: protocol.Response) -> func.HttpResponse:
     )
 
 
+_burn_url_token = lazy("shared.flows.state", "burn_url_token")
+
+
 def serve(name: str, req: func.HttpRequest, handler: Callable, methods: str = "POST") -> func.HttpResponse:
-    return to_response(protocol.handle(name, to_request(req), handler, methods=methods))
+    return to_response(protocol.handle(name, to_request(req), handler, methods=methods,
+                                       url_token_guard=_burn_url_token))
 
 
 def endpoint(bp: func.Blueprint, name: str, route: str, handler: Callable, methods: str = "POST",

@@ -533,3 +533,39 @@ def test_A111_a_continuation_token_from_a_url_log_is_dead(server, api, outbox, m
     assert tokens.status == 200 and tokens["access_token"]
     user = directory.get_user(server.storage, email)
     assert [m["target"] for m in user.methods] == [phone]
+
+
+@pytest.mark.parametrize("variant", ["a JSON body", "no client_id", "GET", "another token in the body",
+                                     "a sign-in endpoint"])
+def test_A111_a_url_token_is_dead_even_when_the_request_is_refused(server, api, outbox, make_user, require_mfa, variant):
+    """The burn does not depend on the request being well formed: a token that was in any URL (refused for its
+    content type, a missing client_id, a wrong method, a different token in the body, or sent to an endpoint
+    that never reads the query string) cannot be used afterwards to register a method."""
+    from urllib.parse import urlencode
+
+    email, _ = make_user()
+    require_mfa(email)
+    first = password_first_factor(api, email)
+    assert first["suberror"] == "registration_required", first.body
+    logged = first["continuation_token"]
+    query = {"client_id": api.client_id, "continuation_token": logged}
+    if variant == "a JSON body":
+        r = api.request("POST", f"register/v1.0/introspect?{urlencode(query)}", b"{}", {"Content-Type": "application/json"})
+        assert r.status == 400
+    elif variant == "no client_id":
+        api.request("POST", f"register/v1.0/introspect?{urlencode({'continuation_token': logged})}", b"", FORM)
+    elif variant == "GET":
+        api.request("GET", f"register/v1.0/introspect?{urlencode(query)}", None, {})
+    elif variant == "another token in the body":
+        other, _ = make_user()
+        require_mfa(other)
+        body = urlencode({"continuation_token": password_first_factor(api, other)["continuation_token"]}).encode()
+        api.request("POST", f"register/v1.0/introspect?{urlencode(query)}", body, FORM)
+    else:
+        api.request("POST", f"oauth2/v2.0/challenge?{urlencode(query)}", b"", FORM)
+    phone = random_phone()
+    c = api.post("register/v1.0/challenge", continuation_token=logged, challenge_type="oob", challenge_channel="sms",
+                 challenge_target=phone)
+    assert c.status == 400 and c["error"] == "invalid_grant", c.body
+    assert outbox.count(phone) == 0
+    assert directory.get_user(server.storage, email).methods == []

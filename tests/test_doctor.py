@@ -231,4 +231,8 @@ def test_health_is_not_green_while_a_handler_cannot_load(server, api, monkeypatc
     assert r.status == 503 and r["handlers"] == "failed to load", r.body
     assert "shared.flows.no_such_module.handler: ModuleNotFoundError" in r["reason"]
     monkeypatch.setattr(adapter, "LAZY", [e for e in adapter.LAZY if e[0] != "shared.flows.no_such_module"])
+    monkeypatch.setattr(adapter, "LAZY_PACKAGES", adapter.LAZY_PACKAGES + ("no_such_package_for_tokens",))
+    r = api.get("health")                      # a package the domain imports on first use is missing
+    assert r.status == 503 and "no_such_package_for_tokens: ModuleNotFoundError" in r["reason"], r.body
+    monkeypatch.setattr(adapter, "LAZY_PACKAGES", adapter.LAZY_PACKAGES[:-1])
     assert api.get("health").status == 200

@@ -421,8 +421,13 @@ def test_A105_the_client_id_of_a_registered_app_is_refused_as_resource_and_roles
     other = f"app-{uuid.uuid4().hex[:8]}"
     directory_mod.register_client(server.storage, other, "another app")
     base = {"name": f"r-{uuid.uuid4().hex[:6]}", "event": "tokenIssuanceStart", "url": hostile.url}
-    with pytest.raises(config.ExtensionConfigError, match="resource"):
-        config.save(server.storage, server.settings, {**base, "resource": other, "claims": {"access_token": ["plan"]}})
+    for spelling in (other, other.upper(), other + "/", f"api://{other}", f"spn:{other}"):
+        with pytest.raises(config.ExtensionConfigError, match="resource"):
+            config.save(server.storage, server.settings, {**base, "resource": spelling, "claims": {"access_token": ["plan"]}})
+    later = f"app-{uuid.uuid4().hex[:8]}"          # an app registered after the extension was saved
+    assert not config.names_a_client(server.storage, server.settings, f"api://{later}")
+    directory_mod.register_client(server.storage, later, "registered later")
+    assert config.names_a_client(server.storage, server.settings, f"api://{later}")   # checked before each call too
     assert "roles" not in config.RESERVED_CLAIMS and {"wids", "groups", "scp"} <= config.RESERVED_CLAIMS
     assert not any("_" in c and c.startswith("roles") for c in config.RESERVED_CLAIMS)
 

@@ -40,7 +40,7 @@ from shared.protocol.context import current
 from shared.settings import Settings
 from shared.storage.tables import Storage
 
-from .config import ExtensionConfigError, check_url, public_address
+from .config import ExtensionConfigError, check_url, names_a_client, public_address
 
 log = logging.getLogger("nativeauth.extensions")
 
@@ -218,7 +218,9 @@ def _post_once(url: str, body: bytes, token: str, timeout: float, settings: Sett
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ExtensionError("url", "port") from None
+    resolving = time.monotonic()
     address = _resolve(parts.hostname or "", port, settings, timeout)
+    timeout = max(0.05, timeout - (time.monotonic() - resolving))   # one budget for the whole attempt
     conn = (_PinnedHTTPS(parts.hostname, port, address, timeout, _context()) if parts.scheme == "https"
             else _PinnedHTTP(parts.hostname, port, address, timeout))
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -277,6 +279,9 @@ def call(storage: Storage, settings: Settings, ext: dict[str, Any], payload: dic
             check_url(ext["url"], settings)
         except ExtensionConfigError:
             raise ExtensionError("url") from None
+        if names_a_client(storage, settings, ext["resource"]):
+            log.warning("extension %s: its resource is now a registered app's client id; not called", name)
+            raise ExtensionError("url", "resource")
         _admit(breaker)
         body = json.dumps(payload, separators=(",", ":")).encode()
         token = bearer(storage, settings, ext["resource"])

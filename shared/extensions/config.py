@@ -232,12 +232,22 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+def names_a_client(storage: Storage, settings: Settings, resource: str) -> bool:
+    """Whether an extension's resource is (a spelling of) the client id of an app registered here: checked
+    when it is saved and again before each call (an app may be registered after the extension)."""
+    from shared.storage.directory import get_client
+
+    value = resource.strip().rstrip("/")
+    for prefix in ("api://", "spn:"):
+        if value.lower().startswith(prefix):
+            value = value[len(prefix):]
+    return any(get_client(storage, settings, c) is not None for c in dict.fromkeys((value, value.lower())))
+
+
 def save(storage: Storage, settings: Settings, raw: dict[str, Any]) -> dict[str, Any]:
     existing = next((e for e in load(storage, fresh=True) if e["name"] == raw.get("name")), None)
     ext = validate(raw, settings, existing=existing)
-    from shared.storage.directory import get_client
-
-    if get_client(storage, settings, ext["resource"].strip()) is not None:
+    if names_a_client(storage, settings, ext["resource"]):
         raise ExtensionConfigError("resource: the extension's own audience, not the client id of an app registered "
                                    "here (the token it receives would be accepted by that app)")
     if ext["state"] == "on":

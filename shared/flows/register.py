@@ -28,6 +28,7 @@ from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, normal
 from shared.flows.mfa import send_code
 from shared.protocol.http import Request, Response, ok
 from shared.settings import Settings
+from shared.storage.tables import StorageUnavailable
 from shared.flows.signin import begin
 
 FLOW_KINDS = ("signin", "signup", "reset")
@@ -62,6 +63,12 @@ def _successor(handler):
             if successor and "continuation_token" not in exc.extra:
                 exc.extra["continuation_token"] = successor
             raise
+        except StorageUnavailable:
+            successor = _successor_token.get()
+            if not successor:
+                raise
+            # The 503 the protocol layer would give, with the successor: a retry of this request can continue.
+            raise errors.ServiceUnavailable(retry_after=5, extra={"continuation_token": successor}) from None
         finally:
             _successor_token.reset(reset)
     run.__name__, run.__doc__ = handler.__name__, handler.__doc__

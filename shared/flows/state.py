@@ -75,6 +75,36 @@ def _token(pk: str, flow_id: str, secret: str) -> str:
     return f"{pk}.{flow_id}.{secret}"
 
 
+def burn_url_token(token: str, settings: Settings) -> None:
+    """A continuation token that appeared in a request URL is in front-end, proxy
+    and Application Insights logs: it is made useless (its flow's secret replaced
+    by one nobody holds), whatever the request was and however it ended. The
+    register endpoints, which accept the query-string form the docs show, replace
+    it first and hand the client its successor; everywhere else (and for a register
+    request refused before that) the flow must be started again. Best effort:
+    a storage failure is logged."""
+    import logging
+
+    from shared.storage.tables import StorageError, get_storage
+
+    m = _TOKEN_RE.match(token or "")
+    if not m:
+        return
+    pk, flow_id, secret = m.groups()
+    try:
+        table = get_storage(settings).table("flows")
+        entity = table.get(pk, flow_id)
+        if entity is None or not hmac.compare_digest(_secret_hash(secret), entity.get("secret_hash", "")):
+            return   # unknown, or already replaced (the register endpoints did it, with a successor)
+        table.update({"PartitionKey": pk, "RowKey": flow_id, "secret_hash": _secret_hash(secrets.token_urlsafe(32))},
+                     entity["_etag"])
+    except Modified:
+        return       # the flow moved on meanwhile: its token changed with it
+    except StorageError as exc:
+        logging.getLogger("nativeauth.flows").warning("a continuation token seen in a URL was not burnt: %s",
+                                                      type(exc).__name__)
+
+
 def presented(flow: Flow) -> str:
     """The continuation token the client presented, handed back unchanged by
     a step that only reads (introspect): nothing was consumed or proven, so

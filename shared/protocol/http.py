@@ -343,8 +343,12 @@ def _misconfigured(name: str, request: Request, exc: Exception) -> Response:
 
 
 def handle(name: str, request: Request, handler: Handler, *, methods: str = "POST",
-           settings: Settings | None = None) -> Response:
-    """Run one endpoint: CORS, method check, errors, ids and the log line."""
+           settings: Settings | None = None,
+           url_token_guard: Callable[[str, Settings], None] | None = None) -> Response:
+    """Run one endpoint: CORS, method check, errors, ids and the log line.
+    ``url_token_guard`` is called with a ``continuation_token`` found in the
+    request URL, after the request, whatever its outcome (it burns the token:
+    URLs are logged)."""
     if settings is None:
         try:
             settings = get_settings()
@@ -389,6 +393,11 @@ def handle(name: str, request: Request, handler: Handler, *, methods: str = "POS
             response = error_response(errors.ServerError(), ctx)
             ctx.outcome = "server_error"
     finally:
+        if url_token_guard is not None and request.method != "OPTIONS" and request.query.get("continuation_token"):
+            try:
+                url_token_guard(request.query["continuation_token"], settings)
+            except Exception as exc:  # noqa: BLE001 - never fails the answer; logged
+                log.warning("continuation token in a URL not burnt: %s", type(exc).__name__)
         leave(token)
     response.headers.setdefault("x-ms-request-id", ctx.request_id)
     response.headers.setdefault("client-request-id", ctx.correlation_id)

@@ -289,15 +289,20 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
                 # All shards are read: refused exactly when their sum is at the budget. Each shard holds its
                 # own slice of the budget (the slices add up to it) and a send is written, If-Match, to a
                 # shard with room in its slice, chosen at random: concurrent sends spread over the rows, and
-                # two of them can never both take a slice's last place, so a burst cannot pass the budget
-                # (while the budget is unchanged in the window: after it is lowered mid-window, a slice may
-                # already hold more than its share and the least-filled shard takes the send).
+                # two of them can never both take a slice's last place, so a burst cannot pass the budget.
+                # If a shard holds more than its slice (the budget was lowered within the window), every send
+                # goes to the first shard instead: the others no longer change, so the If-Match on that one
+                # row keeps the sum exact.
                 if enforce and sum(counts.values()) >= rule.limit:
                     _refused(p, rule.what)
                     raise errors.SlowDown("Too many codes were requested. Try again later.", retry_after=rule.retry_after)
-                room = [k for i, k in enumerate(counts)
-                        if counts[k] < rule.limit // rule.shards + (i < rule.limit % rule.shards)]
-                key = random.choice(room) if room else min(counts, key=lambda k: (counts[k], random.random()))
+                slices = [rule.limit // rule.shards + (i < rule.limit % rule.shards) for i in range(rule.shards)]
+                keys = list(counts)
+                if any(counts[k] > slices[i] for i, k in enumerate(keys)):
+                    key = keys[0]
+                else:
+                    room = [k for i, k in enumerate(keys) if counts[k] < slices[i]]
+                    key = random.choice(room) if room else keys[0]
                 row = shard_rows.get(key)
             else:
                 key, row = rule.key, rows.get(rule.key)

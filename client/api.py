@@ -109,13 +109,10 @@ class NativeAuthApi:
         self.session.headers["User-Agent"] = f"native-auth-cli/{__version__} (python-requests)"
 
     # ------------------------------------------------------------------ transport
-    def post(self, path: str, **form: Any) -> dict[str, Any]:
-        url = f"{self.base_url}/{path.lstrip('/')}"
-        data = {"client_id": self.client_id, **{k: v for k, v in form.items() if v is not None}}
-        headers = {"client-request-id": str(uuid.uuid4()), "Accept": "application/json"}
+    def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One request; every transport failure becomes a :class:`TransportError` that says what to check."""
         try:
-            # requests encodes a dict as application/x-www-form-urlencoded.
-            r = self.session.post(url, data=data, headers=headers, timeout=TIMEOUT)
+            return self.session.request(method, url, timeout=TIMEOUT, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise TransportError(
                 f"TLS verification failed for {self.base_url}: {exc}. If the server uses a private CA, "
@@ -126,6 +123,13 @@ class NativeAuthApi:
             raise TransportError(f"Cannot reach {self.base_url} ({reason}). Is the server running?") from None
         except requests.RequestException as exc:
             raise TransportError(f"Cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from None
+
+    def post(self, path: str, **form: Any) -> dict[str, Any]:
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        data = {"client_id": self.client_id, **{k: v for k, v in form.items() if v is not None}}
+        headers = {"client-request-id": str(uuid.uuid4()), "Accept": "application/json"}
+        # requests encodes a dict as application/x-www-form-urlencoded.
+        r = self._send("POST", url, data=data, headers=headers)
         try:
             body = r.json()
         except ValueError:
@@ -153,18 +157,7 @@ class NativeAuthApi:
         url = f"{self.base_url}/{path.lstrip('/')}"
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
                    "client-request-id": str(uuid.uuid4())}
-        try:
-            r = self.session.request(method, url, json=body, headers=headers, timeout=TIMEOUT)
-        except requests.exceptions.SSLError as exc:
-            raise TransportError(
-                f"TLS verification failed for {self.base_url}: {exc}. If the server uses a private CA, "
-                "point REQUESTS_CA_BUNDLE at its certificate.") from None
-        except requests.ConnectionError as exc:
-            m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
-            reason = m.group(1) if m else type(exc).__name__
-            raise TransportError(f"Cannot reach {self.base_url} ({reason}). Is the server running?") from None
-        except requests.RequestException as exc:
-            raise TransportError(f"Cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from None
+        r = self._send(method, url, json=body, headers=headers)
         try:
             parsed = r.json() if r.content else None
         except ValueError:

@@ -140,6 +140,16 @@ def _sign_up_info(settings: Settings, email: str, attributes: dict[str, Any]) ->
             "identities": [{"signInType": "email", "issuer": settings.issuer, "issuerAssignedId": email}]}
 
 
+def _answered_values(action: dict[str, Any], field: str) -> dict[str, Any]:
+    """An action's attribute values (prefill ``inputs``, modified ``attributes``): names to strings, numbers or
+    booleans, or the answer is malformed."""
+    values = action.get(field)
+    if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, bool))
+                                               for k, v in values.items()):
+        raise ExtensionError("body", field)
+    return values
+
+
 def attribute_collection_start(storage: Storage, settings: Settings, client_id: str, email: str,
                                attributes: dict[str, Any], *, ext: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"prefill": {...}}`` or ``{"block": message}`` (or ``{}``): before the
@@ -157,11 +167,7 @@ def attribute_collection_start(storage: Storage, settings: Settings, client_id: 
             "microsoft.graph.attributeCollectionStart.setPrefillValues",
             "microsoft.graph.attributeCollectionStart.showBlockPage"))
         if kind == "setPrefillValues":
-            inputs = action.get("inputs")
-            if not isinstance(inputs, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, bool))
-                                                       for k, v in inputs.items()):
-                raise ExtensionError("body", "inputs")
-            return {"prefill": inputs}
+            return {"prefill": _answered_values(action, "inputs")}
         if kind == "showBlockPage":
             return {"block": _message(action)}
         return {}
@@ -187,11 +193,7 @@ def attribute_collection_submit(storage: Storage, settings: Settings, client_id:
             "microsoft.graph.attributeCollectionSubmit.showValidationError",
             "microsoft.graph.attributeCollectionSubmit.showBlockPage"))
         if kind == "modifyAttributeValues":
-            values = action.get("attributes")
-            if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, bool))
-                                                       for k, v in values.items()):
-                raise ExtensionError("body", "attributes")
-            return {"modify": values}
+            return {"modify": _answered_values(action, "attributes")}
         if kind == "showValidationError":
             errs = action.get("attributeErrors") or {}
             if not isinstance(errs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in errs.items()):

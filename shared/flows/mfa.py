@@ -30,10 +30,7 @@ def introspect(storage: Storage, settings: Settings, flow: flows.Flow) -> Respon
     if flow["state"] not in ("mfa_required", "mfa_challenge"):
         raise errors.InvalidGrant("This flow does not need a second factor now.")
     methods = flow.json("mfa_methods", [])
-    # A read: the same token back, no write (a listing after a challenge goes back to choosing: one write).
-    token = flows.advance(storage, flow, state="mfa_required").token if flow["state"] != "mfa_required" \
-        else flows.presented(flow)
-    return ok({"continuation_token": token, "methods": [
+    return ok({"continuation_token": flows.listing_token(storage, flow, "mfa_required"), "methods": [
         {"id": m["id"], "challenge_type": "oob", "challenge_channel": m["channel"], "login_hint": mask(m["channel"], m["target"])}
         for m in methods]})
 

@@ -87,10 +87,7 @@ def introspect(request: Request, settings: Settings) -> Response:
         offered.append({"id": "email", "challenge_type": "oob", "challenge_channel": "email", "login_hint": ""})
     if "sms" in allowed:
         offered.append({"id": "sms", "challenge_type": "oob", "challenge_channel": "sms", "login_hint": ""})
-    # A read: the same token back, no write (a listing after a challenge goes back to choosing: one write).
-    token = flows.advance(storage, flow, state="registration_required").token \
-        if flow["state"] != "registration_required" else flows.presented(flow)
-    return ok({"continuation_token": token, "methods": offered})
+    return ok({"continuation_token": flows.listing_token(storage, flow, "registration_required"), "methods": offered})
 
 
 @_successor

@@ -112,6 +112,13 @@ def presented(flow: Flow) -> str:
     return _token(flow.pk, flow.id, flow.secret)
 
 
+def listing_token(storage: Storage, flow: Flow, state: str) -> str:
+    """The token a listing step (an introspect) answers with: the presented one,
+    without a write, when the flow is already in ``state``; after a challenge
+    the flow goes back to ``state`` (one write, a new token)."""
+    return presented(flow) if flow["state"] == state else advance(storage, flow, state=state).token
+
+
 def start(storage: Storage, settings: Settings, kind: str, client_id: str, **fields: Any) -> Flow:
     """Create a flow and its first continuation token (insert-if-absent)."""
     now = time.time()

@@ -214,10 +214,7 @@ def _context() -> ssl.SSLContext:
 
 def _post_once(url: str, body: bytes, token: str, timeout: float, settings: Settings) -> tuple[int, str, bytes]:
     parts = urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ExtensionError("url", "port") from None
+    port = parts.port or (443 if parts.scheme == "https" else 80)   # check_url (before every call) vetted it
     resolving = time.monotonic()
     address = _resolve(parts.hostname or "", port, settings, timeout)
     timeout = max(0.05, timeout - (time.monotonic() - resolving))   # one budget for the whole attempt

@@ -181,7 +181,7 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
         for kind, value in (("pfx", to[:-4]), ("cty", country)):
             # Sharded (the shard is chosen here, so the flow's ticket can credit it): under load every
             # send and every verification to one country would otherwise retry on one row.
-            key = f"{pump_base(hour, kind, value)}{random.randrange(PUMP_SHARDS)}"
+            key = f"{pump_base(hour, kind, hash_key(kind, value)[:32])}{random.randrange(PUMP_SHARDS)}"
             pump.append((key, kind, value))
             verified_keys.append(key)
         share = SMS_SHARES.get(bucket, 0)
@@ -227,13 +227,19 @@ def _country(e164: str) -> str:
         return "ZZ"
 
 
-def pump_base(hour: str, kind: str, value: str) -> str:
-    """The RowKey prefix of a pumping counter's shards (``<base><0..PUMP_SHARDS-1>``)."""
-    return f"h{hour}-pump{kind}-{hash_key(kind, value)[:32]}-"
+def pump_base(hour: str, kind: str, digest: str) -> str:
+    """The RowKey prefix of a pumping counter's shards (``<base><0..PUMP_SHARDS-1>``); ``digest`` is
+    ``hash_key(kind, value)[:32]``."""
+    return f"h{hour}-pump{kind}-{digest}-"
 
 
 def _base(key: str) -> str:
     return key[:key.rindex("-") + 1]
+
+
+def _shard_range(base: str) -> tuple[str, str]:
+    """RowKey bounds holding every shard ``<base><n>`` and nothing else ('-' < '.')."""
+    return base, base[:-1] + "."
 
 
 def _filter(p: Plan) -> tuple[str, dict[str, Any]]:
@@ -245,7 +251,7 @@ def _filter(p: Plan) -> tuple[str, dict[str, Any]]:
         terms.append(f"RowKey eq @r{i}")
     ranges = [r.key for r in p.rules if r.shards] + [_base(k) for k, _, _ in p.pump_keys]
     for j, base in enumerate(ranges):
-        params[f"lo{j}"], params[f"hi{j}"] = base, base[:-1] + "."  # '-' < '.': every shard of the counter
+        params[f"lo{j}"], params[f"hi{j}"] = _shard_range(base)
         terms.append(f"( RowKey ge @lo{j} and RowKey lt @hi{j} )")
     # Spaces around the parentheses: the SDK substitutes @names between spaces.
     return "PartitionKey eq @pk and ( " + " or ".join(terms) + " )", params
@@ -477,9 +483,8 @@ def lift(storage: Storage, key: str) -> bool:
     digest = hash_key("cty", key[4:])[:32] if kind == "cty" else key[4:]
     now = time.time()
     pk = "lim" + time.strftime("%Y%m%d", time.gmtime(now))
-    base = f"h{time.strftime('%H', time.gmtime(now))}-pump{kind}-{digest}-"
-    shards = table.query("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
-                         {"pk": pk, "lo": base, "hi": base[:-1] + "."})
+    lo, hi = _shard_range(pump_base(time.strftime("%H", time.gmtime(now)), kind, digest))
+    shards = table.query("PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi", {"pk": pk, "lo": lo, "hi": hi})
     for shard in shards:   # shard by shard: a busy country must not make one 16-row batch fail for good
         for _ in range(MAX_RETRIES * 3):
             try:

@@ -487,6 +487,21 @@ def test_A56_step_up_inside_a_freshness_window_does_not_loop(server, api, outbox
         assert sensitive(api, r["access_token"]).status == 200
 
 
+def _register_sms(api, token: str, phone: str):
+    """The attacker's move with a token read from a log: register their own phone."""
+    return api.post("register/v1.0/challenge", continuation_token=token, challenge_type="oob", challenge_channel="sms",
+                    challenge_target=phone)
+
+
+def _registration_token(api, make_user, require_mfa) -> tuple[str, str]:
+    """A user with a password and no method yet, and the token of their registration_required answer."""
+    email, _ = make_user()
+    require_mfa(email)
+    first = password_first_factor(api, email)
+    assert first["suberror"] == "registration_required", first.body
+    return email, first["continuation_token"]
+
+
 def test_A111_a_continuation_token_from_a_url_log_is_dead(server, api, outbox, make_user, require_mfa):
     """The register endpoints also read parameters from the query string (the docs show that form), and URLs
     end up in front-end, proxy and Application Insights logs. A token that arrived in a URL is burnt on
@@ -496,20 +511,12 @@ def test_A111_a_continuation_token_from_a_url_log_is_dead(server, api, outbox, m
     from urllib.parse import urlencode
 
     def url_post(path: str, **params):
-        q = urlencode({"client_id": api.client_id, **params})
-        return api.request("POST", f"{path}?{q}", b"", {"Content-Type": "application/x-www-form-urlencoded"})
+        return api.request("POST", f"{path}?{urlencode({'client_id': api.client_id, **params})}", b"", FORM)
 
     def attacker_registers(token: str) -> bool:
-        phone = f"+49151{random.randrange(10 ** 8):08d}"
-        c = api.post("register/v1.0/challenge", continuation_token=token, challenge_type="oob",
-                     challenge_channel="sms", challenge_target=phone)
-        return c.status == 200
+        return _register_sms(api, token, random_phone()).status == 200
 
-    email, _ = make_user()                      # a password, no method yet: registration_required
-    require_mfa(email)
-    first = password_first_factor(api, email)
-    assert first["suberror"] == "registration_required", first.body
-    logged = first["continuation_token"]
+    email, logged = _registration_token(api, make_user, require_mfa)
     listed = url_post("register/v1.0/introspect", continuation_token=logged)          # a read-only step
     assert listed.status == 200 and listed["continuation_token"] != logged
     assert not attacker_registers(logged)
@@ -517,7 +524,7 @@ def test_A111_a_continuation_token_from_a_url_log_is_dead(server, api, outbox, m
                    challenge_channel="sms", challenge_target="not a number")          # a refused step
     assert bad.status == 400 and bad["continuation_token"] not in (listed["continuation_token"], logged)
     assert not attacker_registers(listed["continuation_token"])
-    phone = f"+49151{random.randrange(10 ** 8):08d}"
+    phone = random_phone()
     sent = url_post("register/v1.0/challenge", continuation_token=bad["continuation_token"], challenge_type="oob",
                     challenge_channel="sms", challenge_target=phone)
     assert sent.status == 200
@@ -543,11 +550,7 @@ def test_A111_a_url_token_is_dead_even_when_the_request_is_refused(server, api, 
     that never reads the query string) cannot be used afterwards to register a method."""
     from urllib.parse import urlencode
 
-    email, _ = make_user()
-    require_mfa(email)
-    first = password_first_factor(api, email)
-    assert first["suberror"] == "registration_required", first.body
-    logged = first["continuation_token"]
+    email, logged = _registration_token(api, make_user, require_mfa)
     query = {"client_id": api.client_id, "continuation_token": logged}
     if variant == "a JSON body":
         r = api.request("POST", f"register/v1.0/introspect?{urlencode(query)}", b"{}", {"Content-Type": "application/json"})
@@ -557,15 +560,12 @@ def test_A111_a_url_token_is_dead_even_when_the_request_is_refused(server, api, 
     elif variant == "GET":
         api.request("GET", f"register/v1.0/introspect?{urlencode(query)}", None, {})
     elif variant == "another token in the body":
-        other, _ = make_user()
-        require_mfa(other)
-        body = urlencode({"continuation_token": password_first_factor(api, other)["continuation_token"]}).encode()
+        body = urlencode({"continuation_token": _registration_token(api, make_user, require_mfa)[1]}).encode()
         api.request("POST", f"register/v1.0/introspect?{urlencode(query)}", body, FORM)
     else:
         api.request("POST", f"oauth2/v2.0/challenge?{urlencode(query)}", b"", FORM)
     phone = random_phone()
-    c = api.post("register/v1.0/challenge", continuation_token=logged, challenge_type="oob", challenge_channel="sms",
-                 challenge_target=phone)
+    c = _register_sms(api, logged, phone)
     assert c.status == 400 and c["error"] == "invalid_grant", c.body
     assert outbox.count(phone) == 0
     assert directory.get_user(server.storage, email).methods == []

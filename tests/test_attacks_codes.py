@@ -551,3 +551,74 @@ def test_A55_a_used_code_is_not_accepted_again_after_it_expires(server, api, out
     assert late.status == 400 and late["error"] == "invalid_grant", late.body
     assert_no_tokens(late)
 
+
+
+# ====================================================================== A112: the code consumed by the step's own write
+
+@contextlib.contextmanager
+def a_wrong_guess_lands_first(monkeypatch):
+    """Just before the write that would consume a right code (a flow update
+    touching ``code_used`` and not counting an attempt), another guess's attempt is written on the same
+    flow: the race a burst produces, made certain."""
+    from shared.storage import tables as storage_mod
+
+    real = storage_mod.Table.update
+    state = {"armed": True, "fired": 0}
+
+    def update(self, entity, etag=None, **kwargs):
+        if state["armed"] and self.name.endswith("flows") and "code_used" in entity and "code_attempts" not in entity:
+            state["armed"] = False
+            row = self.get(entity["PartitionKey"], entity["RowKey"])
+            real(self, {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
+                        "code_attempts": int(row.get("code_attempts") or 0) + 1}, row["_etag"])
+            state["fired"] += 1
+        return real(self, entity, etag, **kwargs)
+
+    monkeypatch.setattr(storage_mod.Table, "update", update)
+    try:
+        yield state
+    finally:
+        monkeypatch.setattr(storage_mod.Table, "update", real)
+
+
+@pytest.mark.parametrize("kind", ["signin", "mfa", "reset"])
+def test_A112_a_right_code_whose_write_loses_a_race_is_judged_again(server, open_challenge, monkeypatch, kind):
+    """Sign-in and reset codes are consumed by the step's own conditional write
+    (one round trip). When another guess changes the flow first, that write
+    fails and the code is judged again on the flow as it is now: with tries
+    left it succeeds once; with the limit reached meanwhile it gets the answer
+    every wrong code gets (never a distinct one, A55)."""
+    ch = open_challenge(kind)
+    with a_wrong_guess_lands_first(monkeypatch) as race:
+        won = ch.submit(ch.code())
+    assert race["fired"] == 1
+    assert ch.succeeded(won), won.body
+    again = ch.submit(ch.code())
+    assert not ch.succeeded(again) and again.status == 400, again.body   # still single use
+
+    ch = open_challenge(kind)
+    right = ch.code()
+    for _ in range(server.settings.code_max_attempts - 1):
+        assert ch.submit(wrong(right))["error_codes"] == [WRONG_CODE]
+    with a_wrong_guess_lands_first(monkeypatch) as race:
+        lost = ch.submit(right)                                # judged with one try left; the race took it
+    assert race["fired"] == 1
+    assert lost.status == 400 and lost["error_codes"] == [DEAD_CHALLENGE], lost.body
+    assert_no_tokens(lost)
+    assert ch.submit(right)["error_codes"] == [DEAD_CHALLENGE]
+
+
+@pytest.mark.parametrize("kind", ["signin", "mfa", "reset"])
+def test_A112_a_storage_failure_at_the_consuming_write_leaves_the_code_usable(server, open_challenge, monkeypatch,
+                                                                            kind):
+    """The write that consumes the code is the step's own: when it fails, nothing
+    was consumed, issued or advanced, and the same request then succeeds once."""
+    ch = open_challenge(kind)
+    code = ch.code()
+    with first_flow_write_fails(monkeypatch):
+        failed = ch.submit(code)
+    assert failed.status == 503, failed.body
+    assert_no_tokens(failed)
+    retry = ch.submit(code)
+    assert ch.succeeded(retry), retry.body
+    assert not ch.succeeded(ch.submit(code))

@@ -74,10 +74,14 @@ def token(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, sc
     method = next((m for m in flow.json("mfa_methods", []) if m["id"] == flow["mfa_method"]), None)
     if method is None or method["id"] not in {m["id"] for m in user.methods}:
         raise errors.InvalidGrant("This method is no longer registered. Start again.")
-    flow = flows.redeem_code(storage, settings, flow, "mfa_code", form.get("oob"), user)
-    # What this flow has now proven (written by the gate's next conditional write).
-    done = [f for f in flow.json("second_factors", []) if f["id"] != method["id"]]
-    flow.entity["second_factors"] = json.dumps(done + [{"channel": method["channel"], "id": method["id"], "existing": True}])
-    flow.entity["steps"] = json.dumps(flow.steps + ["sms" if method["channel"] == "sms" else "otp"])
-    return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
+
+    def proven(flow: flows.Flow) -> Response:
+        # What this flow has now proven, written (with the code's consumption) by the gate's next conditional write.
+        done = [f for f in flow.json("second_factors", []) if f["id"] != method["id"]]
+        flow.entity["second_factors"] = json.dumps(done + [{"channel": method["channel"], "id": method["id"],
+                                                            "existing": True}])
+        flow.entity["steps"] = json.dumps(flow.steps + ["sms" if method["channel"] == "sms" else "otp"])
+        return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
+
+    return flows.redeem_code_then(storage, settings, flow, "mfa_code", form.get("oob"), user, proven)
 

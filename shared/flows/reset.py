@@ -91,13 +91,17 @@ def continue_(request: Request, settings: Settings) -> Response:
     # Read the user even for an unknown address: the same storage work either way (A52).
     found = get_user_by_key(storage, flow["ident"])
     user = found if flow["user_exists"] else None
-    flow = flows.redeem_code(storage, settings, flow, "reset_code", form.get("oob"), user, ident=flow["ident"])
-    if user is None:
-        raise errors.InvalidOob()  # unreachable: no code was sent
-    expires = min(int(flow["expires_at"]), int(time.time()) + VERIFIED_LIFETIME)
-    flow = flows.advance(storage, flow, state="code_verified", steps=["otp"], email_verified=True, code_hash="",
-                         code_used=False, expires_at=expires)
-    return ok({"continuation_token": flow.token, "expires_in": max(0, expires - int(time.time()))})
+
+    def verified(flow: flows.Flow) -> Response:
+        if user is None:
+            raise errors.InvalidOob()  # unreachable: no code was sent
+        expires = min(int(flow["expires_at"]), int(time.time()) + VERIFIED_LIFETIME)
+        flow = flows.advance(storage, flow, state="code_verified", steps=["otp"], email_verified=True, code_hash="",
+                             code_used=False, expires_at=expires)   # also consumes the code
+        return ok({"continuation_token": flow.token, "expires_in": max(0, expires - int(time.time()))})
+
+    return flows.redeem_code_then(storage, settings, flow, "reset_code", form.get("oob"), user, verified,
+                                  ident=flow["ident"])
 
 
 def submit(request: Request, settings: Settings) -> Response:

@@ -468,11 +468,15 @@ def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: For
     # Read the user even for an unknown name: the same storage work either way (A52).
     user = get_user_by_key(storage, flow["ident"])
     account = user if flow["user_exists"] else None
-    flow = flows.redeem_code(storage, settings, flow, "signin_code", form.get("oob"), account, ident=flow["ident"])
-    if account is None or account.disabled:
-        raise errors.InvalidOob()  # unreachable in practice: no code was ever sent
-    flow.entity["steps"] = json.dumps(flow.steps + ["otp"])
-    return gate.issue_tokens(storage, settings, flow, account, scopes, form=form, request=request)
+
+    def proven(flow: flows.Flow) -> Response:
+        if account is None or account.disabled:
+            raise errors.InvalidOob()  # unreachable in practice: no code was ever sent
+        flow.entity["steps"] = json.dumps(flow.steps + ["otp"])
+        return gate.issue_tokens(storage, settings, flow, account, scopes, form=form, request=request)
+
+    return flows.redeem_code_then(storage, settings, flow, "signin_code", form.get("oob"), account, proven,
+                                  ident=flow["ident"])
 
 
 def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tokens.Scopes, form: Form,

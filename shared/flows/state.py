@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from shared.protocol import errors
 from shared.security import otp
@@ -29,6 +29,7 @@ from shared.storage.tables import Entity, Modified, Storage
 
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
 MAX_CAS_RETRIES = 8
+T = TypeVar("T")
 MAX_SENDS_PER_FLOW = 5  # security-baseline §8: at most 5 sends per challenge
 
 
@@ -46,6 +47,9 @@ class Flow:
     secret: str  # the secret of the token the client presented (or was just given)
     token: str = ""  # set when the caller must hand a new token to the client
     changes: dict[str, Any] = field(default_factory=dict)
+    # A right code judged but not yet consumed (redeem_code(defer=True)): the flow's next
+    # conditional write (advance) carries its consumption and then credits the send.
+    pending: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pk(self) -> str:
@@ -170,10 +174,18 @@ def reload(storage: Storage, flow: Flow) -> Flow:
     return Flow(entity, flow.secret)
 
 
+class CodeRaced(errors.InvalidGrant):
+    """The write that was to consume a right code (judged with ``defer``) lost a
+    race: the code must be judged again on the flow as it is now."""
+
+
 def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any) -> Flow:
     """Write a step with If-Match. A concurrent step on the same flow makes
-    this fail with ``invalid_grant`` (so one code yields one success)."""
-    data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in changes.items()}
+    this fail with ``invalid_grant`` (so one code yields one success). A code
+    judged right but not yet consumed (``flow.pending``) is consumed by this
+    same write, and its send credited once the write has won."""
+    data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+            for k, v in {**flow.pending, **changes}.items()}
     secret = flow.secret
     if rotate:
         secret = secrets.token_urlsafe(32)
@@ -181,9 +193,19 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     try:
         etag = storage.table("flows").update({"PartitionKey": flow.pk, "RowKey": flow.id, **data}, flow.entity["_etag"])
     except Modified:
+        if flow.pending:
+            raise CodeRaced("The continuation_token was already used.") from None
         raise errors.InvalidGrant("The continuation_token was already used.") from None
     entity = {**flow.entity, **data, "_etag": etag}
+    if flow.pending:
+        _credit(storage, flow)
     return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
+
+
+def _credit(storage: Storage, flow: Flow) -> None:
+    from shared.security import limits
+
+    limits.credit(storage, limits.Ticket.from_json(flow.get("code_ticket")))  # a verified send
 
 
 def restore(storage: Storage, before: Flow, after: Flow, **extra: Any) -> None:
@@ -278,7 +300,7 @@ def code_matches(settings: Settings, flow: Flow, purpose: str, code: str) -> boo
 
 
 def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, code: str | None,
-                user=None, *, ident: str | None = None) -> Flow:
+                user=None, *, ident: str | None = None, defer: bool = False) -> Flow:
     """Verify a submitted code against the flow's open challenge and consume
     it, in one If-Match write; the only place codes are judged.
 
@@ -298,6 +320,10 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
       the count survives resends and flows). For a name without an account
       (``user`` None, ``ident`` given) the same work is done on a counter of
       its own, so a wrong code costs the same storage work either way (A52).
+
+    * ``defer`` (through :func:`redeem_code_then` only): a right code is not
+      written here; the flow returned carries its consumption to the next
+      conditional write (the step's own), one round trip instead of two.
 
     Returns the flow (with its new ETag) when the code is right."""
     from shared.storage.directory import change_user, code_failures_field
@@ -322,11 +348,12 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
             raise errors.InvalidOob("The code has expired. Request a new code.")
         right = well_formed and code_matches(settings, flow, purpose, code)
         try:
+            if right and defer:
+                return Flow({**flow.entity, "code_used": True}, flow.secret, flow.token, flow.changes,
+                            pending={"code_used": True})
             if right:
                 used = advance(storage, flow, rotate=False, code_used=True)
-                from shared.security import limits
-
-                limits.credit(storage, limits.Ticket.from_json(used.get("code_ticket")))  # a verified send
+                _credit(storage, used)
                 return used
             flow = advance(storage, flow, rotate=False, code_attempts=attempts + 1)
         except errors.InvalidGrant:
@@ -340,6 +367,23 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
         exc.log_user = user
         raise exc
     raise errors.InvalidGrant("The flow is busy; retry.")
+
+
+def redeem_code_then(storage: Storage, settings: Settings, flow: Flow, purpose: str, code: str | None, user,
+                     then: Callable[[Flow], T], *, ident: str | None = None) -> T:
+    """Judge a code and continue with ``then``, whose first conditional write on
+    the flow also consumes the code: for steps whose next effect *is* that write
+    (a sign-in's end or its next requirement, a reset's verified state), with no
+    side effect before it that a lost race must not cause. If that write loses a
+    race, the code is judged again on the flow as it is now, through its own
+    write (so a right code that lost to the attempt limit answers like a wrong
+    one, A55), and ``then`` runs again. If ``then`` ends without a write (a
+    block, a redirect), the code stays unconsumed: the same answer again."""
+    try:
+        return then(redeem_code(storage, settings, flow, purpose, code, user, ident=ident, defer=True))
+    except CodeRaced:
+        fresh = reload(storage, flow)
+        return then(redeem_code(storage, settings, fresh, purpose, code, user, ident=ident))
 
 
 def _count_unknown_code_failure(storage: Storage, ident: str, field: str) -> None:

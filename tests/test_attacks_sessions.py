@@ -129,6 +129,35 @@ def test_A49_location_and_risk_are_judged_at_refresh(server, api, make_user, pol
         assert_interaction_required(refresh_with(api, t2["refresh_token"], headers={"X-Forwarded-For": "198.51.100.7"}), 53003)
 
 
+def test_A49_ip_velocity_is_kept_and_judged_while_a_policy_reads_risk(server, api, make_user, policies):
+    """The IP-velocity row (a read per first factor and refresh, a write per
+    account new to the address) is kept only while a policy looks at the risk
+    level. Then the accounts passing a first factor from an address are counted,
+    and a session whose address carried too many this hour is refused at its
+    refresh like any high-risk sign-in."""
+    ip = f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+    headers = {"X-Forwarded-For": ip}
+    email, _ = make_user()
+    with server.override(trusted_proxy_hops=2, risk_ip_accounts_per_hour=2):
+        t = password_first_factor(api, email, scope=FULL_SCOPE, headers=headers)
+        assert t.status == 200, t.body
+        assert "limits" not in t.headers.get("x-storage-trace", ""), t.headers.get("x-storage-trace")
+        plain = refresh_with(api, t["refresh_token"], headers=headers)
+        assert plain.status == 200, plain.body
+        assert "limits" not in plain.headers.get("x-storage-trace", ""), plain.headers.get("x-storage-trace")
+        policies(assignments={"users": {"include": [email]}}, conditions={"risk_levels": ["high"]},
+                 grant={"block": True})
+        judged = refresh_with(api, plain["refresh_token"], headers=headers)
+        assert judged.status == 200, judged.body                  # read now, and no account counted there yet
+        assert "limits.get" in judged.headers.get("x-storage-trace", ""), judged.headers.get("x-storage-trace")
+        for _ in range(3):                                        # three accounts pass a first factor there
+            other, _ = make_user()
+            assert password_first_factor(api, other, scope=FULL_SCOPE, headers=headers).status == 200
+        assert_interaction_required(refresh_with(api, judged["refresh_token"], headers=headers), 53003)
+        elsewhere = refresh_with(api, judged["refresh_token"], headers={"X-Forwarded-For": "203.0.113.77"})
+        assert elsewhere.status == 200, elsewhere.body           # another address: its own count
+
+
 def test_A49_acrs_whose_conditions_lapsed_are_dropped_not_carried(server, api, outbox, make_user, policies, later):
     phone = random_phone()
     email, _ = make_user(methods=[sms_method(phone)])

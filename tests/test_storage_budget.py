@@ -26,37 +26,40 @@ BUDGETS = {
     "password + SMS second factor": [
         ("oauth2/v2.0/initiate", 2),        # users.get, flows.create
         ("oauth2/v2.0/challenge", 2),       # flows.get, flows.update
-        ("oauth2/v2.0/token", 6),           # flows.get, users.get, users.update (attempt counted before the
-                                            # compare, A21), users.update (taken back), limits.get (risk), flows.update
+        ("oauth2/v2.0/token", 5),           # flows.get, users.get, users.update (attempt counted before the
+                                            # compare, A21), users.update (taken back), flows.update (the IP-velocity
+                                            # row, limits.get, only while a policy reads risk: none here)
         ("oauth2/v2.0/introspect", 1),      # flows.get (a read: the same token back)
         ("oauth2/v2.0/challenge", 5),       # flows.get, users.get, flows.update (send reserved), limits.query, .batch
-        ("oauth2/v2.0/token", 8),           # flows.get, users.get, flows.update (code consumed, A55), limits.query,
-                                            # .batch (send credited), flows.update (finish), signinlog, refresh
+        ("oauth2/v2.0/token", 7),           # flows.get, users.get, flows.update (the code consumed by the write that
+                                            # ends the flow, A55, A112), limits.query, .batch (send credited),
+                                            # signinlog, refresh
     ],
     "email-code sign-in": [
         ("oauth2/v2.0/initiate", 2),
         ("oauth2/v2.0/challenge", 4),       # flows.get, flows.update, limits.query, limits.batch
-        ("oauth2/v2.0/token", 9),           # as the SMS token, plus limits.get (risk)
+        ("oauth2/v2.0/token", 7),           # as the SMS token
     ],
     "sign-up + automatic sign-in + SMS registration": [
         ("signup/v1.0/start", 4),           # limits.get + write (starts per IP, A53), users.get, flows.create
         ("signup/v1.0/challenge", 4),
         ("signup/v1.0/continue", 6),        # flows.get, flows.update (consumed), credit (2), users.create, flows.update
-        ("oauth2/v2.0/token", 5),           # flows.get, users.get, limits.get + update (risk), flows.update
+        ("oauth2/v2.0/token", 3),           # flows.get, users.get, flows.update (registration_required)
         ("register/v1.0/introspect", 1),
         ("register/v1.0/challenge", 5),     # flows.get, users.get, flows.update, limits.query, limits.batch
         ("register/v1.0/continue", 10),     # flows.get, users.get, flows.update, credit (2), users.update (method),
                                             # notice counted (2), signinlog, flows.update
         ("oauth2/v2.0/token", 6),           # flows.get, users.get, flows.update (finish), users.update, signinlog, refresh
-        ("oauth2/v2.0/token", 4),           # refresh: refresh.get, users.get, limits.get (risk), refresh.update
+        ("oauth2/v2.0/token", 3),           # refresh: refresh.get, users.get, refresh.update (the IP-velocity row
+                                            # only while a policy reads risk)
     ],
     "password reset + automatic sign-in": [
         ("resetpassword/v1.0/start", 2),
         ("resetpassword/v1.0/challenge", 4),
-        ("resetpassword/v1.0/continue", 6),
+        ("resetpassword/v1.0/continue", 5),  # flows.get, users.get, flows.update (consumed + verified), credit (2)
         ("resetpassword/v1.0/submit", 5),   # flows.get, users.get, flows.update (counted, A53), users.update, flows.update
         ("resetpassword/v1.0/poll_completion", 1),   # a read: the same token back
-        ("oauth2/v2.0/token", 8),
+        ("oauth2/v2.0/token", 5),           # flows.get, users.get, flows.update (finish), signinlog, refresh
     ],
 }
 

@@ -405,7 +405,7 @@ def _second_factor_required(caller: Caller, request: Request) -> bool:
 
     policies, locations = gate.load_policies(caller.storage, caller.settings)
     ip = gate.client_ip(request)
-    level, reasons = risk.assess(caller.storage, caller.settings, caller.user, ip, record=False)
+    level, reasons = risk.assess(caller.storage, caller.settings, caller.user, ip, record=False, policies=policies)
     signals = policy.Signals(user_oid=caller.user.oid, user_email=caller.user.email,
                              groups=tuple(g for g in (caller.user.entity.get("groups") or "").split(",") if g),
                              client_id=caller.client_id, ip=ip, country=None, risk=level, risk_reasons=reasons)

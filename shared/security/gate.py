@@ -162,13 +162,13 @@ def gate(storage: Storage, settings: Settings, flow: flows.Flow, user: User, for
     contexts = _flow_contexts(flow, form)
     ctx = current()
     ip = client_ip(request) if request is not None else flow.get("ip") or None
+    policies, locations = load_policies(storage, settings)
     if flow.get("risk"):
         # Later passes: the risk was assessed at the first factor; policies are evaluated again.
         level, reasons = flow["risk"], tuple(flow.json("risk_reasons", []))
     else:
-        level, reasons = risk.assess(storage, settings, user, ip)
+        level, reasons = risk.assess(storage, settings, user, ip, policies=policies)
     signals = _signals(settings, user, flow["client_id"], ip, _country(request, settings), level, reasons, contexts)
-    policies, locations = load_policies(storage, settings)
     decision = policy.evaluate(policies, signals, locations)
     if ctx is not None:
         ctx.extra = {"risk": level, "risk_reasons": list(reasons), "policies": decision.results}
@@ -288,8 +288,8 @@ def refresh_subject(storage: Storage, settings: Settings, family: dict[str, Any]
     session = session.keeping({m["id"] for m in methods_mod.independent_methods(user)})
     channels = [f["channel"] for f in session.second_factors]
     ip = client_ip(request)
-    level, reasons = risk.assess(storage, settings, user, ip, record=False)
     policies, locations = load_policies(storage, settings)
+    level, reasons = risk.assess(storage, settings, user, ip, record=False, policies=policies)
     country = _country(request, settings)
 
     def decide(contexts: tuple[str, ...]) -> policy.Decision:

@@ -38,9 +38,12 @@ def _max(a: str, b: str) -> str:
 
 
 def assess(storage: Storage, settings: Settings, user: User, ip: str | None, *,
-           record: bool = True) -> tuple[str, tuple[str, ...]]:
+           record: bool = True, policies: list[dict] | None = None) -> tuple[str, tuple[str, ...]]:
     """The risk of this sign-in (``record``: count the account for the IP's
-    velocity; a refresh only reads it)."""
+    velocity, as a first factor does; a refresh only reads it). Callers pass the
+    ``policies`` they will evaluate: the IP-velocity row (a storage read, and a
+    write for an account new to the IP) is read and kept only while one of them
+    looks at the risk level, since nothing else acts on it (SECURITY.md §3.1)."""
     level, reasons = "none", []
     now = int(time.time())
     if int(user.entity.get("failed_logins") or 0) >= 3 and now - int(user.entity.get("last_failed_at") or 0) < 12 * 3600:
@@ -53,9 +56,15 @@ def assess(storage: Storage, settings: Settings, user: User, ip: str | None, *,
         addr = ipaddress.ip_address(ip)
         if any(addr in ipaddress.ip_network(r, strict=False) for r in settings.anonymizer_ranges):
             level, reasons = _max(level, "high"), reasons + ["anonymizer"]
-    if ip and settings.risk_ip_accounts_per_hour and _ip_velocity(storage, settings, ip, user.pk, record):
+    velocity = policies is None or reads_risk(policies)
+    if ip and settings.risk_ip_accounts_per_hour and velocity and _ip_velocity(storage, settings, ip, user.pk, record):
         level, reasons = _max(level, "high"), reasons + ["ip_velocity"]
     return level, tuple(reasons)
+
+
+def reads_risk(policies: list[dict]) -> bool:
+    """Does any policy that is evaluated (on or report-only) have a risk condition?"""
+    return any(p.get("state") != "off" and (p.get("conditions") or {}).get("risk_levels") for p in policies)
 
 
 def _ip_velocity(storage: Storage, settings: Settings, ip: str, user_pk: str, record: bool = True) -> bool:

@@ -481,17 +481,19 @@ def test_A55_the_right_code_in_a_burst_after_the_limit_answers_like_a_wrong_one(
 
 
 @contextlib.contextmanager
-def first_flow_write_fails(monkeypatch):
-    """The next write to the flows table fails (storage gone at that moment)."""
+def before_a_flow_write(monkeypatch, matches: Callable[[dict], bool], act: Callable[[Any, dict, Callable], None]):
+    """``act(table, entity, real_update)`` runs once, just before the first
+    update of the flows table whose entity ``matches``."""
     from shared.storage import tables as storage_mod
 
     real = storage_mod.Table.update
-    state = {"armed": True}
+    state = {"armed": True, "fired": 0}
 
     def update(self, entity, etag=None, **kwargs):
-        if state["armed"] and self.name.endswith("flows"):
+        if state["armed"] and self.name.endswith("flows") and matches(entity):
             state["armed"] = False
-            raise storage_mod.StorageUnavailable("injected")
+            state["fired"] += 1
+            act(self, entity, real)
         return real(self, entity, etag, **kwargs)
 
     monkeypatch.setattr(storage_mod.Table, "update", update)
@@ -499,6 +501,16 @@ def first_flow_write_fails(monkeypatch):
         yield state
     finally:
         monkeypatch.setattr(storage_mod.Table, "update", real)
+
+
+def first_flow_write_fails(monkeypatch):
+    """The next write to the flows table fails (storage gone at that moment)."""
+    from shared.storage.tables import StorageUnavailable
+
+    def fail(table, entity, real):
+        raise StorageUnavailable("injected")
+
+    return before_a_flow_write(monkeypatch, lambda entity: True, fail)
 
 
 def test_A55_no_method_is_saved_before_its_code_is_consumed(server, api, outbox, make_user, require_mfa, monkeypatch):
@@ -555,30 +567,18 @@ def test_A55_a_used_code_is_not_accepted_again_after_it_expires(server, api, out
 
 # ====================================================================== A112: the code consumed by the step's own write
 
-@contextlib.contextmanager
 def a_wrong_guess_lands_first(monkeypatch):
     """Just before the write that would consume a right code (a flow update
-    touching ``code_used`` and not counting an attempt), another guess's attempt is written on the same
-    flow: the race a burst produces, made certain."""
-    from shared.storage import tables as storage_mod
+    touching ``code_used`` and not counting an attempt), another guess's
+    attempt is written on the same flow: the race a burst produces, made certain."""
 
-    real = storage_mod.Table.update
-    state = {"armed": True, "fired": 0}
+    def guess(table, entity, real):
+        row = table.get(entity["PartitionKey"], entity["RowKey"])
+        real(table, {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
+                     "code_attempts": int(row.get("code_attempts") or 0) + 1}, row["_etag"])
 
-    def update(self, entity, etag=None, **kwargs):
-        if state["armed"] and self.name.endswith("flows") and "code_used" in entity and "code_attempts" not in entity:
-            state["armed"] = False
-            row = self.get(entity["PartitionKey"], entity["RowKey"])
-            real(self, {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
-                        "code_attempts": int(row.get("code_attempts") or 0) + 1}, row["_etag"])
-            state["fired"] += 1
-        return real(self, entity, etag, **kwargs)
-
-    monkeypatch.setattr(storage_mod.Table, "update", update)
-    try:
-        yield state
-    finally:
-        monkeypatch.setattr(storage_mod.Table, "update", real)
+    return before_a_flow_write(monkeypatch, lambda entity: "code_used" in entity and "code_attempts" not in entity,
+                               guess)
 
 
 @pytest.mark.parametrize("kind", ["signin", "mfa", "reset"])

@@ -199,6 +199,7 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     entity = {**flow.entity, **data, "_etag": etag}
     if flow.pending:
         _credit(storage, flow)
+        flow.pending = {}      # written: redeem_code_then sees the code consumed
     return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
 
 
@@ -373,17 +374,29 @@ def redeem_code_then(storage: Storage, settings: Settings, flow: Flow, purpose: 
                      then: Callable[[Flow], T], *, ident: str | None = None) -> T:
     """Judge a code and continue with ``then``, whose first conditional write on
     the flow also consumes the code: for steps whose next effect *is* that write
-    (a sign-in's end or its next requirement, a reset's verified state), with no
-    side effect before it that a lost race must not cause. If that write loses a
-    race, the code is judged again on the flow as it is now, through its own
-    write (so a right code that lost to the attempt limit answers like a wrong
-    one, A55), and ``then`` runs again. If ``then`` ends without a write (a
-    block, a redirect), the code stays unconsumed: the same answer again."""
+    (a sign-in's end or its next requirement, a reset's verified state).
+
+    * If that write loses a race, the code is judged again on the flow as it is
+      now, through its own write (so a right code that lost to the attempt
+      limit answers like a wrong one, A55), and ``then`` runs again.
+    * If ``then`` answers before that write (the gate refused the claims,
+      blocked, redirected), the code is consumed first by its own write, as a
+      code consumed before the gate always was: that write may lose to the
+      limit too, and then the limit's answer goes out instead, never a
+      distinct one for a right code (A112)."""
+    deferred = redeem_code(storage, settings, flow, purpose, code, user, ident=ident, defer=True)
     try:
-        return then(redeem_code(storage, settings, flow, purpose, code, user, ident=ident, defer=True))
+        result = then(deferred)
     except CodeRaced:
         fresh = reload(storage, flow)
         return then(redeem_code(storage, settings, fresh, purpose, code, user, ident=ident))
+    except Exception:
+        if deferred.pending:
+            redeem_code(storage, settings, flow, purpose, code, user, ident=ident)
+        raise
+    if deferred.pending:
+        redeem_code(storage, settings, flow, purpose, code, user, ident=ident)
+    return result
 
 
 def _count_unknown_code_failure(storage: Storage, ident: str, field: str) -> None:

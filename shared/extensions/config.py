@@ -24,14 +24,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import threading
-import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
 from shared.settings import Settings
-from shared.storage.tables import Storage
+from shared.storage.tables import InstanceCache, Storage
 
 PK = "extension"
 EVENTS = ("tokenIssuanceStart", "attributeCollectionStart", "attributeCollectionSubmit", "otpSend", "passwordSubmit")
@@ -204,32 +202,25 @@ def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 # ------------------------------------------------------------------ storage
 
-_cache: dict[int, tuple[float, list[dict[str, Any]]]] = {}
-_lock = threading.Lock()
+_cache = InstanceCache(CACHE_SECONDS)
 
 
 def load(storage: Storage, *, fresh: bool = False) -> list[dict[str, Any]]:
-    now = time.monotonic()
-    with _lock:
-        hit = _cache.get(id(storage))
-        if hit and hit[0] > now and not fresh:
-            return hit[1]
-    rows = storage.table("policies").query("PartitionKey eq @pk", {"pk": PK})
-    out = []
-    for row in rows:
-        try:
-            out.append(json.loads(row["definition"]))
-        except (KeyError, ValueError):
-            continue
-    out.sort(key=lambda e: e["name"])
-    with _lock:
-        _cache[id(storage)] = (now + CACHE_SECONDS, out)
-    return out
+    def read() -> list[dict[str, Any]]:
+        out = []
+        for row in storage.table("policies").query("PartitionKey eq @pk", {"pk": PK}):
+            try:
+                out.append(json.loads(row["definition"]))
+            except (KeyError, ValueError):
+                continue
+        out.sort(key=lambda e: e["name"])
+        return out
+
+    return _cache.get(id(storage), read, fresh=fresh)
 
 
 def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
+    _cache.forget()
 
 
 def names_a_client(storage: Storage, settings: Settings, resource: str) -> bool:

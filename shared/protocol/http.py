@@ -288,8 +288,6 @@ def client_ip_of(request: Request, settings: Settings) -> str | None:
     """The caller's IP: the entry the trusted front end added to
     X-Forwarded-For (counting ``trusted_proxy_hops`` from the right), so a
     client cannot choose its own IP by sending the header (A43)."""
-    import ipaddress
-
     entries = [e.strip() for e in (request.header("x-forwarded-for") or "").split(",") if e.strip()]
     hops = settings.trusted_proxy_hops
     if not entries or hops == 0:

@@ -53,14 +53,13 @@ import dataclasses
 import json
 import logging
 import random
-import threading
 import time
 from typing import Any
 
 from shared.protocol import errors
 from shared.protocol.identifiers import ip_source
 from shared.settings import Settings
-from shared.storage.tables import Conflict, Modified, Storage, StorageError, hash_key
+from shared.storage.tables import Conflict, InstanceCache, Modified, Storage, StorageError, hash_key
 
 log = logging.getLogger("nativeauth.limits")
 metrics = logging.getLogger("nativeauth.metrics")
@@ -395,27 +394,21 @@ def credit(storage: Storage, ticket: Ticket | None) -> None:
 
 # ------------------------------------------------------------------ pumping defence
 
-_suspended: dict[int, tuple[float, dict[str, dict[str, Any]]]] = {}
-_suspend_lock = threading.Lock()
+_suspended = InstanceCache(SUSPENSION_CACHE_SECONDS)
 
 
 def suspensions(storage: Storage, *, fresh: bool = False) -> dict[str, dict[str, Any]]:
     """Active suspensions by RowKey (``pfx-<hash>`` / ``cty-<CC>``), cached per instance."""
-    now = time.monotonic()
-    with _suspend_lock:
-        hit = _suspended.get(id(storage))
-        if hit and hit[0] > now and not fresh:
-            return hit[1]
-    rows = storage.table("limits").query("PartitionKey eq @pk", {"pk": SUSPEND_PK})
-    active = {r["RowKey"]: r for r in rows if float(r.get("until") or 0) > time.time()}
-    with _suspend_lock:
-        _suspended[id(storage)] = (now + SUSPENSION_CACHE_SECONDS, active)
-    return active
+
+    def read() -> dict[str, dict[str, Any]]:
+        rows = storage.table("limits").query("PartitionKey eq @pk", {"pk": SUSPEND_PK})
+        return {r["RowKey"]: r for r in rows if float(r.get("until") or 0) > time.time()}
+
+    return _suspended.get(id(storage), read, fresh=fresh)
 
 
 def clear_cache() -> None:
-    with _suspend_lock:
-        _suspended.clear()
+    _suspended.forget()
 
 
 def _suspension_key(kind: str, value: str) -> str:

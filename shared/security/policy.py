@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import threading
-import time
 from dataclasses import dataclass, field, replace as dataclasses_replace
 from typing import Any, Iterable
 
-from shared.storage.tables import Storage
+from shared.storage.tables import InstanceCache, Storage
 
 POLICY_PK = "policy"
 LOCATION_PK = "location"
@@ -255,25 +253,22 @@ def evaluate(policies: Iterable[dict[str, Any]], s: Signals, locations: dict[str
 
 # ------------------------------------------------------------------ storage
 
-_cache: dict[int, tuple[float, list[dict[str, Any]], dict[str, list[str]]]] = {}
-_lock = threading.Lock()
+_cache = InstanceCache(CACHE_SECONDS)
 
 
 def load(storage: Storage) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Policies and named locations, cached briefly per instance (every
     instance reads the same table, so all converge within CACHE_SECONDS)."""
-    now = time.monotonic()
-    with _lock:
-        hit = _cache.get(id(storage))
-        if hit and hit[0] > now:
-            return hit[1], hit[2]
-    rows = storage.table("policies").query("PartitionKey eq @a or PartitionKey eq @b", {"a": POLICY_PK, "b": LOCATION_PK})
-    policies = [_load_one(r) for r in rows if r["PartitionKey"] == POLICY_PK]
-    policies.sort(key=lambda p: p["name"])
-    locations = {r["RowKey"]: json.loads(r["cidrs"]) for r in rows if r["PartitionKey"] == LOCATION_PK}
-    with _lock:
-        _cache[id(storage)] = (now + CACHE_SECONDS, policies, locations)
-    return policies, locations
+
+    def read() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        rows = storage.table("policies").query("PartitionKey eq @a or PartitionKey eq @b",
+                                               {"a": POLICY_PK, "b": LOCATION_PK})
+        policies = [_load_one(r) for r in rows if r["PartitionKey"] == POLICY_PK]
+        policies.sort(key=lambda p: p["name"])
+        locations = {r["RowKey"]: json.loads(r["cidrs"]) for r in rows if r["PartitionKey"] == LOCATION_PK}
+        return policies, locations
+
+    return _cache.get(id(storage), read)
 
 
 def _load_one(row: dict[str, Any]) -> dict[str, Any]:
@@ -292,8 +287,7 @@ def _load_one(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
+    _cache.forget()
 
 
 def _row_key(name: str) -> str:

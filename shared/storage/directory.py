@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from shared.security import passwords
 from shared.settings import Settings
-from shared.storage.tables import Conflict, Entity, Storage, hash_key
+from shared.storage.tables import Conflict, Entity, InstanceCache, Storage, hash_key
 
 USER_RK = "user"
 # The "migrate on first sign-in" marker of an imported user without a password
@@ -203,16 +202,14 @@ class Client:
     enabled: bool = True
 
 
-_client_cache: dict[str, tuple[float, Client | None]] = {}
-_client_lock = threading.Lock()
 CLIENT_CACHE_SECONDS = 60.0
+_client_cache = InstanceCache(CLIENT_CACHE_SECONDS)
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def register_client(storage: Storage, client_id: str, name: str, *, enabled: bool = True) -> Client:
     storage.table("clients").put({"PartitionKey": "client", "RowKey": client_id, "name": name, "enabled": enabled})
-    with _client_lock:
-        _client_cache.pop(client_id, None)
+    _client_cache.forget(client_id)
     return Client(client_id, name, enabled)
 
 
@@ -223,18 +220,13 @@ def get_client(storage: Storage, settings: Settings, client_id: str) -> Client |
         return None
     if settings.dev_client_id and client_id == settings.dev_client_id:
         return Client(client_id, "Local development client")
-    now = time.monotonic()
-    with _client_lock:
-        hit = _client_cache.get(client_id)
-    if hit and hit[0] > now:
-        return hit[1]
-    entity = storage.table("clients").get("client", client_id)
-    client = Client(client_id, entity.get("name", ""), bool(entity.get("enabled", True))) if entity else None
-    with _client_lock:
-        _client_cache[client_id] = (now + CLIENT_CACHE_SECONDS, client)
-    return client
+
+    def read() -> Client | None:
+        entity = storage.table("clients").get("client", client_id)
+        return Client(client_id, entity.get("name", ""), bool(entity.get("enabled", True))) if entity else None
+
+    return _client_cache.get(client_id, read)
 
 
 def clear_client_cache() -> None:
-    with _client_lock:
-        _client_cache.clear()
+    _client_cache.forget()

@@ -21,7 +21,8 @@ import hashlib
 import logging
 import re
 import threading
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -56,6 +57,7 @@ _FORBIDDEN_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _COMPARISON = re.compile(r"\s(eq|ne|gt|ge|lt|le)\s", re.IGNORECASE)
 
 Entity = dict[str, Any]
+T = TypeVar("T")
 
 
 class StorageError(Exception):
@@ -258,6 +260,36 @@ class Table:
         for o in ops:
             check_entity(o[1])
         self._call(self._client.submit_transaction, ops)
+
+
+class InstanceCache:
+    """What an instance read from a table, kept for ``seconds`` (policies, clients,
+    extension configurations, suspensions): every instance reads the same table,
+    so all converge within that time; ``fresh`` reads again now."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._hits: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, load: Callable[[], T], *, fresh: bool = False) -> T:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._hits.get(key)
+        if hit and hit[0] > now and not fresh:
+            return hit[1]
+        value = load()
+        with self._lock:
+            self._hits[key] = (now + self.seconds, value)
+        return value
+
+    def forget(self, key: Any = None) -> None:
+        """Drop one key's value (or every value) so the next get reads again."""
+        with self._lock:
+            if key is None:
+                self._hits.clear()
+            else:
+                self._hits.pop(key, None)
 
 
 # ------------------------------------------------------------------ the HTTP client under the SDK

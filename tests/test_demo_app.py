@@ -18,6 +18,7 @@ make the test fail with the command that fixes it; it is never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -174,6 +175,18 @@ def close(browser: Browser) -> None:
         pass
 
 
+@contextlib.contextmanager
+def watching(browser: Browser, tmp_path: Path):
+    """A test's page: what it saw is printed if the test fails, and it is closed either way."""
+    try:
+        yield
+    except BaseException:
+        dump(browser, tmp_path)
+        raise
+    finally:
+        close(browser)
+
+
 # ------------------------------------------------------------------ the tests
 
 def test_password_sign_in_with_sms_mfa_in_the_demo_app(demo_site, browser, make_user, second_factor_for, outbox,
@@ -185,7 +198,7 @@ def test_password_sign_in_with_sms_mfa_in_the_demo_app(demo_site, browser, make_
                          methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
     second_factor_for(email)
     masked = mask_phone(number)
-    try:
+    with watching(browser, tmp_path):
         screen = browser("open", url=demo_site.url)
         assert screen["view"] == "signin" and screen["heading"] == "Sign in", screen
         browser("screenshot", path=str(tmp_path / "demo-sign-in.png"))
@@ -271,11 +284,6 @@ def test_password_sign_in_with_sms_mfa_in_the_demo_app(demo_site, browser, make_
         problems = [line for line in browser("console") if line.startswith(("error:", "pageerror:"))
                     and "the server responded with a status of 400" not in line]
         assert not problems, problems
-    except BaseException:
-        dump(browser, tmp_path)
-        raise
-    finally:
-        close(browser)
 
 
 def test_sign_up_with_attributes_then_phone_registration_in_the_demo_app(demo_site, browser, server, outbox, tmp_path,
@@ -286,7 +294,7 @@ def test_sign_up_with_attributes_then_phone_registration_in_the_demo_app(demo_si
     second_factor_for(email)
     schema = _attribute_schema(json.dumps([{"name": "displayName", "type": "string", "required": False},
                                            {"name": "city", "type": "string", "required": True}]))
-    try:
+    with watching(browser, tmp_path):
         with server.override(signup_attributes=schema):
             browser("open", url=demo_site.url)
             browser.click("#signin-form [data-go=signup]")
@@ -339,17 +347,12 @@ def test_sign_up_with_attributes_then_phone_registration_in_the_demo_app(demo_si
         browser("screenshot", path=str(tmp_path / "demo-registered.png"))
         assert [(m["channel"], m["target"]) for m in directory.get_user(server.storage, email).methods] == \
             [("sms", number)]
-    except BaseException:
-        dump(browser, tmp_path)
-        raise
-    finally:
-        close(browser)
 
 
 def test_password_reset_then_automatic_sign_in_in_the_demo_app(demo_site, browser, make_user, outbox, tmp_path):
     """Forgot password: email, code, a new password (a reused one is refused), signed in."""
     email, _ = make_user(password=PASSWORD, email=unique_email("demo-reset"))
-    try:
+    with watching(browser, tmp_path):
         browser("open", url=demo_site.url)
         browser.type("#signin-email", email)
         browser.click("#signin-submit")
@@ -376,11 +379,6 @@ def test_password_reset_then_automatic_sign_in_in_the_demo_app(demo_site, browse
         screen = browser.wait_view("account")
         assert browser("claims")["preferred_username"] == email
         assert "pwd" not in browser("claims")["amr"].split()  # the reset's email code was the factor
-    except BaseException:
-        dump(browser, tmp_path)
-        raise
-    finally:
-        close(browser)
 
 
 # ------------------------------------------------------------------ the account view (/api/me)
@@ -428,7 +426,7 @@ def test_account_view_profile_password_email_method_and_sign_out_everywhere(demo
     make_user(password=PASSWORD, email=email, display_name="Ada")
     other = api.signin_password(email, PASSWORD)                 # another session, elsewhere
     assert other.status == 200, other.body
-    try:
+    with watching(browser, tmp_path):
         sign_in_on_page(browser, demo_site, email)
         open_account_view(browser)
         info = browser("texts", selector="#profile-info")[0]
@@ -487,11 +485,6 @@ def test_account_view_profile_password_email_method_and_sign_out_everywhere(demo
         # the page's session is over at the server: the API refuses its token family
         assert float(directory.get_user(server.storage, email).entity.get("rt_not_before") or 0) > 0
         no_page_errors(browser)
-    except BaseException:
-        dump(browser, tmp_path)
-        raise
-    finally:
-        close(browser)
 
 
 def test_account_view_adds_a_phone_through_the_step_up_then_removes_it(demo_site, browser, server, outbox, make_user,
@@ -503,7 +496,7 @@ def test_account_view_adds_a_phone_through_the_step_up_then_removes_it(demo_site
     number, new = unique_mobile(), unique_mobile()
     email, _ = make_user(password=PASSWORD, email=unique_email("demo-stepup"),
                          methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
-    try:
+    with watching(browser, tmp_path):
         sign_in_on_page(browser, demo_site, email)
         open_account_view(browser)
         [row] = browser("texts", selector="#methods-list li")
@@ -560,11 +553,6 @@ def test_account_view_adds_a_phone_through_the_step_up_then_removes_it(demo_site
         assert len(browser("texts", selector="#methods-list li")) == 1
         assert outbox.count(number) == 1  # one second factor for both changes
         no_page_errors(browser)
-    except BaseException:
-        dump(browser, tmp_path)
-        raise
-    finally:
-        close(browser)
 
 
 def test_account_view_deletes_the_account_with_a_silent_step_up(demo_site, browser, server, outbox, make_user,
@@ -575,7 +563,7 @@ def test_account_view_deletes_the_account_with_a_silent_step_up(demo_site, brows
     email, _ = make_user(password=PASSWORD, email=unique_email("demo-delete"),
                          methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
     second_factor_for(email)
-    try:
+    with watching(browser, tmp_path):
         browser("open", url=demo_site.url)
         browser.type("#signin-email", email)
         browser.click("#signin-submit")
@@ -608,11 +596,6 @@ def test_account_view_deletes_the_account_with_a_silent_step_up(demo_site, brows
         calls = api_calls(browser, demo_site)
         assert calls == [("DELETE", "me", 401), ("POST", "oauth2/v2.0/token", 200), ("DELETE", "me", 204)], calls
         no_page_errors(browser)
-    except BaseException:
-        dump(browser, tmp_path)
-        raise
-    finally:
-        close(browser)
 
 
 def test_the_demo_shows_claims_added_by_an_extension(demo_site, browser, server, make_user, tmp_path):

@@ -481,9 +481,9 @@ def test_A55_the_right_code_in_a_burst_after_the_limit_answers_like_a_wrong_one(
 
 
 @contextlib.contextmanager
-def before_a_flow_write(monkeypatch, matches: Callable[[dict], bool], act: Callable[[Any, dict, Callable], None]):
-    """``act(table, entity, real_update)`` runs once, just before the first
-    update of the flows table whose entity ``matches``."""
+def before_a_flow_write(monkeypatch, matches: Callable[[dict], bool], act: Callable[[Any, dict], None]):
+    """``act(table, entity)`` runs once, just before the first update of the
+    flows table whose entity ``matches`` (its own writes pass through)."""
     from shared.storage import tables as storage_mod
 
     real = storage_mod.Table.update
@@ -493,7 +493,7 @@ def before_a_flow_write(monkeypatch, matches: Callable[[dict], bool], act: Calla
         if state["armed"] and self.name.endswith("flows") and matches(entity):
             state["armed"] = False
             state["fired"] += 1
-            act(self, entity, real)
+            act(self, entity)
         return real(self, entity, etag, **kwargs)
 
     monkeypatch.setattr(storage_mod.Table, "update", update)
@@ -507,7 +507,7 @@ def first_flow_write_fails(monkeypatch):
     """The next write to the flows table fails (storage gone at that moment)."""
     from shared.storage.tables import StorageUnavailable
 
-    def fail(table, entity, real):
+    def fail(table, entity):
         raise StorageUnavailable("injected")
 
     return before_a_flow_write(monkeypatch, lambda entity: True, fail)
@@ -567,18 +567,20 @@ def test_A55_a_used_code_is_not_accepted_again_after_it_expires(server, api, out
 
 # ====================================================================== A112: the code consumed by the step's own write
 
+def another_guess_counted(table, pk: str, rk: str) -> None:
+    """Another request's wrong guess, counted on the flow (as redeem_code does)."""
+    row = table.get(pk, rk)
+    table.update({"PartitionKey": pk, "RowKey": rk, "code_attempts": int(row.get("code_attempts") or 0) + 1},
+                 row["_etag"])
+
+
 def a_wrong_guess_lands_first(monkeypatch):
     """Just before the write that would consume a right code (a flow update
     touching ``code_used`` and not counting an attempt), another guess's
     attempt is written on the same flow: the race a burst produces, made certain."""
-
-    def guess(table, entity, real):
-        row = table.get(entity["PartitionKey"], entity["RowKey"])
-        real(table, {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
-                     "code_attempts": int(row.get("code_attempts") or 0) + 1}, row["_etag"])
-
     return before_a_flow_write(monkeypatch, lambda entity: "code_used" in entity and "code_attempts" not in entity,
-                               guess)
+                               lambda table, entity: another_guess_counted(table, entity["PartitionKey"],
+                                                                           entity["RowKey"]))
 
 
 @pytest.mark.parametrize("kind", ["signin", "mfa", "reset"])
@@ -662,10 +664,7 @@ def test_A112_a_right_code_refused_before_its_write_is_still_judged_against_the_
     def guess_lands(flow, form):
         if not fired:
             fired.append(1)
-            table = server.storage.table("flows")
-            row = table.get(flow.pk, flow.id)
-            table.update({"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"],
-                          "code_attempts": int(row.get("code_attempts") or 0) + 1}, row["_etag"])
+            another_guess_counted(server.storage.table("flows"), flow.pk, flow.id)
         return real(flow, form)
 
     monkeypatch.setattr(gate_mod, "_flow_contexts", guess_lands)

@@ -29,8 +29,8 @@ from shared.storage.tables import Entity, Modified, Storage
 
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
 MAX_CAS_RETRIES = 8
-T = TypeVar("T")
 MAX_SENDS_PER_FLOW = 5  # security-baseline §8: at most 5 sends per challenge
+T = TypeVar("T")
 
 
 def _secret_hash(secret: str) -> str:

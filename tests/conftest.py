@@ -327,6 +327,16 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
     return False
 
 
+def send_json(handler, status: int, body) -> None:
+    """Answer a test HTTP server's request (an ``http.server`` handler) with ``body`` as JSON."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class Canary:
     """A local HTTP server standing in for an attacker's key host (jku/x5u): records every hit."""
 
@@ -339,12 +349,7 @@ class Canary:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 hits.append(self.path)
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, 200, body)
 
             def log_message(self, *args):
                 pass

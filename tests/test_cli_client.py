@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, unique_email
+from conftest import ROOT, send_json, unique_email
 from shared.security import policy
 from shared.storage import directory
 from shared import settings as settings_mod
@@ -432,12 +432,7 @@ def test_reset_then_automatic_sign_in(server, api, outbox, make_user, cli):
 class _RedirectingApi(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - http.server API
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"challenge_type": "redirect", "redirect_reason": "Client is missing mfa_required capability"})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
+        send_json(self, 200, {"challenge_type": "redirect", "redirect_reason": "Client is missing mfa_required capability"})
 
     def log_message(self, *args):
         pass

@@ -38,6 +38,8 @@ import tree_sitter_bicep
 import yaml
 from tree_sitter import Language, Node, Parser
 
+from conftest import send_json
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 MAIN = "infra/main.bicep"
@@ -1561,12 +1563,7 @@ class _FakeApi(http.server.BaseHTTPRequestHandler):
             "/api/discovery/v2.0/keys": {"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]},
         }
         status, body = (200, answers[path]) if self.healthy and path in answers else (503, {"error": "unavailable"})
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, *args):
         pass

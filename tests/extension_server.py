@@ -143,3 +143,12 @@ def extensions(server):
 def hostile():
     with ExtensionServer() as ext:
         yield ext
+
+
+@pytest.fixture
+def sample(server, tmp_path):
+    """The sample extension app (samples/extensions) serving on loopback, with an empty roles file: (base url, roles path)."""
+    roles = tmp_path / "roles.json"
+    roles.write_text("{}")
+    with sample_serve_module().running(sample_settings(server, ROLES_FILE=str(roles))) as base:
+        yield base, roles

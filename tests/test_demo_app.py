@@ -390,15 +390,17 @@ def api_calls(browser: Browser, demo_site) -> list[tuple[str, str, int | None]]:
             if urlsplit(r["url"]).netloc == api_host and r["method"] != "OPTIONS"]
 
 
-def sign_in_on_page(browser: Browser, demo_site, email: str, password: str = PASSWORD) -> None:
-    """Email, then the password; no second factor asked (no policy for this user)."""
+def sign_in_on_page(browser: Browser, demo_site, email: str, password: str = PASSWORD, *,
+                    then: str = "account") -> None:
+    """Email, then the password, up to the view ``then`` (the account view when
+    no second factor is asked: no policy for this user)."""
     browser("open", url=demo_site.url)
     browser.type("#signin-email", email)
     browser.click("#signin-submit")
     browser.wait_view("password")
     browser.type("#password-input", password)
     browser.click("#password-submit")
-    browser.wait_view("account")
+    browser.wait_view(then)
 
 
 def open_account_view(browser: Browser) -> dict[str, Any]:
@@ -564,13 +566,7 @@ def test_account_view_deletes_the_account_with_a_silent_step_up(demo_site, brows
                          methods=[{"id": "m1", "channel": "sms", "target": number, "default": True, "created": 1}])
     second_factor_for(email)
     with watching(browser, tmp_path):
-        browser("open", url=demo_site.url)
-        browser.type("#signin-email", email)
-        browser.click("#signin-submit")
-        browser.wait_view("password")
-        browser.type("#password-input", PASSWORD)
-        browser.click("#password-submit")
-        browser.wait_view("mfa")
+        sign_in_on_page(browser, demo_site, email, then="mfa")
         browser.click("#mfa-submit")
         browser.wait_view("code")
         browser.type("#code-input", code_sent(outbox, number, 0))
@@ -613,13 +609,7 @@ def test_the_demo_shows_claims_added_by_an_extension(demo_site, browser, server,
             "name": "demo-claims", "event": "tokenIssuanceStart", "url": f"{base}/token-issuance-start",
             "resource": AUDIENCE, "claims": {"id_token": ["roles"], "access_token": ["roles"]}})
         try:
-            browser("open", url=demo_site.url)
-            browser.type("#signin-email", email)
-            browser.click("#signin-submit")
-            browser.wait_view("password")
-            browser.type("#password-input", PASSWORD)
-            browser.click("#password-submit")
-            browser.wait_view("account")
+            sign_in_on_page(browser, demo_site, email)
             claims = browser("claims")
             assert claims["roles"].split() == ["editor", "billing"], claims
             browser("screenshot", path=str(tmp_path / "demo-extension-claims.png"))

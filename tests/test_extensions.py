@@ -22,7 +22,7 @@ from shared.extensions import caller, config
 from shared.storage import signinlog
 
 from conftest import ROOT, unique_email
-from extension_server import AUDIENCE, claims_answer, extensions, hostile, sample_serve_module, sample_settings  # noqa: F401
+from extension_server import AUDIENCE, claims_answer, extensions, hostile, sample, sample_serve_module, sample_settings  # noqa: F401
 
 PW = "correct horse battery staple"
 SCOPE = "api://native-auth/access_as_user openid profile offline_access"
@@ -45,14 +45,6 @@ def _token_ext(extensions, url: str, **over):
 
 
 # ------------------------------------------------------------------ the sample as a real extension
-
-@pytest.fixture
-def sample(server, tmp_path):
-    roles = tmp_path / "roles.json"
-    roles.write_text("{}")
-    with sample_serve_module().running(sample_settings(server, ROLES_FILE=str(roles))) as base:
-        yield base, roles
-
 
 def test_claims_from_the_extension_are_in_the_tokens_and_stay_current_at_refresh(server, api, make_user, extensions,
                                                                                   sample):

@@ -10,19 +10,11 @@ import json
 import pytest
 
 from conftest import unique_email, wait_until
-from extension_server import ExtensionServer, extensions, sample_serve_module, sample_settings  # noqa: F401
+from extension_server import ExtensionServer, extensions, sample, sample_serve_module, sample_settings  # noqa: F401
 from .e2e_harness import unverified_claims
 
 PASSWORD = "Velvet-Harbor-Lantern-2718"
 SCOPES = ["api://native-auth/access_as_user"]
-
-
-@pytest.fixture
-def sample(server, tmp_path):
-    roles = tmp_path / "roles.json"
-    roles.write_text("{}")
-    with sample_serve_module().running(sample_settings(server, ROLES_FILE=str(roles))) as base:
-        yield base, roles
 
 
 def test_a_custom_claim_reaches_the_app_in_the_access_token(page, server, make_user, extensions, sample):

@@ -255,3 +255,115 @@ def test_a_budget_lowered_within_its_window_is_still_exact_under_a_burst(server)
     assert sum(burst(settings, store, 1) for _ in range(16)) == 16         # one at a time: two per shard
     lowered = dataclasses.replace(settings, sms_global_hour=50)              # new_method share: 20
     assert burst(lowered, store, 30) == 4
+
+
+def _traced(fn):
+    """Run ``fn`` inside a request context; return the storage operations it made."""
+    from shared.protocol import context
+
+    ctx = context.Context("t", "t", None, None)
+    token = context.enter(ctx)
+    try:
+        fn()
+    finally:
+        context.leave(token)
+    return [op.rsplit(".", 1)[1] for op in ctx.storage_trace]
+
+
+def _counters(store, ticket) -> dict[str, tuple[int, int]]:
+    rows = store.table("limits").query("PartitionKey eq @pk", {"pk": ticket.pk})
+    return {r["RowKey"]: (int(r.get("count", 0)), int(r.get("verified", 0))) for r in rows
+            if r["RowKey"] in ticket.verified_keys}
+
+
+def _counted_keep(server, number: str, ip: str):
+    """One SMS send counted on counters of their own; what this instance learnt about its guesses is kept."""
+    settings, store = isolated(server, AUTH_SMS_PER_PREFIX_HOUR="50", AUTH_SENDS_PER_IP_HOUR="50")
+    return settings, store, limits.check_and_count(store, settings, "sms", number, ip, purpose="mfa_code")
+
+
+def _counted(server, number: str, ip: str):
+    limits._seen.clear()   # this instance as it starts: no guess known to be wrong yet
+    return _counted_keep(server, number, ip)
+
+
+def test_a_verification_on_the_instance_that_counted_its_send_is_credited_without_a_read(server):
+    """The verification's credit writes the counter rows as the send left them (one If-Match batch, no query),
+    and every counter of the send is credited exactly once."""
+    _, store, plan = _counted(server, f"+3725{random.randrange(10 ** 7):07d}", "203.0.113.7")
+    before = _counters(store, plan.ticket)
+    assert len(before) == 4 and all(c == (1, 0) for c in before.values()), before   # prefix, IP, 2 pumping shards
+    assert _traced(lambda: limits.credit(store, plan.ticket)) == ["submit_transaction"]
+    assert _counters(store, plan.ticket) == {k: (1, 1) for k in before}
+
+
+def test_a_counter_changed_since_the_send_is_read_again_and_credited_once(server):
+    """Another instance (or another send) changed a counter between the send and its verification: the write made
+    from what this instance saw fails its If-Match, the rows are read again, and each counter is credited once
+    on top of the other change, never overwriting it."""
+    _, store, plan = _counted(server, f"+3725{random.randrange(10 ** 7):07d}", "203.0.113.8")
+    table = store.table("limits")
+    ip_key = next(k for k in plan.ticket.verified_keys if "-ip-" in k)
+    row = table.get(plan.ticket.pk, ip_key)
+    table.update({"PartitionKey": plan.ticket.pk, "RowKey": ip_key, "count": int(row["count"]) + 5}, row["_etag"])
+    assert _traced(lambda: limits.credit(store, plan.ticket)) == ["submit_transaction", "query", "submit_transaction"]
+    after = _counters(store, plan.ticket)
+    assert after[ip_key] == (6, 1)
+    assert all(v == (1, 1) for k, v in after.items() if k != ip_key), after
+
+
+def test_a_verification_on_another_instance_reads_the_counters_and_credits_them(server):
+    """An instance that did not count the send has not seen its rows: it reads them, then credits them."""
+    _, store, plan = _counted(server, f"+3725{random.randrange(10 ** 7):07d}", "203.0.113.9")
+    limits._seen.clear()   # what another instance knows of these rows: nothing
+    assert _traced(lambda: limits.credit(store, plan.ticket)) == ["query", "submit_transaction"]
+    assert all(v == (1, 1) for v in _counters(store, plan.ticket).values())
+
+
+def test_a_credit_never_exceeds_the_sends_even_when_replayed(server):
+    """Crediting the same ticket twice (say, a stale row guess replayed after a failure) cannot push a counter's
+    verified past its count: the bound is computed on the row the If-Match write replaces."""
+    _, store, plan = _counted(server, f"+3725{random.randrange(10 ** 7):07d}", "203.0.113.10")
+    limits.credit(store, plan.ticket)
+    limits.credit(store, plan.ticket)
+    assert all(v == (1, 1) for v in _counters(store, plan.ticket).values())
+
+
+def test_a_repeat_send_credits_only_the_counters_it_was_counted_on(server):
+    """A second send to the same number within the hour counts no pumping shard (numbers, not sends): the shards
+    it drew but did not write stay uncredited, whichever instance verifies."""
+    settings, store = isolated(server, AUTH_SMS_PER_PREFIX_HOUR="50", AUTH_SENDS_PER_IP_HOUR="50",
+                               AUTH_SMS_PER_DESTINATION_HOUR="50", AUTH_SMS_PER_DESTINATION_DAY="50")
+    number = f"+3725{random.randrange(10 ** 7):07d}"
+    first = limits.check_and_count(store, settings, "sms", number, "203.0.113.11", purpose="mfa_code")
+    limits.credit(store, first.ticket)
+    for _ in range(8):   # draw until the repeat send's shards differ from the first send's
+        second = limits.check_and_count(store, settings, "sms", number, "203.0.113.11", purpose="mfa_code")
+        if not set(k for k, _, _ in second.pump_keys) & set(k for k, _, _ in first.pump_keys):
+            break
+    else:
+        raise AssertionError("eight repeat sends all drew one of the first send's shards (about 1 in 10^7)")
+    limits.credit(store, second.ticket)
+    rows = {r["RowKey"]: r for r in store.table("limits").query("PartitionKey eq @pk", {"pk": second.ticket.pk})}
+    assert all(k not in rows for k, _, _ in second.pump_keys)   # never created, never credited
+
+
+def test_while_most_guesses_are_wrong_a_credit_reads_first(server):
+    """A wrong guess costs one more operation than reading first (the failed batch). After a run of them (a busy
+    country's shared shard, or sends verified on other instances) the credit reads first, and one credit in 16
+    still guesses, so the guessing comes back when it would be right again."""
+    def stale_credit():
+        _, store, plan = _counted_keep(server, f"+3725{random.randrange(10 ** 7):07d}", "203.0.113.12")
+        table = store.table("limits")
+        row = table.get(plan.ticket.pk, plan.ticket.cooldown_key)
+        table.update({"PartitionKey": plan.ticket.pk, "RowKey": plan.ticket.cooldown_key, "touched": 1}, row["_etag"])
+        return _traced(lambda: limits.credit(store, plan.ticket))
+
+    limits._seen.clear()
+    traces = [stale_credit() for _ in range(7)]
+    assert all(t == ["submit_transaction", "query", "submit_transaction"] for t in traces), traces
+    traces = [stale_credit() for _ in range(16)]
+    guessed = [t for t in traces if t[0] == "submit_transaction"]
+    assert len(guessed) == 1 and len(traces) - len(guessed) == 15, traces
+    assert all(t == ["query", "submit_transaction"] for t in traces if t[0] == "query"), traces
+    limits._seen.clear()

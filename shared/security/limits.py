@@ -49,12 +49,14 @@ into "use another method".
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import random
+import threading
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from shared.protocol import errors
 from shared.protocol.identifiers import ip_source
@@ -272,6 +274,7 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
     expires = int(now) + 2 * 86400
     for _ in range(MAX_RETRIES):
         rows = {e["RowKey"]: e for e in table.query(flt, params)}
+        _seen.remember(table.address, p.pk, p.ticket, rows)
         ops = []
         cd = rows.get(p.ticket.cooldown_key)
         cooldown = settings.sms_cooldown_seconds if channel == "sms" else settings.email_cooldown_seconds
@@ -335,11 +338,12 @@ def check_and_count(storage: Storage, settings: Settings, channel: str, to: str,
             pump_rows.append((kind, value, sum(int(r.get("count", 0)) for r in shards) + 1,
                               sum(int(r.get("verified", 0)) for r in shards)))
         try:
-            table.batch(ops)
+            etags = table.batch(ops)
         except (Conflict, Modified):
             # Another send counted at the same time: back off a little, read again, re-check.
             time.sleep(random.uniform(0.002, 0.02))
             continue
+        _seen.remember_written(table.address, p.pk, p.ticket, rows, ops, etags)
         if channel == "sms":
             metrics.info("metric %s", json.dumps({"metric": "sms_sent", "bucket": p.bucket,
                                                    "country": next((v for _, k, v in p.pump_keys if k == "cty"), ""),
@@ -361,7 +365,11 @@ def _refused(p: Plan, what: str) -> None:
 
 def credit(storage: Storage, ticket: Ticket | None) -> None:
     """Mark a send verified on the counters it was counted on (its code was
-    just verified). Best effort: a failure here never fails the user's step."""
+    just verified). Best effort: a failure here never fails the user's step.
+
+    The first try writes the rows as this instance last saw them, when it saw
+    them all (the send was usually counted here): no read. Its If-Match fails
+    if any changed since, and then the rows are read and the credit retried."""
     if ticket is None:
         return
     table = storage.table("limits")
@@ -369,9 +377,10 @@ def credit(storage: Storage, ticket: Ticket | None) -> None:
     keys = list(ticket.verified_keys) + [ticket.cooldown_key]
     params.update({f"r{i}": k for i, k in enumerate(keys)})
     flt = "PartitionKey eq @pk and ( " + " or ".join(f"RowKey eq @r{i}" for i in range(len(keys))) + " )"
+    remembered = _seen.recall(table.address, ticket)
     try:
         for _ in range(MAX_RETRIES):
-            rows = table.query(flt, params)
+            rows = remembered if remembered is not None else table.query(flt, params)
             ops = []
             for row in rows:
                 if row["RowKey"] == ticket.cooldown_key:
@@ -381,15 +390,101 @@ def credit(storage: Storage, ticket: Ticket | None) -> None:
                     verified = min(int(row.get("verified", 0)) + 1, int(row.get("count", 0)))
                     ops.append(("update", {"PartitionKey": ticket.pk, "RowKey": row["RowKey"], "verified": verified,
                                            "_etag": row["_etag"]}))
-                    if row.get("kind") == "cty":
-                        metrics.info("metric %s", json.dumps({"metric": "sms_verified", "country": row.get("value", "")}))
             try:
-                table.batch(ops)
-                return
+                etags = table.batch(ops)
             except (Conflict, Modified):
-                time.sleep(random.uniform(0.002, 0.02))
+                if remembered is None:
+                    time.sleep(random.uniform(0.002, 0.02))
+                else:
+                    _seen.outcome(False)
+                remembered = None   # changed since this instance saw them: read them
+                continue
+            if remembered is not None:
+                _seen.outcome(True)
+            _seen.remember_written(table.address, ticket.pk, ticket, {r["RowKey"]: r for r in rows}, ops, etags)
+            for row in rows:
+                if row.get("kind") == "cty":
+                    metrics.info("metric %s", json.dumps({"metric": "sms_verified", "country": row.get("value", "")}))
+            return
     except StorageError as exc:
         log.warning("verified send not credited: %s", type(exc).__name__)
+
+
+class _SeenRows:
+    """The counter rows of recent sends' tickets as this instance last read or wrote
+    them, with their ETags, so that a verification's credit can write them without
+    reading them first (:func:`credit`).
+
+    Only ever a first guess: every write made from it is If-Match, so a row another
+    send or another instance changed since fails that write and is read again. The
+    counts stay exact whatever this holds. A wrong guess costs one more operation
+    than reading first (the failed batch), a right one saves one; so the guess is
+    only made while most recent guesses were right (a busy country's shared rows,
+    or many instances, make them wrong), with one guess in ``PROBE`` made anyway to
+    notice when they would be right again. Bounded: least recently used rows go."""
+
+    FIELDS = ("PartitionKey", "RowKey", "count", "verified", "kind", "value", "_etag")
+    PROBE = 16
+
+    def __init__(self, size: int):
+        self.size = size
+        self._rows: collections.OrderedDict[tuple[str, str, str], dict[str, Any]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._rate = 1.0      # moving share of guesses that were right
+        self._skipped = 0
+
+    def remember(self, address: str, pk: str, ticket: Ticket, rows: dict[str, dict[str, Any]]) -> None:
+        """The ticket's rows as a read found them (a read covers every key of the
+        ticket: those it did not return do not exist)."""
+        with self._lock:
+            for key in (*ticket.verified_keys, ticket.cooldown_key):
+                row = rows.get(key)
+                slim = ({k: row[k] for k in self.FIELDS if k in row} if row is not None and row.get("_etag")
+                        else {"PartitionKey": pk, "RowKey": key, "_absent": True})
+                self._rows[(address, pk, key)] = slim
+                self._rows.move_to_end((address, pk, key))
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+
+    def remember_written(self, address: str, pk: str, ticket: Ticket, before: dict[str, dict[str, Any]],
+                         ops: list[tuple[str, dict[str, Any]]], etags: list[str]) -> None:
+        """The ticket's rows as a batch that just succeeded left them (what was read, merged with what was written)."""
+        if len(etags) != len(ops) or not all(etags):
+            with self._lock:   # cannot tell how they were left: guess nothing about them
+                for key in (*ticket.verified_keys, ticket.cooldown_key):
+                    self._rows.pop((address, pk, key), None)
+            return
+        written = {entity["RowKey"]: {**(before.get(entity["RowKey"]) or {}), **entity, "_etag": etag}
+                   for (_, entity), etag in zip(ops, etags)}
+        self.remember(address, pk, ticket, {**before, **written})
+
+    def recall(self, address: str, ticket: Ticket) -> list[dict[str, Any]] | None:
+        """The ticket's rows that exist, or None: unless this instance has seen every
+        key of it, or while guesses are mostly wrong. A key last seen missing (a pumping
+        shard a repeat send to a number does not count on) has nothing to credit, as
+        when a read does not return it."""
+        with self._lock:
+            if self._rate < 0.5:
+                self._skipped += 1
+                if self._skipped % self.PROBE:
+                    return None
+            rows = [self._rows.get((address, ticket.pk, key))
+                    for key in dict.fromkeys((*ticket.verified_keys, ticket.cooldown_key))]
+        if any(row is None for row in rows):
+            return None
+        return [dict(row) for row in rows if not row.get("_absent")]   # type: ignore[union-attr]
+
+    def outcome(self, right: bool) -> None:
+        with self._lock:
+            self._rate = 0.9 * self._rate + 0.1 * (1.0 if right else 0.0)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+            self._rate, self._skipped = 1.0, 0
+
+
+_seen = _SeenRows(20000)
 
 
 # ------------------------------------------------------------------ pumping defence

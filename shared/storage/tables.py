@@ -233,12 +233,13 @@ class Table:
             raise _translate(exc) from exc
         return out
 
-    def batch(self, operations: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+    def batch(self, operations: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
         """Atomic entity-group transaction: same partition, at most 100 operations.
 
         Operations are ``("create", entity)`` (insert-if-absent) or
         ``("update", entity)`` (merge with If-Match on the entity's ``_etag``).
-        Any race fails the whole batch with :class:`Conflict` or :class:`Modified`."""
+        Any race fails the whole batch with :class:`Conflict` or :class:`Modified`.
+        Returns each entity's new ETag, in the operations' order."""
         ops: list[tuple] = []
         for op, entity in operations:
             data = _strip(entity)
@@ -252,14 +253,20 @@ class Table:
             else:
                 raise StorageError(f"unsupported batch operation {op!r}")
         if not ops:
-            return
+            return []
         if len(ops) > MAX_BATCH:
             raise LimitExceeded("a batch holds at most 100 operations")
         if len({o[1]["PartitionKey"] for o in ops}) != 1:
             raise LimitExceeded("a batch must stay within one partition")
         for o in ops:
             check_entity(o[1])
-        self._call(self._client.submit_transaction, ops)
+        parts = self._call(self._client.submit_transaction, ops) or []
+        return [str((part or {}).get("etag") or "") for part in parts]
+
+    @property
+    def address(self) -> str:
+        """The table's account and name: tells apart tables of different accounts or prefixes."""
+        return f"{self._client.url}/{self._client.table_name}"
 
 
 class InstanceCache:

@@ -175,6 +175,7 @@ class Settings:
     signup_starts_per_ip_hour: int
     local_developer_relief: bool
     storage_trace: bool
+    signinlog_write_ms: int
     pumping_prefix_unverified: int
     pumping_country_unverified: int
     pumping_min_conversion_percent: int
@@ -327,6 +328,9 @@ class Settings:
             # Local mode only, off by default: each response names the table operations it made (the tables
             # touched differ between a known and an unknown name, so never where anyone else can call it).
             storage_trace=local and _bool(get("AUTH_STORAGE_TRACE", "false"), "AUTH_STORAGE_TRACE"),
+            # A successful sign-in's log record rides on the flow's final write and reaches the log this long
+            # after, in one batch with the others of that moment (shared/storage/signinlog.py).
+            signinlog_write_ms=i("AUTH_SIGNINLOG_WRITE_MS", 200, 10, 60000),
             pumping_prefix_unverified=i("AUTH_PUMPING_PREFIX_UNVERIFIED", 10, 0, 100000),
             pumping_country_unverified=i("AUTH_PUMPING_COUNTRY_UNVERIFIED", 50, 0, 1000000),
             pumping_min_conversion_percent=i("AUTH_PUMPING_MIN_CONVERSION_PERCENT", 30, 0, 100),
@@ -457,6 +461,7 @@ SETTING_NAMES = (
     "AUTH_SIGNUP_STARTS_PER_IP_HOUR",
     "AUTH_LOCAL_DEVELOPER_RELIEF",
     "AUTH_STORAGE_TRACE",
+    "AUTH_SIGNINLOG_WRITE_MS",
     "AUTH_PUMPING_PREFIX_UNVERIFIED",
     "AUTH_PUMPING_COUNTRY_UNVERIFIED",
     "AUTH_PUMPING_MIN_CONVERSION_PERCENT",

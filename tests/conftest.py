@@ -102,6 +102,11 @@ def azurite(tmp_path_factory):
 
 
 def make_settings(azurite: Azurite, tmp: Path, **env: str) -> settings_mod.Settings:
+    return settings_mod.Settings.from_env(settings_env(azurite, tmp, **env))
+
+
+def settings_env(azurite: Azurite, tmp: Path, **env: str) -> dict[str, str]:
+    """The suite's settings as environment variables (for a host in a process of its own)."""
     base = {
         "AUTH_ENVIRONMENT": "local",
         "AUTH_STORAGE_CONNECTION_STRING": azurite.connection_string,
@@ -121,7 +126,7 @@ def make_settings(azurite: Azurite, tmp: Path, **env: str) -> settings_mod.Setti
         "AUTH_PUMPING_PREFIX_UNVERIFIED": "0", "AUTH_PUMPING_COUNTRY_UNVERIFIED": "0",
     }
     base.update(env)
-    return settings_mod.Settings.from_env(base)
+    return base
 
 
 @dataclasses.dataclass

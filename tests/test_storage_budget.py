@@ -32,15 +32,16 @@ BUDGETS = {
                                             # row, limits.get, only while a policy reads risk: none here)
         ("oauth2/v2.0/introspect", 1),      # flows.get (a read: the same token back)
         ("oauth2/v2.0/challenge", 5),       # flows.get, users.get, flows.update (send reserved), limits.query, .batch
-        ("oauth2/v2.0/token", 6),           # flows.get, users.get, flows.update (the code consumed by the write that
-                                            # ends the flow, A55, A112), limits.batch (send credited on the rows
-                                            # as the send left them; + a query on an instance that did not count
-                                            # it, or when a row changed since), signinlog, refresh
+        ("oauth2/v2.0/token", 5),           # flows.get, users.get, flows.update (the code consumed by the write that
+                                            # ends the flow, A55, A112; it carries the sign-in log record, written
+                                            # to the log off the request path), limits.batch (send credited on the
+                                            # rows as the send left them; + a query on an instance that did not
+                                            # count it, or when a row changed since), refresh
     ],
     "email-code sign-in": [
         ("oauth2/v2.0/initiate", 2),
         ("oauth2/v2.0/challenge", 4),       # flows.get, flows.update, limits.query, limits.batch
-        ("oauth2/v2.0/token", 6),           # as the SMS token
+        ("oauth2/v2.0/token", 5),           # as the SMS token
     ],
     "sign-up + automatic sign-in + SMS registration": [
         ("signup/v1.0/start", 4),           # limits.get + write (starts per IP, A53), users.get, flows.create
@@ -51,7 +52,7 @@ BUDGETS = {
         ("register/v1.0/challenge", 5),     # flows.get, users.get, flows.update, limits.query, limits.batch
         ("register/v1.0/continue", 9),      # flows.get, users.get, flows.update, credit (1), users.update (method),
                                             # notice counted (2), signinlog, flows.update
-        ("oauth2/v2.0/token", 6),           # flows.get, users.get, flows.update (finish), users.update, signinlog, refresh
+        ("oauth2/v2.0/token", 5),           # flows.get, users.get, flows.update (finish + log record), users.update, refresh
         ("oauth2/v2.0/token", 3),           # refresh: refresh.get, users.get, refresh.update (the IP-velocity row
                                             # only while a policy reads risk)
     ],
@@ -61,7 +62,7 @@ BUDGETS = {
         ("resetpassword/v1.0/continue", 4),  # flows.get, users.get, flows.update (consumed + verified), credit (1)
         ("resetpassword/v1.0/submit", 5),   # flows.get, users.get, flows.update (counted, A53), users.update, flows.update
         ("resetpassword/v1.0/poll_completion", 1),   # a read: the same token back
-        ("oauth2/v2.0/token", 5),           # flows.get, users.get, flows.update (finish), signinlog, refresh
+        ("oauth2/v2.0/token", 4),           # flows.get, users.get, flows.update (finish + log record), refresh
     ],
 }
 

@@ -446,7 +446,9 @@ def _families(storage: Storage, user: User) -> list[dict[str, Any]]:
 
 
 def _log_entries(storage: Storage, oid: str) -> list[dict[str, Any]]:
-    """The user's sign-in log entries (kept 30 days): one query over the day partitions."""
+    """The user's sign-in log entries (kept 30 days): one query over the day partitions
+    (this instance's sign-ins waiting for the log's writer are written first)."""
+    signinlog.flush()
     now = time.time()
     first = time.strftime("%Y%m%d", time.gmtime(now - DELETE_LOG_DAYS * 86400))
     last = time.strftime("%Y%m%d", time.gmtime(now + 86400))
@@ -498,12 +500,27 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # Open flows live at most AUTH_FLOW_TTL_SECONDS (15 min): the partitions of this hour and the last two.
     first = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - 2 * 3600))
     last = "f" + time.strftime("%Y%m%d%H", time.gmtime(now + 3600))
+    signinlog.flush()   # this instance's sign-ins not yet in the log: there now, so the loop below finds them
     for f in storage.table("flows").query("PartitionKey ge @a and PartitionKey lt @b and ident eq @i",
                                           {"a": first, "b": last, "i": user.pk}):
+        changes: dict[str, Any] = {}
         if f.get("state") != "done":
+            changes.update(state="done", code_hash="", secret_hash="")
+        if f.get("log_entry"):
+            # A finished sign-in's record on its flow row, maybe not yet in the log (another instance's writer,
+            # or the purge, writes it later): its pseudonymous form goes in the log now and on the row, so that
+            # a later insert of the original finds it there and stops.
+            record = {**json.loads(f["log_entry"]), "user_oid": alias, "user": ""}
+            record["ip"] = _network(record.get("ip"))
+            changes["log_entry"] = json.dumps(record)
             try:
-                storage.table("flows").update({"PartitionKey": f["PartitionKey"], "RowKey": f["RowKey"],
-                                               "state": "done", "code_hash": "", "secret_hash": ""}, f["_etag"])
+                storage.table("signinlog").insert(record)
+            except StorageError:
+                pass   # already there (then pseudonymised below), or storage failing
+        if changes:
+            try:
+                storage.table("flows").update({"PartitionKey": f["PartitionKey"], "RowKey": f["RowKey"], **changes},
+                                              f["_etag"])
             except StorageError:
                 pass
     for entry in _log_entries(storage, oid):

@@ -227,15 +227,16 @@ def restore(storage: Storage, before: Flow, after: Flow, **extra: Any) -> None:
         pass
 
 
-def finish(storage: Storage, flow: Flow) -> None:
-    """End the flow: an If-Match update to ``done`` with a secret nobody has.
+def finish(storage: Storage, flow: Flow, **changes: Any) -> None:
+    """End the flow: an If-Match update to ``done`` with a secret nobody has
+    (``changes``: what else the same write carries, such as the sign-in log record).
 
     Not a delete: Table Storage answers a delete of a missing entity like a
     success (the SDK swallows the 404), so two racing deletes would both
     "win". Two racing updates cannot: the loser gets 412. The purge removes
     done flows with their partition.
     """
-    advance(storage, flow, rotate=True, state="done", code_hash="")
+    advance(storage, flow, rotate=True, **changes, state="done", code_hash="")
 
 
 MAX_PASSWORD_TRIES_PER_FLOW = 10

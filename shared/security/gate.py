@@ -237,27 +237,9 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     # The client's token-issuance extension, before the flow ends: if it fails (on_error: fail),
     # nothing was issued and the flow is as it was.
     extra = extension_events.token_claims(storage, settings, flow["client_id"], user, scopes=scopes)
-    flows.finish(storage, flow)
     now = int(time.time())
     steps = flow.steps
     done = _counted(user, flow)
-    changes: dict[str, Any] = {}
-    if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
-        changes.update(failed_logins=0, lockout_until=0)
-    for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
-        if step in steps and user.entity.get(code_failures_field(channel)):
-            changes[code_failures_field(channel)] = 0
-    if now - int(user.entity.get("last_sign_in") or 0) >= 3600:  # shown by GET /me; at most one write an hour
-        changes["last_sign_in"] = now
-    ip = flow.get("ip") or client_ip(request)
-    networks = risk.remember_network(user, ip)
-    if networks:
-        changes["known_networks"] = networks
-    if changes:
-        try:
-            update_user(storage, user, **changes)
-        except Modified:
-            pass  # a concurrent change won; counters are not lost by skipping this reset
     first = list(steps)
     for f in reversed(done):  # the factors that count as second factors leave the first factors' amr
         value = tokens.AMR_OF_CHANNEL.get(f["channel"], "otp")
@@ -268,8 +250,33 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
                              mfa_at=now if done else 0)
     subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr, now,
                              tuple(decision.auth_contexts), session, extra)
-    signinlog.record(storage, flow, user, "success", "", list(subject.amr),
-                     (current().extra.get("risk") if current() else "") or "none", decision, ip)
+    ip = flow.get("ip") or client_ip(request)
+    # The sign-in log record rides on the write that ends the flow (no round trip of its own); it reaches
+    # the log a moment later, or through the purge of this flow if this instance dies first.
+    record = signinlog.entry(flow, user, "success", "", list(subject.amr),
+                             (current().extra.get("risk") if current() else "") or "none", decision, ip)
+    rides = signinlog.rides(record)
+    flows.finish(storage, flow, **({"log_entry": record} if rides else {}))
+    changes: dict[str, Any] = {}
+    if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
+        changes.update(failed_logins=0, lockout_until=0)
+    for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
+        if step in steps and user.entity.get(code_failures_field(channel)):
+            changes[code_failures_field(channel)] = 0
+    if now - int(user.entity.get("last_sign_in") or 0) >= 3600:  # shown by GET /me; at most one write an hour
+        changes["last_sign_in"] = now
+    networks = risk.remember_network(user, ip)
+    if networks:
+        changes["known_networks"] = networks
+    if changes:
+        try:
+            update_user(storage, user, **changes)
+        except Modified:
+            pass  # a concurrent change won; counters are not lost by skipping this reset
+    if rides:
+        signinlog.later(storage, record)
+    else:
+        signinlog.write(storage, record)
     return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
 
 

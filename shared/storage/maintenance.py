@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -10,7 +11,8 @@ from urllib.parse import urlsplit
 from shared.protocol import errors
 from shared.protocol.http import Request, Response, ok
 from shared.settings import Settings
-from shared.storage.tables import StorageUnavailable, get_storage
+from shared.storage import signinlog
+from shared.storage.tables import Storage, StorageUnavailable, get_storage
 
 # Every POST endpoint of the native-auth API (contract §2), relative to /api.
 ENDPOINTS = (
@@ -68,11 +70,12 @@ def not_found(request: Request, settings: Settings) -> Response:
     raise errors.NotFound(f"No endpoint at /{path.lstrip('/')[:200]}.")
 
 
-def purge_expired(settings: Settings | None = None, *, now: float | None = None, batch: int = PURGE_BATCH) -> dict[str, int]:
+def purge_expired(settings: Settings | None = None, *, now: float | None = None, batch: int = PURGE_BATCH,
+                  storage: Storage | None = None) -> dict[str, int]:
     """Delete expired flows, refresh-token families and limit windows, in bounded
-    batches. Safe on several instances at once: deletes of already-deleted
-    entities are ignored."""
-    storage = get_storage(settings)
+    batches (the process's storage unless ``storage`` is given). Safe on several
+    instances at once: deletes of already-deleted entities are ignored."""
+    storage = storage or get_storage(settings)
     settings = storage.settings
     now = now or time.time()
     counts = {"flows": 0, "refresh": 0, "limits": 0}
@@ -80,10 +83,16 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
     # longest flow lifetime plus an hour is dead as a whole partition.
     cutoff = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - settings.flow_ttl_seconds - 3600))
     flows = storage.table("flows")
-    for e in flows.query("PartitionKey lt @cutoff", {"cutoff": cutoff}, select=["PartitionKey", "RowKey"], limit=batch):
-        flows.delete(e["PartitionKey"], e["RowKey"])
-        counts["flows"] += 1
-    for name in ("flows", "refresh", "limits"):
+    for flt, params in (("PartitionKey lt @cutoff", {"cutoff": cutoff}), ("expires_at lt @now", {"now": int(now)})):
+        dead = flows.query(flt, params, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
+        # A finished sign-in's log record rides on its flow row until this instance's writer puts it in the
+        # log; an instance that died first left it only there. Written (if missing) before the row goes; if
+        # that fails, the rows stay for the next purge.
+        signinlog.ensure(storage, [json.loads(e["log_entry"]) for e in dead if e.get("log_entry")])
+        for e in dead:
+            flows.delete(e["PartitionKey"], e["RowKey"])
+            counts["flows"] += 1
+    for name in ("refresh", "limits"):
         table = storage.table(name)
         for e in table.query("expires_at lt @now", {"now": int(now)}, select=["PartitionKey", "RowKey"], limit=batch):
             table.delete(e["PartitionKey"], e["RowKey"])

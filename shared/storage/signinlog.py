@@ -2,27 +2,44 @@
 
 PartitionKey = the UTC day, RowKey = inverted time + random, so a day's
 records read newest first and old days are dropped by partition.
+
+A successful sign-in's record is not written on the request path. It rides on
+the flow's final write (``log_entry``, the If-Match write that ends the flow:
+no extra operation), and this instance writes it to the log a moment later,
+in batches (:func:`later`). If the instance dies first, the record is still in
+the flow row, and the purge that deletes that flow writes it (:func:`ensure`)
+before it deletes the row: nothing is lost, it is only late (at most the flow's
+lifetime plus one purge interval, about 20 minutes). Every other record is
+written at once (:func:`record`).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import secrets
+import threading
 import time
-from typing import Any
+from collections import defaultdict
+from typing import Any, Iterable
 
 from shared.protocol.identifiers import mask_email
 from shared.protocol.http import current
-from shared.storage.tables import Storage, StorageError
+from shared.storage.tables import MAX_BATCH, Conflict, Storage, StorageError
+
+log = logging.getLogger("nativeauth.signinlog")
 
 MAX_TS = 10 ** 13
+RIDES_UP_TO = 30_000    # characters: a record larger than this (many policies) is written at once instead
 
 
-def record(storage: Storage, flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,
-           ip: str | None = None) -> None:
+def entry(flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,
+          ip: str | None = None) -> dict[str, Any]:
+    """One record, complete with its keys."""
     now = time.time()
     ctx = current()
-    entry: dict[str, Any] = {
+    out: dict[str, Any] = {
         "PartitionKey": time.strftime("%Y%m%d", time.gmtime(now)),
         "RowKey": f"{MAX_TS - int(now * 1000):013d}-{secrets.token_hex(4)}",
         "time": int(now), "result": result, "reason": reason,
@@ -35,14 +52,142 @@ def record(storage: Storage, flow, user, result: str, reason: str, steps: list[s
     }
     calls = (ctx.extra or {}).get("extensions") if ctx else None
     if calls:  # custom extensions called in this request: name, event, outcome, latency (never their answers)
-        entry["extensions"] = json.dumps(calls)[:4000]
+        out["extensions"] = json.dumps(calls)[:4000]
+    return out
+
+
+def record(storage: Storage, flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,
+           ip: str | None = None) -> None:
+    """Write one record now."""
+    write(storage, entry(flow, user, result, reason, steps, risk, decision, ip))
+
+
+def write(storage: Storage, record: dict[str, Any]) -> None:
     try:
-        storage.table("signinlog").insert(entry)
+        storage.table("signinlog").insert(record)
     except StorageError:
         pass  # the log must not break a sign-in; the request log line still has the outcome
 
 
+def rides(record: dict[str, Any]) -> bool:
+    """Whether the record fits in the flow row's final write (a property holds 64 KiB)."""
+    return len(json.dumps(record)) <= RIDES_UP_TO
+
+
+# ------------------------------------------------------------------ records written off the request path
+
+class _Later:
+    """Records whose flow row already holds them, written in batches by one
+    background thread. ``flush`` writes what is waiting now (the readers of the
+    log on this instance call it first, so they see their own sign-ins)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Storage, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()   # one writer at a time: a flush returns after a drain in progress
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._delay = 0.2   # seconds a record waits for others to share its batch (AUTH_SIGNINLOG_WRITE_MS)
+        self._atexit = False
+        self.batches = 0
+        self.written = 0
+
+    def add(self, storage: Storage, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._delay = storage.settings.signinlog_write_ms / 1000
+            self._items.append((storage, record))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="signinlog-writer", daemon=True)
+                self._thread.start()
+                if not self._atexit:
+                    atexit.register(self.flush)
+                    self._atexit = True
+            if len(self._items) >= MAX_BATCH:
+                self._wake.set()
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._lock:
+                items, self._items = self._items, []
+            by_store: dict[int, tuple[Storage, list[dict[str, Any]]]] = {}
+            for storage, record in items:
+                by_store.setdefault(id(storage), (storage, []))[1].append(record)
+            for storage, records in by_store.values():
+                try:
+                    self.batches += _create_all(storage, records)
+                    self.written += len(records)
+                except StorageError as exc:   # the flow rows hold them: the purge writes them
+                    log.warning("%d sign-in log records left to the purge: %s", len(records), type(exc).__name__)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the writer must outlive any one failure
+                log.exception("sign-in log writer")
+
+
+_later = _Later()
+
+
+def later(storage: Storage, record: dict[str, Any]) -> None:
+    """Write a record that the flow's final write already holds, off the request path."""
+    _later.add(storage, record)
+
+
+def flush() -> None:
+    """Write this instance's waiting records now."""
+    _later.flush()
+
+
+def _create_all(storage: Storage, records: list[dict[str, Any]]) -> int:
+    """Insert records that may already be there (written by another path), in
+    batches per day; a record already there is left as it is. Returns the
+    number of round trips. Raises StorageError when storage fails."""
+    table = storage.table("signinlog")
+    trips = 0
+    days: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        days[record["PartitionKey"]].append(record)
+    for day in days.values():
+        for i in range(0, len(day), MAX_BATCH):
+            chunk = day[i:i + MAX_BATCH]
+            trips += 1
+            try:
+                table.batch([("create", r) for r in chunk])
+                continue
+            except Conflict:
+                pass
+            for r in chunk:   # one of them is already there: each on its own
+                trips += 1
+                try:
+                    table.insert(r)
+                except Conflict:
+                    pass
+    return trips
+
+
+def ensure(storage: Storage, records: Iterable[dict[str, Any]]) -> None:
+    """Make sure these records are in the log (the purge, before it deletes the
+    flow rows that hold them): one read of the keys per day and quarter hour of
+    records to find the missing ones, then those are written. Raises StorageError."""
+    table = storage.table("signinlog")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["PartitionKey"], r["RowKey"][:7])].append(r)   # 10^6 ms of inverted time: about 17 minutes
+    for (day, _), group in groups.items():
+        keys = sorted(r["RowKey"] for r in group)
+        there = {e["RowKey"] for e in table.query("PartitionKey eq @d and RowKey ge @lo and RowKey le @hi",
+                                                  {"d": day, "lo": keys[0], "hi": keys[-1]}, select=["RowKey"])}
+        missing = [r for r in group if r["RowKey"] not in there]
+        if missing:
+            _create_all(storage, missing)
+
+
 def tail(storage: Storage, days: int = 1, limit: int = 50) -> list[dict[str, Any]]:
+    flush()
     out: list[dict[str, Any]] = []
     now = time.time()
     for d in range(days):

@@ -1,0 +1,175 @@
+"""The sign-in log off the request path (issue "Performance"): a successful
+sign-in's record rides on the write that ends its flow, is written to the log a
+moment later by the instance's writer, and is never lost: an instance that dies
+first leaves it on the flow row, where the purge finds it before deleting the
+row. Real processes (a host killed with SIGKILL), real Azurite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from shared.storage import directory, maintenance, signinlog
+from shared.storage import tables as storage_mod
+from shared.settings import Settings
+
+from conftest import DEV_CLIENT, Api, settings_env, unique_email
+from devhost.azurite import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PW = "correct horse battery staple"
+
+
+def _sign_in(api: Api, email: str) -> dict:
+    r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="password redirect")
+    r = api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="password redirect")
+    t = api.post("oauth2/v2.0/token", continuation_token=r["continuation_token"], grant_type="password", password=PW,
+                 scope="openid")
+    assert t.status == 200 and t.body.get("access_token"), t.body
+    return t
+
+
+def _records(storage, oid: str) -> list[dict]:
+    return storage.table("signinlog").query("PartitionKey eq @d and user_oid eq @o",
+                                            {"d": time.strftime("%Y%m%d", time.gmtime()), "o": oid})
+
+
+def _flows_with_record(storage, oid: str) -> list[dict]:
+    return [f for f in storage.table("flows").query("state eq @s", {"s": "done"})
+            if f.get("log_entry") and json.loads(f["log_entry"])["user_oid"] == oid]
+
+
+class _Host:
+    """The app in a process of its own (python -m devhost), as func start would run it."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "devhost", "--port", str(self.port), "--settings",
+                                      "/nonexistent"], cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                                     stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.api = Api(f"http://127.0.0.1:{self.port}/api", DEV_CLIENT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.api.get("health").status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError(f"host did not start; see {log}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def own_tables(azurite, tmp_path):
+    """Settings with tables of their own (the purge below deletes every expired flow of its tables)."""
+    env = settings_env(azurite, tmp_path, AUTH_TABLE_PREFIX="log" + uuid.uuid4().hex[:10],
+                       AUTH_ISSUER="http://127.0.0.1/api")
+    settings = Settings.from_env(env)
+    storage = storage_mod.Storage(settings)
+    storage.ensure_tables()
+    return env, settings, storage
+
+
+def test_a_sign_in_writes_no_log_record_on_its_request_path_and_the_record_arrives(server, api, make_user):
+    """The token call makes no sign-in log write of its own (x-storage-trace); the record is on the flow row the
+    same write ended, and reaches the log within the writer's delay (200 ms by default), exactly once."""
+    email, user = make_user()
+    t = _sign_in(api, email)
+    assert "signinlog" not in t.headers.get("x-storage-trace", ""), t.headers.get("x-storage-trace")
+    rows = _flows_with_record(server.storage, user.oid)
+    assert len(rows) == 1
+    deadline = time.monotonic() + 5
+    while not _records(server.storage, user.oid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    records = _records(server.storage, user.oid)
+    assert [(r["result"], json.loads(r["factors"])) for r in records] == [("success", ["pwd"])], records
+    on_flow = json.loads(rows[0]["log_entry"])
+    assert (records[0]["RowKey"], records[0]["correlation_id"]) == (on_flow["RowKey"], on_flow["correlation_id"])
+
+
+def test_a_record_survives_its_instance_dying_before_the_log_write(own_tables, tmp_path):
+    """SIGKILL the host right after the sign-in, with its writer still waiting: the record is not in the log, it is
+    on the flow row; the purge that deletes that flow writes it first, once; a second purge adds nothing."""
+    env, settings, storage = own_tables
+    email = unique_email("crash")
+    user = directory.create_user(storage, email, password=PW)
+    host = _Host({**env, "AUTH_SIGNINLOG_WRITE_MS": "60000"}, tmp_path / "host.log")
+    try:
+        _sign_in(host.api, email)
+    finally:
+        host.kill()
+    assert _records(storage, user.oid) == []                      # the writer never ran: the instance died
+    assert len(_flows_with_record(storage, user.oid)) == 1        # but the flow row holds the record
+    later = time.time() + settings.flow_ttl_seconds + 7200
+    counts = maintenance.purge_expired(now=later, storage=storage)
+    assert counts["flows"] >= 1 and _flows_with_record(storage, user.oid) == []
+    records = _records(storage, user.oid)
+    assert [(r["result"], r["client_id"], json.loads(r["factors"])) for r in records] == [("success", DEV_CLIENT, ["pwd"])]
+    maintenance.purge_expired(now=later, storage=storage)
+    assert len(_records(storage, user.oid)) == 1
+
+
+def test_a_purge_that_cannot_write_the_log_keeps_the_flow_rows(own_tables, tmp_path):
+    """The log table failing (here: gone) while the purge runs: the purge fails and deletes no flow row that still
+    holds a record; once the table is back, the next purge writes the record and then deletes the row."""
+    env, settings, storage = own_tables
+    email = unique_email("nolog")
+    user = directory.create_user(storage, email, password=PW)
+    host = _Host({**env, "AUTH_SIGNINLOG_WRITE_MS": "60000"}, tmp_path / "host.log")
+    try:
+        _sign_in(host.api, email)
+    finally:
+        host.kill()
+    TableServiceClient.from_connection_string(settings.storage_connection_string).delete_table(
+        settings.table_prefix + "signinlog")
+    later = time.time() + settings.flow_ttl_seconds + 7200
+    with pytest.raises(storage_mod.StorageError):
+        maintenance.purge_expired(now=later, storage=storage)
+    assert len(_flows_with_record(storage, user.oid)) == 1
+    for _ in range(60):   # Azurite may refuse to recreate a table for a moment after deleting it
+        try:
+            storage.ensure_tables()
+            break
+        except storage_mod.StorageError:
+            time.sleep(0.5)
+    maintenance.purge_expired(now=later, storage=storage)
+    assert _flows_with_record(storage, user.oid) == []
+    assert [r["result"] for r in _records(storage, user.oid)] == ["success"]
+
+
+def test_a_deleted_account_keeps_no_identifying_record_written_late_by_another_instance(server, tmp_path, azurite):
+    """Instance A signs the user in and holds the record in memory (its writer waits 3 s); instance B deletes the
+    account at once. When A's writer runs, the log holds only the pseudonymous record (the deletion wrote it from
+    the flow row first): no record names the deleted account's object id or its address."""
+    from shared.flows import account
+
+    email = unique_email("gone")
+    user = directory.create_user(server.storage, email, password=PW)
+    env = settings_env(azurite, server.tmp, AUTH_ISSUER=server.settings.issuer, AUTH_SIGNINLOG_WRITE_MS="3000")
+    host = _Host(env, tmp_path / "host-a.log")
+    try:
+        _sign_in(host.api, email)
+        assert _records(server.storage, user.oid) == []
+        row = _flows_with_record(server.storage, user.oid)[0]
+        account.delete_user(server.storage, server.settings, directory.get_user(server.storage, email), actor="admin")
+        time.sleep(4)   # A's writer has run
+    finally:
+        host.kill()
+    assert _records(server.storage, user.oid) == []
+    key = json.loads(row["log_entry"])["RowKey"]
+    record = server.storage.table("signinlog").get(json.loads(row["log_entry"])["PartitionKey"], key)
+    assert record is not None and record["result"] == "success"
+    assert record["user_oid"] != user.oid and record["user"] == "" and record["ip"] != "127.0.0.1", record

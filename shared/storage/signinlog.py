@@ -29,6 +29,7 @@ from shared.protocol.http import current
 from shared.storage.tables import MAX_BATCH, Conflict, Storage, StorageError
 
 log = logging.getLogger("nativeauth.signinlog")
+metrics = logging.getLogger("nativeauth.metrics")
 
 MAX_TS = 10 ** 13
 RIDES_UP_TO = 30_000    # characters: a record larger than this (many policies) is written at once instead
@@ -89,8 +90,6 @@ class _Later:
         self._thread: threading.Thread | None = None
         self._delay = 0.2   # seconds a record waits for others to share its batch (AUTH_SIGNINLOG_WRITE_MS)
         self._atexit = False
-        self.batches = 0
-        self.written = 0
 
     def add(self, storage: Storage, record: dict[str, Any]) -> None:
         with self._lock:
@@ -114,10 +113,12 @@ class _Later:
                 by_store.setdefault(id(storage), (storage, []))[1].append(record)
             for storage, records in by_store.values():
                 try:
-                    self.batches += _create_all(storage, records)
-                    self.written += len(records)
+                    trips = _create_all(storage, records)
                 except StorageError as exc:   # the flow rows hold them: the purge writes them
                     log.warning("%d sign-in log records left to the purge: %s", len(records), type(exc).__name__)
+                    continue
+                metrics.info("metric %s", json.dumps({"metric": "signinlog_written", "records": len(records),
+                                                       "round_trips": trips}))
 
     def _run(self) -> None:
         while True:

@@ -118,13 +118,15 @@ def test_a_record_survives_its_instance_dying_before_the_log_write(own_tables, t
     assert counts["flows"] >= 1 and _flows_with_record(storage, user.oid) == []
     records = _records(storage, user.oid)
     assert [(r["result"], r["client_id"], json.loads(r["factors"])) for r in records] == [("success", DEV_CLIENT, ["pwd"])]
+    assert records[0]["reason"] == signinlog.UNCONFIRMED   # an operator can tell it was not confirmed by its instance
     maintenance.purge_expired(now=later, storage=storage)
     assert len(_records(storage, user.oid)) == 1
 
 
 def test_a_purge_that_cannot_write_the_log_keeps_the_flow_rows(own_tables, tmp_path):
-    """The log table failing (here: gone) while the purge runs: the purge fails and deletes no flow row that still
-    holds a record; once the table is back, the next purge writes the record and then deletes the row."""
+    """The log table failing (here: gone) while the purge runs: the purge deletes no flow row that still holds a
+    record (and goes on with the rest); once the table is back, the next purge writes the record, then deletes
+    the row."""
     env, settings, storage = own_tables
     email = unique_email("nolog")
     user = directory.create_user(storage, email, password=PW)
@@ -136,9 +138,8 @@ def test_a_purge_that_cannot_write_the_log_keeps_the_flow_rows(own_tables, tmp_p
     TableServiceClient.from_connection_string(settings.storage_connection_string).delete_table(
         settings.table_prefix + "signinlog")
     later = time.time() + settings.flow_ttl_seconds + 7200
-    with pytest.raises(storage_mod.StorageError):
-        maintenance.purge_expired(now=later, storage=storage)
-    assert len(_flows_with_record(storage, user.oid)) == 1
+    counts = maintenance.purge_expired(now=later, storage=storage)
+    assert counts.get("flows_kept", 0) >= 1 and len(_flows_with_record(storage, user.oid)) == 1
     for _ in range(60):   # Azurite may refuse to recreate a table for a moment after deleting it
         try:
             storage.ensure_tables()
@@ -173,3 +174,35 @@ def test_a_deleted_account_keeps_no_identifying_record_written_late_by_another_i
     record = server.storage.table("signinlog").get(json.loads(row["log_entry"])["PartitionKey"], key)
     assert record is not None and record["result"] == "success"
     assert record["user_oid"] != user.oid and record["user"] == "" and record["ip"] != "127.0.0.1", record
+
+
+def test_a_deletion_racing_a_sign_in_that_finishes_reads_the_flow_again(own_tables, tmp_path):
+    """The deletion read the account's flow while the sign-in was still open; the sign-in's final write (with its
+    record) lands before the deletion's write to that flow. The deletion's If-Match write fails, it reads the flow
+    again and makes the record pseudonymous there and in the log: neither the purge nor a late writer can bring
+    back the object id (found by an attack review: the failed write was ignored, and the purge later wrote the
+    record under the real object id)."""
+    from shared.flows import account
+
+    env, settings, storage = own_tables
+    email = unique_email("race")
+    user = directory.create_user(storage, email, password=PW)
+    host = _Host({**env, "AUTH_SIGNINLOG_WRITE_MS": "60000"}, tmp_path / "host.log")
+    try:
+        r = host.api.post("oauth2/v2.0/initiate", username=email, challenge_type="password redirect")
+        r = host.api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"],
+                          challenge_type="password redirect")
+        [open_row] = storage.table("flows").query("ident eq @i", {"i": user.pk})   # what the deletion read
+        t = host.api.post("oauth2/v2.0/token", continuation_token=r["continuation_token"], grant_type="password",
+                          password=PW, scope="openid")
+        assert t.status == 200, t.body
+    finally:
+        host.kill()
+    alias = account._alias(settings, user.oid)
+    account._close_flow(storage, open_row, alias)
+    [row] = storage.table("flows").query("ident eq @i", {"i": user.pk})
+    on_row = json.loads(row["log_entry"])
+    assert (row["state"], on_row["user_oid"], on_row["user"]) == ("done", alias, "")
+    assert storage.table("signinlog").get(on_row["PartitionKey"], on_row["RowKey"])["user_oid"] == alias
+    maintenance.purge_expired(now=time.time() + settings.flow_ttl_seconds + 7200, storage=storage)
+    assert _records(storage, user.oid) == []

@@ -40,7 +40,7 @@ from shared.storage.directory import User, change_user, get_user_by_key, update_
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
-from shared.storage.tables import Modified, NotFound, Storage, StorageError, get_storage
+from shared.storage.tables import Conflict, Modified, NotFound, Storage, StorageError, get_storage
 
 SCOPE = "account"
 READS_PER_HOUR = 300
@@ -496,33 +496,11 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     storage.table("users").delete(user.pk, "user")
     for fam in _families(storage, user):
         storage.table("refresh").delete(fam["PartitionKey"], fam["RowKey"])
-    now = time.time()
-    # Open flows live at most AUTH_FLOW_TTL_SECONDS (15 min): the partitions of this hour and the last two.
-    first = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - 2 * 3600))
-    last = "f" + time.strftime("%Y%m%d%H", time.gmtime(now + 3600))
     signinlog.flush()   # this instance's sign-ins not yet in the log: there now, so the loop below finds them
-    for f in storage.table("flows").query("PartitionKey ge @a and PartitionKey lt @b and ident eq @i",
-                                          {"a": first, "b": last, "i": user.pk}):
-        changes: dict[str, Any] = {}
-        if f.get("state") != "done":
-            changes.update(state="done", code_hash="", secret_hash="")
-        if f.get("log_entry"):
-            # A finished sign-in's record on its flow row, maybe not yet in the log (another instance's writer,
-            # or the purge, writes it later): its pseudonymous form goes in the log now and on the row, so that
-            # a later insert of the original finds it there and stops.
-            record = {**json.loads(f["log_entry"]), "user_oid": alias, "user": ""}
-            record["ip"] = _network(record.get("ip"))
-            changes["log_entry"] = json.dumps(record)
-            try:
-                storage.table("signinlog").insert(record)
-            except StorageError:
-                pass   # already there (then pseudonymised below), or storage failing
-        if changes:
-            try:
-                storage.table("flows").update({"PartitionKey": f["PartitionKey"], "RowKey": f["RowKey"], **changes},
-                                              f["_etag"])
-            except StorageError:
-                pass
+    # Every flow row of the account not yet purged (a scan, fine for the rare deletion: the purge keeps the
+    # table to about the last 20 minutes, longer only while it is failing).
+    for f in storage.table("flows").query("ident eq @i", {"i": user.pk}):
+        _close_flow(storage, f, alias)
     for entry in _log_entries(storage, oid):
         try:
             storage.table("signinlog").update({"PartitionKey": entry["PartitionKey"], "RowKey": entry["RowKey"],
@@ -531,6 +509,45 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
         except StorageError:
             pass
     notify.send_notice(storage, settings, to=email, purpose="account_deleted", request=request, count=True)
+
+
+def _close_flow(storage: Storage, flow: dict[str, Any], alias: str) -> None:
+    """End a deleted account's flow and make the sign-in record it carries pseudonymous.
+
+    The record may not be in the log yet (another instance's writer, or the
+    purge, writes it later): its pseudonymous form goes in the log now and on
+    the row, so a later insert of the original finds it there and stops. A
+    sign-in finishing meanwhile (its If-Match write lands first) is read again
+    until this write wins or the row is gone: its record is then on the row."""
+    table = storage.table("flows")
+    for _ in range(10):
+        changes: dict[str, Any] = {}
+        if flow.get("state") != "done":
+            changes.update(state="done", code_hash="", secret_hash="")
+        record = json.loads(flow["log_entry"]) if flow.get("log_entry") else None
+        if record is not None and record.get("user_oid") != alias:
+            record.update(user_oid=alias, user="", ip=_network(record.get("ip")))
+            for attempt in range(3):
+                try:
+                    storage.table("signinlog").insert(record)
+                    break
+                except Conflict:
+                    break   # already there: the loop over the log entries below makes it pseudonymous
+                except StorageError:
+                    time.sleep(0.1 * (attempt + 1))
+            changes["log_entry"] = json.dumps(record)
+        if not changes:
+            return
+        try:
+            table.update({"PartitionKey": flow["PartitionKey"], "RowKey": flow["RowKey"], **changes}, flow["_etag"])
+            return
+        except Modified:
+            fresh = table.get(flow["PartitionKey"], flow["RowKey"])
+            if fresh is None:
+                return
+            flow = fresh
+        except StorageError:
+            return
 
 
 def _network(ip: Any) -> str:

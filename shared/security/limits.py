@@ -102,17 +102,23 @@ class Ticket:
     pk: str
     verified_keys: tuple[str, ...]   # counters with a `verified` column
     cooldown_key: str
+    number_key: str = ""             # SMS: the number's hourly row, which says whether its pumping shards were credited
 
     def to_json(self) -> str:
-        return json.dumps({"pk": self.pk, "keys": list(self.verified_keys), "cd": self.cooldown_key},
-                          separators=(",", ":"))
+        return json.dumps({"pk": self.pk, "keys": list(self.verified_keys), "cd": self.cooldown_key,
+                           **({"nk": self.number_key} if self.number_key else {})}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | None) -> "Ticket | None":
         if not raw:
             return None
         data = json.loads(raw)
-        return cls(data["pk"], tuple(data["keys"]), data["cd"])
+        return cls(data["pk"], tuple(data["keys"]), data["cd"], data.get("nk", ""))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every row its credit touches."""
+        return (*self.verified_keys, self.cooldown_key, *((self.number_key,) if self.number_key else ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,10 +185,13 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
         ]
         verified_keys.append(rules[-1].key)
         country = _country(to)
+        # The pumping counters count numbers: every send to a number this hour draws the same shard, the
+        # one its first send counted on, so the number's verification is credited where it was counted.
+        shard = int(hash_key("pumpshard", f"{hour}|{to}")[:8], 16) % PUMP_SHARDS
         for kind, value in (("pfx", to[:-4]), ("cty", country)):
             # Sharded (the shard is chosen here, so the flow's ticket can credit it): under load every
             # send and every verification to one country would otherwise retry on one row.
-            key = f"{pump_base(hour, kind, hash_key(kind, value)[:32])}{random.randrange(PUMP_SHARDS)}"
+            key = f"{pump_base(hour, kind, hash_key(kind, value)[:32])}{shard}"
             pump.append((key, kind, value))
             verified_keys.append(key)
         share = SMS_SHARES.get(bucket, 0)
@@ -216,7 +225,9 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
                           "IP hourly", unverified=True))
         verified_keys.append(rules[-1].key)
     rules = [r for r in rules if r.limit > 0]
-    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{db}"), tuple(pump), channel, bucket, to)
+    number_key = f"h{hour}-dest-{db}" if pump else ""
+    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{db}", number_key), tuple(pump), channel,
+                bucket, to)
 
 
 def _country(e164: str) -> str:
@@ -374,18 +385,28 @@ def credit(storage: Storage, ticket: Ticket | None) -> None:
         return
     table = storage.table("limits")
     params: dict[str, Any] = {"pk": ticket.pk}
-    keys = list(ticket.verified_keys) + [ticket.cooldown_key]
+    keys = list(dict.fromkeys(ticket.keys))
     params.update({f"r{i}": k for i, k in enumerate(keys)})
     flt = "PartitionKey eq @pk and ( " + " or ".join(f"RowKey eq @r{i}" for i in range(len(keys))) + " )"
     remembered = _seen.recall(table.address, ticket)
     try:
-        for _ in range(MAX_RETRIES):
+        for attempt in range(MAX_RETRIES + (remembered is not None)):   # a wrong guess is not one of the tries
             rows = remembered if remembered is not None else table.query(flt, params)
             ops = []
+            number = next((r for r in rows if r["RowKey"] == ticket.number_key), None) if ticket.number_key else None
+            # A number's pumping shards are credited once an hour, by its first verified send (they count
+            # numbers, and a repeat send was not counted on them).
+            pumped_credited = bool(number is not None and number.get("pump_verified"))
             for row in rows:
                 if row["RowKey"] == ticket.cooldown_key:
                     ops.append(("update", {"PartitionKey": ticket.pk, "RowKey": row["RowKey"], "last_verified": time.time(),
                                            "_etag": row["_etag"]}))
+                elif row["RowKey"] == ticket.number_key:
+                    if not pumped_credited:
+                        ops.append(("update", {"PartitionKey": ticket.pk, "RowKey": row["RowKey"], "pump_verified": 1,
+                                               "_etag": row["_etag"]}))
+                elif row.get("kind") in ("pfx", "cty") and pumped_credited:
+                    continue
                 else:
                     verified = min(int(row.get("verified", 0)) + 1, int(row.get("count", 0)))
                     ops.append(("update", {"PartitionKey": ticket.pk, "RowKey": row["RowKey"], "verified": verified,
@@ -394,7 +415,7 @@ def credit(storage: Storage, ticket: Ticket | None) -> None:
                 etags = table.batch(ops)
             except (Conflict, Modified):
                 if remembered is None:
-                    time.sleep(random.uniform(0.002, 0.02))
+                    time.sleep(random.uniform(0.002, 0.02) * min(attempt + 1, 4))   # a busy row: back off more
                 else:
                     _seen.outcome(False)
                 remembered = None   # changed since this instance saw them: read them
@@ -403,9 +424,10 @@ def credit(storage: Storage, ticket: Ticket | None) -> None:
                 _seen.outcome(True)
             _seen.remember_written(table.address, ticket.pk, ticket, {r["RowKey"]: r for r in rows}, ops, etags)
             for row in rows:
-                if row.get("kind") == "cty":
+                if row.get("kind") == "cty" and not pumped_credited:
                     metrics.info("metric %s", json.dumps({"metric": "sms_verified", "country": row.get("value", "")}))
             return
+        log.warning("verified send not credited: its counters stayed contended for %d tries", MAX_RETRIES)
     except StorageError as exc:
         log.warning("verified send not credited: %s", type(exc).__name__)
 
@@ -423,7 +445,7 @@ class _SeenRows:
     or many instances, make them wrong), with one guess in ``PROBE`` made anyway to
     notice when they would be right again. Bounded: least recently used rows go."""
 
-    FIELDS = ("PartitionKey", "RowKey", "count", "verified", "kind", "value", "_etag")
+    FIELDS = ("PartitionKey", "RowKey", "count", "verified", "kind", "value", "pump_verified", "_etag")
     PROBE = 16
 
     def __init__(self, size: int):
@@ -437,10 +459,18 @@ class _SeenRows:
         """The ticket's rows as a read found them (a read covers every key of the
         ticket: those it did not return do not exist)."""
         with self._lock:
-            for key in (*ticket.verified_keys, ticket.cooldown_key):
+            for key in ticket.keys:
                 row = rows.get(key)
-                slim = ({k: row[k] for k in self.FIELDS if k in row} if row is not None and row.get("_etag")
-                        else {"PartitionKey": pk, "RowKey": key, "_absent": True})
+                known = self._rows.get((address, pk, key))
+                if row is not None and row.get("_etag"):
+                    slim = {k: row[k] for k in self.FIELDS if k in row}
+                elif known is not None and not known.get("_absent"):
+                    # A read that began before another send created the row can end after that send
+                    # remembered it: "missing" is then stale (a day's counter rows are never deleted).
+                    self._rows.move_to_end((address, pk, key))
+                    continue
+                else:
+                    slim = {"PartitionKey": pk, "RowKey": key, "_absent": True}
                 self._rows[(address, pk, key)] = slim
                 self._rows.move_to_end((address, pk, key))
             while len(self._rows) > self.size:
@@ -451,7 +481,7 @@ class _SeenRows:
         """The ticket's rows as a batch that just succeeded left them (what was read, merged with what was written)."""
         if len(etags) != len(ops) or not all(etags):
             with self._lock:   # cannot tell how they were left: guess nothing about them
-                for key in (*ticket.verified_keys, ticket.cooldown_key):
+                for key in ticket.keys:
                     self._rows.pop((address, pk, key), None)
             return
         written = {entity["RowKey"]: {**(before.get(entity["RowKey"]) or {}), **entity, "_etag": etag}
@@ -468,8 +498,7 @@ class _SeenRows:
                 self._skipped += 1
                 if self._skipped % self.PROBE:
                     return None
-            rows = [self._rows.get((address, ticket.pk, key))
-                    for key in dict.fromkeys((*ticket.verified_keys, ticket.cooldown_key))]
+            rows = [self._rows.get((address, ticket.pk, key)) for key in dict.fromkeys(ticket.keys)]
         if any(row is None for row in rows):
             return None
         return [dict(row) for row in rows if not row.get("_absent")]   # type: ignore[union-attr]

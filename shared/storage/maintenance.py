@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -12,7 +13,7 @@ from shared.protocol import errors
 from shared.protocol.http import Request, Response, ok
 from shared.settings import Settings
 from shared.storage import signinlog
-from shared.storage.tables import Storage, StorageUnavailable, get_storage
+from shared.storage.tables import Storage, StorageError, StorageUnavailable, get_storage
 
 # Every POST endpoint of the native-auth API (contract §2), relative to /api.
 ENDPOINTS = (
@@ -32,6 +33,7 @@ ACCOUNT_ENDPOINTS = {"me": "GET, PATCH, DELETE", "me/password": "POST", "me/meth
 # Served also under one tenant path segment (functions/_http.endpoint).
 TENANT_ALIASED = ENDPOINTS + GET_ENDPOINTS[:3]
 PURGE_BATCH = 500
+log = logging.getLogger("nativeauth.maintenance")
 
 
 def health(request: Request, settings: Settings) -> Response:
@@ -87,8 +89,13 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
         dead = flows.query(flt, params, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
         # A finished sign-in's log record rides on its flow row until this instance's writer puts it in the
         # log; an instance that died first left it only there. Written (if missing) before the row goes; if
-        # that fails, the rows stay for the next purge.
-        signinlog.ensure(storage, [json.loads(e["log_entry"]) for e in dead if e.get("log_entry")])
+        # that fails, those rows stay for the next purge and the rest of the purge goes on.
+        try:
+            signinlog.ensure(storage, [json.loads(e["log_entry"]) for e in dead if e.get("log_entry")])
+        except StorageError as exc:
+            log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
+            counts["flows_kept"] = counts.get("flows_kept", 0) + sum(1 for e in dead if e.get("log_entry"))
+            dead = [e for e in dead if not e.get("log_entry")]
         for e in dead:
             flows.delete(e["PartitionKey"], e["RowKey"])
             counts["flows"] += 1

@@ -9,8 +9,10 @@ no extra operation), and this instance writes it to the log a moment later,
 in batches (:func:`later`). If the instance dies first, the record is still in
 the flow row, and the purge that deletes that flow writes it (:func:`ensure`)
 before it deletes the row: nothing is lost, it is only late (at most the flow's
-lifetime plus one purge interval, about 20 minutes). Every other record is
-written at once (:func:`record`).
+lifetime plus one purge interval, about 20 minutes), and its reason says it was
+not confirmed (the same happens when the request failed after the flow's final
+write: the sign-in succeeded, the tokens may not have gone out). Every other
+record is written at once (:func:`record`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ metrics = logging.getLogger("nativeauth.metrics")
 
 MAX_TS = 10 ** 13
 RIDES_UP_TO = 30_000    # characters: a record larger than this (many policies) is written at once instead
+UNCONFIRMED = "written by the purge: the request's end was not confirmed"
 
 
 def entry(flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,
@@ -182,7 +185,9 @@ def ensure(storage: Storage, records: Iterable[dict[str, Any]]) -> None:
         keys = sorted(r["RowKey"] for r in group)
         there = {e["RowKey"] for e in table.query("PartitionKey eq @d and RowKey ge @lo and RowKey le @hi",
                                                   {"d": day, "lo": keys[0], "hi": keys[-1]}, select=["RowKey"])}
-        missing = [r for r in group if r["RowKey"] not in there]
+        # Not written by its instance: it died, or the request failed after the flow's final write (then no
+        # tokens may have gone out): the record says so.
+        missing = [{**r, "reason": r.get("reason") or UNCONFIRMED} for r in group if r["RowKey"] not in there]
         if missing:
             _create_all(storage, missing)
 

@@ -72,6 +72,18 @@ class _Host:
         self.proc.wait(10)
 
 
+def _signed_in_then_killed(env: dict[str, str], storage, tmp_path: Path, name: str):
+    """A new account signs in on a host whose log writer waits a minute, then the host is killed (SIGKILL)."""
+    email = unique_email(name)
+    user = directory.create_user(storage, email, password=PW)
+    host = _Host({**env, "AUTH_SIGNINLOG_WRITE_MS": "60000"}, tmp_path / "host.log")
+    try:
+        _sign_in(host.api, email)
+    finally:
+        host.kill()
+    return user
+
+
 @pytest.fixture
 def own_tables(azurite, tmp_path):
     """Settings with tables of their own (the purge below deletes every expired flow of its tables)."""
@@ -104,13 +116,7 @@ def test_a_record_survives_its_instance_dying_before_the_log_write(own_tables, t
     """SIGKILL the host right after the sign-in, with its writer still waiting: the record is not in the log, it is
     on the flow row; the purge that deletes that flow writes it first, once; a second purge adds nothing."""
     env, settings, storage = own_tables
-    email = unique_email("crash")
-    user = directory.create_user(storage, email, password=PW)
-    host = _Host({**env, "AUTH_SIGNINLOG_WRITE_MS": "60000"}, tmp_path / "host.log")
-    try:
-        _sign_in(host.api, email)
-    finally:
-        host.kill()
+    user = _signed_in_then_killed(env, storage, tmp_path, "crash")
     assert _records(storage, user.oid) == []                      # the writer never ran: the instance died
     assert len(_flows_with_record(storage, user.oid)) == 1        # but the flow row holds the record
     later = time.time() + settings.flow_ttl_seconds + 7200
@@ -128,13 +134,7 @@ def test_a_purge_that_cannot_write_the_log_keeps_the_flow_rows(own_tables, tmp_p
     record (and goes on with the rest); once the table is back, the next purge writes the record, then deletes
     the row."""
     env, settings, storage = own_tables
-    email = unique_email("nolog")
-    user = directory.create_user(storage, email, password=PW)
-    host = _Host({**env, "AUTH_SIGNINLOG_WRITE_MS": "60000"}, tmp_path / "host.log")
-    try:
-        _sign_in(host.api, email)
-    finally:
-        host.kill()
+    user = _signed_in_then_killed(env, storage, tmp_path, "nolog")
     TableServiceClient.from_connection_string(settings.storage_connection_string).delete_table(
         settings.table_prefix + "signinlog")
     later = time.time() + settings.flow_ttl_seconds + 7200

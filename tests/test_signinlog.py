@@ -206,3 +206,16 @@ def test_a_deletion_racing_a_sign_in_that_finishes_reads_the_flow_again(own_tabl
     assert storage.table("signinlog").get(on_row["PartitionKey"], on_row["RowKey"])["user_oid"] == alias
     maintenance.purge_expired(now=time.time() + settings.flow_ttl_seconds + 7200, storage=storage)
     assert _records(storage, user.oid) == []
+
+
+def test_an_unreadable_record_on_a_flow_row_does_not_stop_the_purge(own_tables, tmp_path):
+    """A flow row whose record cannot be read (storage corruption, a hand edit) is skipped with a warning; the
+    other rows' records are written and every expired row is purged."""
+    env, settings, storage = own_tables
+    user = _signed_in_then_killed(env, storage, tmp_path, "broken")
+    [row] = storage.table("flows").query("ident eq @i", {"i": user.pk})
+    storage.table("flows").insert({"PartitionKey": row["PartitionKey"], "RowKey": "broken-record", "state": "done",
+                                   "expires_at": 0, "log_entry": "{not json"})
+    maintenance.purge_expired(now=time.time() + settings.flow_ttl_seconds + 7200, storage=storage)
+    assert storage.table("flows").query("PartitionKey eq @p", {"p": row["PartitionKey"]}) == []
+    assert [r["result"] for r in _records(storage, user.oid)] == ["success"]

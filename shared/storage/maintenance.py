@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Mapping
@@ -91,7 +90,7 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
         # log; an instance that died first left it only there. Written (if missing) before the row goes; if
         # that fails, those rows stay for the next purge and the rest of the purge goes on.
         try:
-            signinlog.ensure(storage, [json.loads(e["log_entry"]) for e in dead if e.get("log_entry")])
+            signinlog.ensure(storage, signinlog.carried(dead))
         except StorageError as exc:
             log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
             counts["flows_kept"] = counts.get("flows_kept", 0) + sum(1 for e in dead if e.get("log_entry"))

@@ -173,6 +173,26 @@ def _create_all(storage: Storage, records: list[dict[str, Any]]) -> int:
     return trips
 
 
+def carried(flow_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sign-in records these flow rows carry. A row whose record cannot be read
+    (only storage corruption or a hand edit makes one) is logged and skipped: it
+    must not stop the purge of every other row."""
+    out = []
+    for row in flow_rows:
+        if not row.get("log_entry"):
+            continue
+        try:
+            record = json.loads(row["log_entry"])
+            if not (isinstance(record, dict) and isinstance(record.get("PartitionKey"), str)
+                    and isinstance(record.get("RowKey"), str) and record["PartitionKey"] and record["RowKey"]):
+                raise ValueError("not a record")
+        except ValueError:
+            log.warning("flow %s carries an unreadable sign-in record: skipped", row.get("RowKey", "?")[:8])
+            continue
+        out.append(record)
+    return out
+
+
 def ensure(storage: Storage, records: Iterable[dict[str, Any]]) -> None:
     """Make sure these records are in the log (the purge, before it deletes the
     flow rows that hold them): one read of the keys per day and quarter hour of

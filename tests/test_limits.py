@@ -4,6 +4,7 @@ per number prefix, global budgets; identical for unknown accounts; fail closed."
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 
@@ -393,3 +394,23 @@ def test_a_stale_read_of_a_missing_row_does_not_hide_a_row_written_since():
     fresh = limits._SeenRows(100)
     fresh.remember("t", "lim1", ticket, {})               # missing and never seen otherwise: remembered missing
     assert fresh.recall("t", ticket) == []
+
+
+def test_the_conversion_metrics_count_sends_and_verified_sends_alike(server, caplog):
+    """sms_sent is logged per send and sms_verified per verified send (the alert compares them), also when a
+    number's pumping shard is credited only once (a review found four verified sign-ins to one number logged four
+    sends and one verification, which makes busy legitimate countries look pumped)."""
+    import logging
+
+    settings, store = isolated(server, AUTH_SMS_PER_PREFIX_HOUR="50", AUTH_SENDS_PER_IP_HOUR="50",
+                               AUTH_SMS_PER_DESTINATION_HOUR="50", AUTH_SMS_PER_DESTINATION_DAY="50")
+    number = f"+3725{random.randrange(10 ** 7):07d}"
+    with caplog.at_level(logging.INFO, logger="nativeauth.metrics"):
+        for _ in range(4):
+            sent = limits.check_and_count(store, settings, "sms", number, "203.0.113.14", purpose="mfa_code")
+            limits.credit(store, sent.ticket)
+    names = [json.loads(r.getMessage().split("metric ", 1)[1])["metric"] for r in caplog.records
+             if r.name == "nativeauth.metrics"]
+    assert (names.count("sms_sent"), names.count("sms_verified")) == (4, 4), names
+    estonia = limits.report(store)["countries"]["EE"]
+    assert (estonia["sent"], estonia["verified"]) == (1, 1)   # the counters count the number once

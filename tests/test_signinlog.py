@@ -84,6 +84,22 @@ def _signed_in_then_killed(env: dict[str, str], storage, tmp_path: Path, name: s
     return user
 
 
+def _log_table_gone(settings: Settings) -> None:
+    """The sign-in log failing, for real: its table deleted."""
+    TableServiceClient.from_connection_string(settings.storage_connection_string).delete_table(
+        settings.table_prefix + "signinlog")
+
+
+def _log_table_back(storage) -> None:
+    for _ in range(60):   # Azurite may refuse to recreate a table for a moment after deleting it
+        try:
+            storage.ensure_tables()
+            return
+        except storage_mod.StorageError:
+            time.sleep(0.5)
+    raise AssertionError("the sign-in log table could not be created again")
+
+
 @pytest.fixture
 def own_tables(azurite, tmp_path):
     """Settings with tables of their own (the purge below deletes every expired flow of its tables)."""
@@ -135,17 +151,11 @@ def test_a_purge_that_cannot_write_the_log_keeps_the_flow_rows(own_tables, tmp_p
     the row."""
     env, settings, storage = own_tables
     user = _signed_in_then_killed(env, storage, tmp_path, "nolog")
-    TableServiceClient.from_connection_string(settings.storage_connection_string).delete_table(
-        settings.table_prefix + "signinlog")
+    _log_table_gone(settings)
     later = time.time() + settings.flow_ttl_seconds + 7200
     counts = maintenance.purge_expired(now=later, storage=storage)
     assert counts.get("flows_kept", 0) >= 1 and len(_flows_with_record(storage, user.oid)) == 1
-    for _ in range(60):   # Azurite may refuse to recreate a table for a moment after deleting it
-        try:
-            storage.ensure_tables()
-            break
-        except storage_mod.StorageError:
-            time.sleep(0.5)
+    _log_table_back(storage)
     maintenance.purge_expired(now=later, storage=storage)
     assert _flows_with_record(storage, user.oid) == []
     assert [r["result"] for r in _records(storage, user.oid)] == ["success"]
@@ -199,7 +209,7 @@ def test_a_deletion_racing_a_sign_in_that_finishes_reads_the_flow_again(own_tabl
     finally:
         host.kill()
     alias = account._alias(settings, user.oid)
-    account._close_flow(storage, open_row, alias)
+    account._close_flow(storage, open_row, user.oid, alias)
     [row] = storage.table("flows").query("ident eq @i", {"i": user.pk})
     on_row = json.loads(row["log_entry"])
     assert (row["state"], on_row["user_oid"], on_row["user"]) == ("done", alias, "")
@@ -209,13 +219,56 @@ def test_a_deletion_racing_a_sign_in_that_finishes_reads_the_flow_again(own_tabl
 
 
 def test_an_unreadable_record_on_a_flow_row_does_not_stop_the_purge(own_tables, tmp_path):
-    """A flow row whose record cannot be read (storage corruption, a hand edit) is skipped with a warning; the
-    other rows' records are written and every expired row is purged."""
+    """A flow row whose record cannot be read or written (storage corruption, a hand edit: not JSON, a key Azure
+    refuses, a value that is not a scalar) is skipped with a warning; the other rows' records are written and
+    every expired row is purged (a review found one such row kept its whole page of rows, or stopped the purge)."""
     env, settings, storage = own_tables
     user = _signed_in_then_killed(env, storage, tmp_path, "broken")
     [row] = storage.table("flows").query("ident eq @i", {"i": user.pk})
-    storage.table("flows").insert({"PartitionKey": row["PartitionKey"], "RowKey": "broken-record", "state": "done",
-                                   "expires_at": 0, "log_entry": "{not json"})
+    good = json.loads(row["log_entry"])
+    for i, bad in enumerate(("{not json", json.dumps({**good, "RowKey": "x/y"}),          # a key Azure refuses
+                             json.dumps({**good, "RowKey": good["RowKey"] + "n", "nested": {"a": 1}}))):
+        storage.table("flows").insert({"PartitionKey": row["PartitionKey"], "RowKey": f"broken-{i}", "state": "done",
+                                       "expires_at": 0, "log_entry": bad})
     maintenance.purge_expired(now=time.time() + settings.flow_ttl_seconds + 7200, storage=storage)
     assert storage.table("flows").query("PartitionKey eq @p", {"p": row["PartitionKey"]}) == []
     assert [r["result"] for r in _records(storage, user.oid)] == ["success"]
+
+
+def test_a_deletion_that_fails_part_way_keeps_the_account_and_can_be_finished(own_tables, tmp_path):
+    """The log unwritable while an account is deleted: the deletion fails before the account row goes, so the
+    account is still there and running the deletion again (after the one-minute guard) finishes it, with no record
+    naming the object id (a review found the account row deleted first: a failure after it left identifying
+    records nobody could clean, since a gone account cannot be deleted again)."""
+    from shared.flows import account
+
+    env, settings, storage = own_tables
+    user = _signed_in_then_killed(env, storage, tmp_path, "partway")
+    _log_table_gone(settings)
+    with pytest.raises(storage_mod.StorageError):
+        account.delete_user(storage, settings, directory.get_user_by_key(storage, user.pk))
+    left = directory.get_user_by_key(storage, user.pk)
+    assert left is not None and left.oid == user.oid
+    _log_table_back(storage)
+    storage.table("users").update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time() - 120},
+                                  left.entity["_etag"])
+    account.delete_user(storage, settings, directory.get_user_by_key(storage, user.pk))
+    assert directory.get_user_by_key(storage, user.pk) is None
+    maintenance.purge_expired(now=time.time() + settings.flow_ttl_seconds + 7200, storage=storage)
+    assert _records(storage, user.oid) == []
+    alias = account._alias(settings, user.oid)
+    assert [r["result"] for r in _records(storage, alias)] == ["success"]
+
+
+def test_every_record_fits_on_its_flow_row():
+    """A record with thousands of policy results still rides on the flow's final write: the last results are
+    dropped and counted (a review found a record too large to ride was written after the flow ended, where a
+    deletion in between could not see it)."""
+    class Decision:
+        results = [{"name": f"policy number {i}", "result": "notApplied", "report_only": False} for i in range(3000)]
+
+    record = signinlog.entry({"kind": "signin", "client_id": "c"}, None, "success", "", ["pwd"], "none", Decision())
+    storage_mod.check_entity(record)
+    assert len(json.dumps(record)) < 32_000
+    kept = json.loads(record["policies"])
+    assert kept[-1]["truncated"] == 3000 - (len(kept) - 1) and len(kept) > 100

@@ -26,6 +26,7 @@ user (``limits.check_and_count_action``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +42,8 @@ from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_e
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
 from shared.storage.tables import Conflict, Modified, NotFound, Storage, StorageError, get_storage
+
+log = logging.getLogger("nativeauth.account")
 
 SCOPE = "account"
 READS_PER_HOUR = 300
@@ -493,47 +496,65 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # without the code key), so a parallel DELETE of this session already finds it.
     signinlog.record(storage, {"kind": f"account:{actor}", "client_id": ""}, None, "account_deleted", "oid:" + alias, [],
                      "none")
+    # The log made pseudonymous before the account row goes: if storage fails here, the account is still
+    # there and running the deletion again (a minute later, see above) finishes it.
+    _pseudonymise(storage, user.pk, oid, alias)
     storage.table("users").delete(user.pk, "user")
     for fam in _families(storage, user):
         storage.table("refresh").delete(fam["PartitionKey"], fam["RowKey"])
+    try:   # once more: a sign-in that finished in between (the account was still there)
+        _pseudonymise(storage, user.pk, oid, alias)
+    except StorageError as exc:
+        log.warning("account deleted; the second pass over its sign-in records failed: %s", type(exc).__name__)
+    notify.send_notice(storage, settings, to=email, purpose="account_deleted", request=request, count=True)
+
+
+def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
+    """End the account's flows and make its sign-in records pseudonymous: those in
+    the log and those still carried by flow rows. Raises StorageError."""
     signinlog.flush()   # this instance's sign-ins not yet in the log: there now, so the loop below finds them
-    # Every flow row of the account not yet purged (a scan, fine for the rare deletion: the purge keeps the
-    # table to about the last 20 minutes, longer only while it is failing).
-    for f in storage.table("flows").query("ident eq @i", {"i": user.pk}):
-        _close_flow(storage, f, alias)
+    # Every flow row of the account not yet purged (a scan, fine for the rare deletion).
+    for f in storage.table("flows").query("ident eq @i", {"i": user_pk}):
+        _close_flow(storage, f, oid, alias)
     for entry in _log_entries(storage, oid):
         try:
             storage.table("signinlog").update({"PartitionKey": entry["PartitionKey"], "RowKey": entry["RowKey"],
                                                "user_oid": alias, "user": "", "ip": _network(entry.get("ip"))},
                                               entry["_etag"])
-        except StorageError:
-            pass
-    notify.send_notice(storage, settings, to=email, purpose="account_deleted", request=request, count=True)
+        except Modified:
+            pass   # changed since read: a parallel deletion made it pseudonymous
 
 
-def _close_flow(storage: Storage, flow: dict[str, Any], alias: str) -> None:
+def _close_flow(storage: Storage, flow: dict[str, Any], oid: str, alias: str) -> None:
     """End a deleted account's flow and make the sign-in record it carries pseudonymous.
 
     The record may not be in the log yet (another instance's writer, or the
     purge, writes it later): its pseudonymous form goes in the log now and on
     the row, so a later insert of the original finds it there and stops. A
     sign-in finishing meanwhile (its If-Match write lands first) is read again
-    until this write wins or the row is gone: its record is then on the row."""
+    until this write wins or the row is gone: its record is then on the row.
+    Records of another account with the same address (deleted before) are left
+    as they are. Raises StorageError when the log cannot be written."""
     table = storage.table("flows")
     for _ in range(10):
         changes: dict[str, Any] = {}
         if flow.get("state") != "done":
             changes.update(state="done", code_hash="", secret_hash="")
-        record = json.loads(flow["log_entry"]) if flow.get("log_entry") else None
-        if record is not None and record.get("user_oid") != alias:
-            record.update(user_oid=alias, user="", ip=_network(record.get("ip")))
+        carried = signinlog.carried([flow])
+        if flow.get("log_entry") and not carried:
+            changes["log_entry"] = ""   # unreadable: dropped rather than left
+        elif carried and carried[0].get("user_oid") == oid:
+            record = {**carried[0], "user_oid": alias, "user": ""}
+            record["ip"] = _network(record.get("ip"))
             for attempt in range(3):
                 try:
                     storage.table("signinlog").insert(record)
                     break
                 except Conflict:
-                    break   # already there: the loop over the log entries below makes it pseudonymous
+                    break   # already there: the loop over the log entries makes it pseudonymous
                 except StorageError:
+                    if attempt == 2:
+                        raise
                     time.sleep(0.1 * (attempt + 1))
             changes["log_entry"] = json.dumps(record)
         if not changes:
@@ -546,8 +567,6 @@ def _close_flow(storage: Storage, flow: dict[str, Any], alias: str) -> None:
             if fresh is None:
                 return
             flow = fresh
-        except StorageError:
-            return
 
 
 def _network(ip: Any) -> str:

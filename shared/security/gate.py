@@ -255,8 +255,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     # the log a moment later, or through the purge of this flow if this instance dies first.
     record = signinlog.entry(flow, user, "success", "", list(subject.amr),
                              (current().extra.get("risk") if current() else "") or "none", decision, ip)
-    rides = signinlog.rides(record)
-    flows.finish(storage, flow, **({"log_entry": record} if rides else {}))
+    flows.finish(storage, flow, log_entry=record)
     changes: dict[str, Any] = {}
     if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
         changes.update(failed_logins=0, lockout_until=0)
@@ -273,11 +272,9 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
             update_user(storage, user, **changes)
         except Modified:
             pass  # a concurrent change won; counters are not lost by skipping this reset
-    if rides:
-        signinlog.later(storage, record)
-    else:
-        signinlog.write(storage, record)
-    return ok(tokens.issue(storage, settings, flow["client_id"], subject, scopes))
+    issued = tokens.issue(storage, settings, flow["client_id"], subject, scopes)
+    signinlog.later(storage, record)   # only once the tokens are out; else the purge writes it, marked unconfirmed
+    return ok(issued)
 
 
 # ------------------------------------------------------------------ the session gate (refresh)

@@ -32,6 +32,7 @@ ACCOUNT_ENDPOINTS = {"me": "GET, PATCH, DELETE", "me/password": "POST", "me/meth
 # Served also under one tenant path segment (functions/_http.endpoint).
 TENANT_ALIASED = ENDPOINTS + GET_ENDPOINTS[:3]
 PURGE_BATCH = 500
+PURGE_SECONDS = 240.0   # of the timer's 5 minutes
 log = logging.getLogger("nativeauth.maintenance")
 
 
@@ -72,37 +73,47 @@ def not_found(request: Request, settings: Settings) -> Response:
 
 
 def purge_expired(settings: Settings | None = None, *, now: float | None = None, batch: int = PURGE_BATCH,
-                  storage: Storage | None = None) -> dict[str, int]:
-    """Delete expired flows, refresh-token families and limit windows, in bounded
-    batches (the process's storage unless ``storage`` is given). Safe on several
-    instances at once: deletes of already-deleted entities are ignored."""
+                  storage: Storage | None = None, seconds: float = PURGE_SECONDS) -> dict[str, int]:
+    """Delete expired flows, refresh-token families and limit windows, a bounded
+    batch at a time, until none is left or ``seconds`` have passed (the timer runs
+    every 5 minutes; the process's storage unless ``storage`` is given). Safe on
+    several instances at once: deletes of already-deleted entities are ignored."""
     storage = storage or get_storage(settings)
     settings = storage.settings
     now = now or time.time()
+    deadline = time.monotonic() + seconds
     counts = {"flows": 0, "refresh": 0, "limits": 0}
     # Flow partitions are named by creation hour: anything older than the
     # longest flow lifetime plus an hour is dead as a whole partition.
     cutoff = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - settings.flow_ttl_seconds - 3600))
     flows = storage.table("flows")
     for flt, params in (("PartitionKey lt @cutoff", {"cutoff": cutoff}), ("expires_at lt @now", {"now": int(now)})):
-        dead = flows.query(flt, params, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
-        # A finished sign-in's log record rides on its flow row until this instance's writer puts it in the
-        # log; an instance that died first left it only there. Written (if missing) before the row goes; if
-        # that fails, those rows stay for the next purge and the rest of the purge goes on.
-        try:
-            signinlog.ensure(storage, signinlog.carried(dead))
-        except StorageError as exc:
-            log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
-            counts["flows_kept"] = counts.get("flows_kept", 0) + sum(1 for e in dead if e.get("log_entry"))
-            dead = [e for e in dead if not e.get("log_entry")]
-        for e in dead:
-            flows.delete(e["PartitionKey"], e["RowKey"])
-            counts["flows"] += 1
+        while True:
+            dead = flows.query(flt, params, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
+            full = len(dead) >= batch
+            # A finished sign-in's log record rides on its flow row until its instance's writer puts it in the
+            # log; an instance that died first left it only there. Written (if missing) before the row goes; if
+            # that fails, those rows stay for the next purge and the rest of the purge goes on.
+            try:
+                signinlog.ensure(storage, signinlog.carried(dead))
+            except StorageError as exc:
+                log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
+                counts["flows_kept"] = counts.get("flows_kept", 0) + sum(1 for e in dead if e.get("log_entry"))
+                dead, full = [e for e in dead if not e.get("log_entry")], False   # the same rows would come back
+            for e in dead:
+                flows.delete(e["PartitionKey"], e["RowKey"])
+                counts["flows"] += 1
+            if not full or time.monotonic() > deadline:
+                break
     for name in ("refresh", "limits"):
         table = storage.table(name)
-        for e in table.query("expires_at lt @now", {"now": int(now)}, select=["PartitionKey", "RowKey"], limit=batch):
-            table.delete(e["PartitionKey"], e["RowKey"])
-            counts[name] += 1
+        while True:
+            dead = table.query("expires_at lt @now", {"now": int(now)}, select=["PartitionKey", "RowKey"], limit=batch)
+            for e in dead:
+                table.delete(e["PartitionKey"], e["RowKey"])
+                counts[name] += 1
+            if len(dead) < batch or time.monotonic() > deadline:
+                break
     return counts
 
 

@@ -28,14 +28,15 @@ from typing import Any, Iterable
 
 from shared.protocol.identifiers import mask_email
 from shared.protocol.http import current
-from shared.storage.tables import MAX_BATCH, Conflict, Storage, StorageError
+from shared.storage.tables import MAX_BATCH, Conflict, Storage, StorageError, check_entity
 
 log = logging.getLogger("nativeauth.signinlog")
 metrics = logging.getLogger("nativeauth.metrics")
 
 MAX_TS = 10 ** 13
-RIDES_UP_TO = 30_000    # characters: a record larger than this (many policies) is written at once instead
-UNCONFIRMED = "written by the purge: the request's end was not confirmed"
+POLICIES_UP_TO = 20_000  # characters of policy results kept in a record: every record fits in the flow row's
+                         # final write (a property holds 32 Ki characters; the rest of a record is under 6,000)
+UNCONFIRMED = "written by the purge: its instance did not write it (stopped, failed, or the request failed first)"
 
 
 def entry(flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,
@@ -50,7 +51,7 @@ def entry(flow, user, result: str, reason: str, steps: list[str], risk: str, dec
         "flow": flow["kind"] if flow is not None else "", "client_id": flow["client_id"] if flow is not None else "",
         "user_oid": user.oid if user is not None else "", "user": mask_email(user.email) if user is not None else "",
         "ip": ip or (ctx.client_ip if ctx else "") or "", "factors": json.dumps(list(dict.fromkeys(steps))),
-        "risk": risk, "policies": json.dumps(decision.results if decision is not None else []),
+        "risk": risk, "policies": _policies(decision.results if decision is not None else []),
         "correlation_id": ctx.correlation_id if ctx else "",
         "expires_at": int(now) + 30 * 86400,
     }
@@ -58,6 +59,16 @@ def entry(flow, user, result: str, reason: str, steps: list[str], risk: str, dec
     if calls:  # custom extensions called in this request: name, event, outcome, latency (never their answers)
         out["extensions"] = json.dumps(calls)[:4000]
     return out
+
+
+def _policies(results: list[Any]) -> str:
+    """The policy results as JSON, the last ones dropped (and counted) if they would not fit."""
+    text = json.dumps(results)
+    kept = len(results)
+    while len(text) > POLICIES_UP_TO and kept:
+        kept //= 2
+        text = json.dumps([*results[:kept], {"truncated": len(results) - kept}])
+    return text
 
 
 def record(storage: Storage, flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,
@@ -71,11 +82,6 @@ def write(storage: Storage, record: dict[str, Any]) -> None:
         storage.table("signinlog").insert(record)
     except StorageError:
         pass  # the log must not break a sign-in; the request log line still has the outcome
-
-
-def rides(record: dict[str, Any]) -> bool:
-    """Whether the record fits in the flow row's final write (a property holds 64 KiB)."""
-    return len(json.dumps(record)) <= RIDES_UP_TO
 
 
 # ------------------------------------------------------------------ records written off the request path
@@ -183,10 +189,10 @@ def carried(flow_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(row["log_entry"])
-            if not (isinstance(record, dict) and isinstance(record.get("PartitionKey"), str)
-                    and isinstance(record.get("RowKey"), str) and record["PartitionKey"] and record["RowKey"]):
+            if not isinstance(record, dict) or not all(isinstance(v, (str, int, float, bool)) for v in record.values()):
                 raise ValueError("not a record")
-        except ValueError:
+            check_entity(record)   # keys Azure accepts, sizes it accepts
+        except (ValueError, StorageError):
             log.warning("flow %s carries an unreadable sign-in record: skipped", row.get("RowKey", "?")[:8])
             continue
         out.append(record)

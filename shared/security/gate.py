@@ -252,7 +252,8 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
                              tuple(decision.auth_contexts), session, extra)
     ip = flow.get("ip") or client_ip(request)
     # The sign-in log record rides on the write that ends the flow (no round trip of its own); it reaches
-    # the log a moment later, or through the purge of this flow if this instance dies first.
+    # the log a moment after the tokens are out, or, if this instance does not write it (it stops, or the
+    # request fails first), through the purge of this flow row.
     record = signinlog.entry(flow, user, "success", "", list(subject.amr),
                              (current().extra.get("risk") if current() else "") or "none", decision, ip)
     flows.finish(storage, flow, log_entry=record)

@@ -492,13 +492,17 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     else:
         return
     alias = _alias(settings, oid)
-    # The one record of the deletion first (pseudonymous: an alias nobody can turn back into the id
-    # without the code key), so a parallel DELETE of this session already finds it.
+    # The log made pseudonymous before the account row goes: if storage fails here, the mark is taken back
+    # and the account is as it was, so the client may simply try again.
+    try:
+        _pseudonymise(storage, user.pk, oid, alias)
+    except StorageError:
+        _unmark(storage, user.pk)
+        raise
+    # The one record of the deletion (pseudonymous: an alias nobody can turn back into the id without the
+    # code key), before the account row goes, so a parallel DELETE of this session already finds it.
     signinlog.record(storage, {"kind": f"account:{actor}", "client_id": ""}, None, "account_deleted", "oid:" + alias, [],
                      "none")
-    # The log made pseudonymous before the account row goes: if storage fails here, the account is still
-    # there and running the deletion again (a minute later, see above) finishes it.
-    _pseudonymise(storage, user.pk, oid, alias)
     storage.table("users").delete(user.pk, "user")
     for fam in _families(storage, user):
         storage.table("refresh").delete(fam["PartitionKey"], fam["RowKey"])
@@ -516,13 +520,39 @@ def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
     # Every flow row of the account not yet purged (a scan, fine for the rare deletion).
     for f in storage.table("flows").query("ident eq @i", {"i": user_pk}):
         _close_flow(storage, f, oid, alias)
-    for entry in _log_entries(storage, oid):
-        try:
-            storage.table("signinlog").update({"PartitionKey": entry["PartitionKey"], "RowKey": entry["RowKey"],
-                                               "user_oid": alias, "user": "", "ip": _network(entry.get("ip"))},
-                                              entry["_etag"])
-        except Modified:
-            pass   # changed since read: a parallel deletion made it pseudonymous
+    table = storage.table("signinlog")
+    for _ in range(1000):   # 2,000 at a time (an active account has many), until none names the account
+        entries = _log_entries(storage, oid)
+        if not entries:
+            return
+        days: dict[str, list[dict[str, Any]]] = {}
+        for e in entries:
+            days.setdefault(e["PartitionKey"], []).append(
+                {"PartitionKey": e["PartitionKey"], "RowKey": e["RowKey"], "user_oid": alias, "user": "",
+                 "ip": _network(e.get("ip")), "_etag": e["_etag"]})
+        for day in days.values():
+            for i in range(0, len(day), 100):   # one transaction per 100 records of a day
+                chunk = day[i:i + 100]
+                try:
+                    table.batch([("update", e) for e in chunk])
+                except (Modified, Conflict):
+                    for e in chunk:   # one changed since read (a parallel deletion): each on its own
+                        try:
+                            table.update(e)
+                        except Modified:
+                            pass
+    raise StorageError("the account's sign-in records kept changing")
+
+
+def _unmark(storage: Storage, user_pk: str) -> None:
+    """Take back a deletion's mark (its first pass failed): the account is as it was."""
+    try:
+        fresh = get_user_by_key(storage, user_pk)
+        if fresh is not None and fresh.entity.get("deleting_at"):
+            storage.table("users").update({"PartitionKey": user_pk, "RowKey": "user", "deleting_at": 0},
+                                          fresh.entity["_etag"])
+    except StorageError as exc:
+        log.warning("a failed deletion's mark could not be taken back: %s", type(exc).__name__)
 
 
 def _close_flow(storage: Storage, flow: dict[str, Any], oid: str, alias: str) -> None:

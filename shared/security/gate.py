@@ -256,7 +256,8 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     # request fails first), through the purge of this flow row.
     record = signinlog.entry(flow, user, "success", "", list(subject.amr),
                              (current().extra.get("risk") if current() else "") or "none", decision, ip)
-    flows.finish(storage, flow, log_entry=record)
+    rides = signinlog.fits(record)   # always, unless a field outgrew its cap: then written at once, after the end
+    flows.finish(storage, flow, **({"log_entry": record} if rides else {}))
     changes: dict[str, Any] = {}
     if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
         changes.update(failed_logins=0, lockout_until=0)
@@ -274,7 +275,10 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
         except Modified:
             pass  # a concurrent change won; counters are not lost by skipping this reset
     issued = tokens.issue(storage, settings, flow["client_id"], subject, scopes)
-    signinlog.later(storage, record)   # only once the tokens are out; else the purge writes it, marked unconfirmed
+    if rides:
+        signinlog.later(storage, record)   # only once the tokens are out; else the purge writes it, marked unconfirmed
+    else:
+        signinlog.write(storage, record)
     return ok(issued)
 
 

@@ -33,6 +33,7 @@ ACCOUNT_ENDPOINTS = {"me": "GET, PATCH, DELETE", "me/password": "POST", "me/meth
 TENANT_ALIASED = ENDPOINTS + GET_ENDPOINTS[:3]
 PURGE_BATCH = 500
 PURGE_SECONDS = 240.0   # of the timer's 5 minutes
+EXPIRED_GRACE_SECONDS = 120
 log = logging.getLogger("nativeauth.maintenance")
 
 
@@ -87,9 +88,16 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
     # longest flow lifetime plus an hour is dead as a whole partition.
     cutoff = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - settings.flow_ttl_seconds - 3600))
     flows = storage.table("flows")
-    for flt, params in (("PartitionKey lt @cutoff", {"cutoff": cutoff}), ("expires_at lt @now", {"now": int(now)})):
+    kept: set[tuple[str, str]] = set()
+    # A flow that expired moments ago may have finished just before: its instance is still to write its
+    # sign-in record (AUTH_SIGNINLOG_WRITE_MS): a grace of two minutes, so the purge does not write it first.
+    for flt, params in (("PartitionKey lt @cutoff", {"cutoff": cutoff}),
+                        ("expires_at lt @now", {"now": int(now) - EXPIRED_GRACE_SECONDS})):
         while True:
-            dead = flows.query(flt, params, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
+            # While the log is failing, only rows that carry no record (finished ones wait for the log, and
+            # would otherwise fill every page).
+            q, qp = (f"{flt} and state ne @done", {**params, "done": "done"}) if kept else (flt, params)
+            dead = flows.query(q, qp, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
             full = len(dead) >= batch
             # A finished sign-in's log record rides on its flow row until its instance's writer puts it in the
             # log; an instance that died first left it only there. Written (if missing) before the row goes; if
@@ -97,14 +105,17 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
             try:
                 signinlog.ensure(storage, signinlog.carried(dead))
             except StorageError as exc:
-                log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
-                counts["flows_kept"] = counts.get("flows_kept", 0) + sum(1 for e in dead if e.get("log_entry"))
-                dead, full = [e for e in dead if not e.get("log_entry")], False   # the same rows would come back
+                if not kept:
+                    log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
+                kept.update((e["PartitionKey"], e["RowKey"]) for e in dead if e.get("log_entry"))
+                dead = [e for e in dead if not e.get("log_entry")]
             for e in dead:
                 flows.delete(e["PartitionKey"], e["RowKey"])
                 counts["flows"] += 1
             if not full or time.monotonic() > deadline:
                 break
+    if kept:
+        counts["flows_kept"] = len(kept)
     for name in ("refresh", "limits"):
         table = storage.table(name)
         while True:

@@ -36,6 +36,7 @@ metrics = logging.getLogger("nativeauth.metrics")
 MAX_TS = 10 ** 13
 POLICIES_UP_TO = 20_000  # characters of policy results kept in a record: every record fits in the flow row's
                          # final write (a property holds 32 Ki characters; the rest of a record is under 6,000)
+RIDES_UP_TO = 30_000     # characters of a record on the flow row; a larger one is written at once instead
 UNCONFIRMED = "written by the purge: its instance did not write it (stopped, failed, or the request failed first)"
 
 
@@ -62,13 +63,19 @@ def entry(flow, user, result: str, reason: str, steps: list[str], risk: str, dec
 
 
 def _policies(results: list[Any]) -> str:
-    """The policy results as JSON, the last ones dropped (and counted) if they would not fit."""
+    """The policy results as JSON, the last ones dropped (and counted) if they would not fit. Measured as the
+    flow row stores it: encoded once more inside the record, where every quote and backslash doubles."""
     text = json.dumps(results)
     kept = len(results)
-    while len(text) > POLICIES_UP_TO and kept:
-        kept //= 2
+    while len(json.dumps(text)) > POLICIES_UP_TO and kept:
+        kept = max(0, min(kept - 1, int(kept * 0.9)))
         text = json.dumps([*results[:kept], {"truncated": len(results) - kept}])
     return text
+
+
+def fits(record: dict[str, Any]) -> bool:
+    """Whether the record fits in the flow row's final write (a property holds 32 Ki characters)."""
+    return len(json.dumps(record)) <= RIDES_UP_TO
 
 
 def record(storage: Storage, flow, user, result: str, reason: str, steps: list[str], risk: str, decision=None,

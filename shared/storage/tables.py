@@ -236,8 +236,10 @@ class Table:
     def batch(self, operations: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
         """Atomic entity-group transaction: same partition, at most 100 operations.
 
-        Operations are ``("create", entity)`` (insert-if-absent) or
-        ``("update", entity)`` (merge with If-Match on the entity's ``_etag``).
+        Operations are ``("create", entity)`` (insert-if-absent),
+        ``("update", entity)`` (merge with If-Match on the entity's ``_etag``) or
+        ``("delete", entity)`` (unconditional; a missing entity fails the whole
+        batch with :class:`NotFound`, unlike :meth:`delete`).
         Any race fails the whole batch with :class:`Conflict` or :class:`Modified`.
         Returns each entity's new ETag, in the operations' order."""
         ops: list[tuple] = []
@@ -250,6 +252,8 @@ class Table:
                                              "match_condition": MatchConditions.IfNotModified}))
             elif op == "create":
                 ops.append(("create", data))
+            elif op == "delete":
+                ops.append(("delete", {"PartitionKey": data["PartitionKey"], "RowKey": data["RowKey"]}))
             else:
                 raise StorageError(f"unsupported batch operation {op!r}")
         if not ops:

@@ -229,3 +229,22 @@ def test_A84_claims_sent_at_refresh_do_not_make_a_session_fresh(server, api, out
                  scope=ACCOUNT_SCOPE, client_info="1",
                  claims=json.dumps({"access_token": {"acrs": {"essential": True, "value": ctx}}}))
     assert r.status == 400 and r["error"] == "invalid_grant" and "access_token" not in r.body, r.body
+
+
+def test_an_account_being_deleted_neither_signs_in_nor_refreshes(make_user, server):
+    """While a deletion runs (its mark is fresh) the account row still exists: a stolen refresh token and the
+    password get nothing then (a review found the first pass, now before the account row goes, had lengthened the
+    window in which both still worked). A mark a minute old is a deletion that died: the account works again."""
+    api = server.api
+    email, user = make_user()
+    rt = api.signin_password(email, "correct horse battery staple")["refresh_token"]
+    users = server.storage.table("users")
+    row = users.get(user.pk, "user")
+    users.update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time()}, row["_etag"])
+    refreshed = api.post("oauth2/v2.0/token", grant_type="refresh_token", refresh_token=rt, scope="openid")
+    assert refreshed.status == 400 and refreshed["error"] == "invalid_grant", refreshed.body
+    signed_in = api.signin_password(email, "correct horse battery staple")
+    assert signed_in.status == 400 and "access_token" not in signed_in.body, signed_in.body
+    row = users.get(user.pk, "user")
+    users.update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time() - 120}, row["_etag"])
+    assert api.signin_password(email, "correct horse battery staple").status == 200

@@ -37,7 +37,7 @@ from shared.protocol import errors
 from shared.security import gate, limits, methods, passwords
 from shared.storage import signinlog
 from shared.tokens import issuance as tokens, stepup
-from shared.storage.directory import User, change_user, get_user_by_key, update_user
+from shared.storage.directory import DELETING_SECONDS, User, change_user, get_user_by_key, update_user
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
@@ -102,7 +102,8 @@ class Caller:
                          [], "none")
 
 
-def _caller(request: Request, settings: Settings, *, change: bool) -> Caller | Response:
+def _session(request: Request, settings: Settings) -> tuple[dict[str, Any], dict[str, Any] | None, User | None] | Response:
+    """The access token's claims, its session (refresh-token family) and account, as stored now."""
     claims = stepup.bearer_claims(request, settings, (settings.account_resource,))
     if isinstance(claims, Response):
         return claims
@@ -116,6 +117,26 @@ def _caller(request: Request, settings: Settings, *, change: bool) -> Caller | R
 
         family = storage.table("refresh").get("r" + hashlib.sha256(sid.encode()).hexdigest()[:2], sid)
     user = get_user_by_key(storage, family["user_pk"]) if family else None
+    return claims, family, user
+
+
+def _being_deleted(request: Request, settings: Settings) -> bool:
+    """This session's account is being deleted right now (by a parallel DELETE of it)."""
+    session = _session(request, settings)
+    if isinstance(session, Response):
+        return False
+    claims, family, user = session
+    return (family is not None and not family.get("revoked") and user is not None and user.oid == claims.get("oid")
+            and family.get("oid") == user.oid and 0 < time.time() - float(user.entity.get("deleting_at") or 0)
+            < DELETING_SECONDS)
+
+
+def _caller(request: Request, settings: Settings, *, change: bool) -> Caller | Response:
+    session = _session(request, settings)
+    if isinstance(session, Response):
+        return session
+    claims, family, user = session
+    storage = get_storage(settings)
     if family is None or family.get("revoked") or user is None or user.disabled or user.oid != claims.get("oid") \
             or family.get("oid") != user.oid or tokens.session_ended(user, family):
         return stepup.unauthorized(settings, "invalid_token", "The session of this access token has ended.")
@@ -181,8 +202,8 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 def me(request: Request, settings: Settings) -> Response:
     caller = _caller(request, settings, change=request.method != "GET")
     if isinstance(caller, Response):
-        if request.method == "DELETE" and _deleted_session(request, settings):
-            return _json(204, None)  # idempotent: this session's account is already gone
+        if request.method == "DELETE" and (_deleted_session(request, settings) or _being_deleted(request, settings)):
+            return _json(204, None)  # idempotent: this session's account is already gone, or going now
         return caller
     if request.method == "GET":
         caller.log("account_read")
@@ -478,7 +499,7 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # a mark older than a minute is a deletion that died half-way, and is finished.
     for _ in range(3):
         started = float(user.entity.get("deleting_at") or 0)
-        if started and time.time() - started < 60:
+        if started and time.time() - started < DELETING_SECONDS:
             return
         try:
             storage.table("users").update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time()},

@@ -20,6 +20,7 @@ from shared.settings import Settings
 from shared.storage.tables import Conflict, Entity, InstanceCache, Storage, hash_key
 
 USER_RK = "user"
+DELETING_SECONDS = 60   # a deletion's mark guards this long (shared/flows/account.delete_user)
 # The "migrate on first sign-in" marker of an imported user without a password
 # (Entra's extension_<app>_requiresMigration): its first password is checked
 # by the client's passwordSubmit extension (shared/flows/signin.py), then
@@ -89,7 +90,10 @@ class User:
 
     @property
     def disabled(self) -> bool:
-        return bool(self.entity.get("disabled"))
+        """Disabled by an administrator, or being deleted right now (a deletion's mark, for the minute it
+        guards: its first pass runs while the account row still exists, and nothing may sign in or refresh then)."""
+        started = float(self.entity.get("deleting_at") or 0)
+        return bool(self.entity.get("disabled")) or 0 < time.time() - started < DELETING_SECONDS
 
     @property
     def methods(self) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from shared.protocol import errors
 from shared.security import gate, limits, methods, passwords
 from shared.storage import signinlog
 from shared.tokens import issuance as tokens, stepup
-from shared.storage.directory import DELETING_SECONDS, User, change_user, get_user_by_key, update_user
+from shared.storage.directory import User, change_user, get_user_by_key, update_user
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
@@ -120,19 +120,17 @@ def _session(request: Request, settings: Settings) -> tuple[dict[str, Any], dict
     return claims, family, user
 
 
-def _being_deleted(request: Request, settings: Settings) -> bool:
+def _being_deleted(session: tuple[dict[str, Any], dict[str, Any] | None, User | None] | Response) -> bool:
     """This session's account is being deleted right now (by a parallel DELETE of it)."""
-    session = _session(request, settings)
     if isinstance(session, Response):
         return False
     claims, family, user = session
     return (family is not None and not family.get("revoked") and user is not None and user.oid == claims.get("oid")
-            and family.get("oid") == user.oid and 0 < time.time() - float(user.entity.get("deleting_at") or 0)
-            < DELETING_SECONDS)
+            and family.get("oid") == user.oid and user.being_deleted)
 
 
-def _caller(request: Request, settings: Settings, *, change: bool) -> Caller | Response:
-    session = _session(request, settings)
+def _caller(request: Request, settings: Settings, *, change: bool, session=None) -> Caller | Response:
+    session = _session(request, settings) if session is None else session
     if isinstance(session, Response):
         return session
     claims, family, user = session
@@ -200,9 +198,10 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 # ------------------------------------------------------------------ GET / PATCH / DELETE /me
 
 def me(request: Request, settings: Settings) -> Response:
-    caller = _caller(request, settings, change=request.method != "GET")
+    session = _session(request, settings)
+    caller = _caller(request, settings, change=request.method != "GET", session=session)
     if isinstance(caller, Response):
-        if request.method == "DELETE" and (_deleted_session(request, settings) or _being_deleted(request, settings)):
+        if request.method == "DELETE" and (_deleted_session(request, settings) or _being_deleted(session)):
             return _json(204, None)  # idempotent: this session's account is already gone, or going now
         return caller
     if request.method == "GET":
@@ -498,8 +497,7 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # One deletion of parallel ones does the work (an If-Match mark; the others find it marked or gone);
     # a mark older than a minute is a deletion that died half-way, and is finished.
     for _ in range(3):
-        started = float(user.entity.get("deleting_at") or 0)
-        if started and time.time() - started < DELETING_SECONDS:
+        if user.being_deleted:
             return
         try:
             storage.table("users").update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time()},
@@ -542,26 +540,22 @@ def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
     for f in storage.table("flows").query("ident eq @i", {"i": user_pk}):
         _close_flow(storage, f, oid, alias)
     table = storage.table("signinlog")
+
+    def update_unless_changed(entity: dict[str, Any]) -> None:
+        try:
+            table.update(entity)
+        except Modified:
+            pass   # changed since read: a parallel deletion made it pseudonymous
+
     for _ in range(1000):   # 2,000 at a time (an active account has many), until none names the account
         entries = _log_entries(storage, oid)
         if not entries:
             return
-        days: dict[str, list[dict[str, Any]]] = {}
-        for e in entries:
-            days.setdefault(e["PartitionKey"], []).append(
-                {"PartitionKey": e["PartitionKey"], "RowKey": e["RowKey"], "user_oid": alias, "user": "",
-                 "ip": _network(e.get("ip")), "_etag": e["_etag"]})
-        for day in days.values():
-            for i in range(0, len(day), 100):   # one transaction per 100 records of a day
-                chunk = day[i:i + 100]
-                try:
-                    table.batch([("update", e) for e in chunk])
-                except (Modified, Conflict):
-                    for e in chunk:   # one changed since read (a parallel deletion): each on its own
-                        try:
-                            table.update(e)
-                        except Modified:
-                            pass
+        # 100 per transaction within a day; one changed since read (a parallel deletion): each on its own.
+        table.in_transactions("update", [{"PartitionKey": e["PartitionKey"], "RowKey": e["RowKey"], "user_oid": alias,
+                                          "user": "", "ip": _network(e.get("ip")), "_etag": e["_etag"]}
+                                         for e in entries], update_unless_changed,
+                              falls_back_on=(Modified, Conflict))
     raise StorageError("the account's sign-in records kept changing")
 
 

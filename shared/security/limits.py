@@ -172,6 +172,7 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
     # Per destination and bucket: registering someone's number as a new method, or asking sign-in codes
     # for their address, does not use up the caps of their own second factor.
     db = f"{bucket}-{d}"
+    hourly_key = f"h{hour}-dest-{db}"   # also the number's row that says whether its pumping shards were credited
     rules: list[Rule] = []
     verified_keys: list[str] = []
     pump: list[tuple[str, str, str]] = []
@@ -180,7 +181,7 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
         if bucket == "new_method":
             hourly = min(hourly, settings.new_method_per_destination_hour)
         rules += [
-            Rule(f"h{hour}-dest-{db}", hourly * factor, until_hour, "destination hourly"),
+            Rule(hourly_key, hourly * factor, until_hour, "destination hourly"),
             Rule(f"dd-dest-{db}", settings.sms_per_destination_day * factor, until_day, "destination daily"),
             Rule(f"h{hour}-prefix-{hash_key('prefix', to[:-3])[:32]}", settings.sms_per_prefix_hour, until_hour,
                  "number prefix hourly", unverified=True),
@@ -206,7 +207,7 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
         hourly = settings.email_per_destination_hour
         if bucket == "new_method":
             hourly = min(hourly, settings.new_method_per_destination_hour)
-        rules.append(Rule(f"h{hour}-dest-{db}", hourly * factor, until_hour, "destination hourly"))
+        rules.append(Rule(hourly_key, hourly * factor, until_hour, "destination hourly"))
         share = EMAIL_SHARES.get(bucket, 0)
         if share and not developer:
             if settings.email_global_minute > 0:
@@ -229,9 +230,8 @@ def plan(settings: Settings, channel: str, to: str, ip: str | None, purpose: str
                           "IP hourly", unverified=True))
         verified_keys.append(rules[-1].key)
     rules = [r for r in rules if r.limit > 0]
-    number_key = f"h{hour}-dest-{db}" if pump else ""
-    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{db}", number_key), tuple(pump), channel,
-                bucket, to)
+    return Plan(pk, tuple(rules), Ticket(pk, tuple(verified_keys), f"cd-{db}", hourly_key if pump else ""),
+                tuple(pump), channel, bucket, to)
 
 
 def _country(e164: str) -> str:

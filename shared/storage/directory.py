@@ -90,10 +90,16 @@ class User:
 
     @property
     def disabled(self) -> bool:
-        """Disabled by an administrator, or being deleted right now (a deletion's mark, for the minute it
-        guards: its first pass runs while the account row still exists, and nothing may sign in or refresh then)."""
+        """Disabled by an administrator, or being deleted right now (its first pass runs while the account
+        row still exists, and nothing may sign in or refresh then)."""
+        return bool(self.entity.get("disabled")) or self.being_deleted
+
+    @property
+    def being_deleted(self) -> bool:
+        """A deletion's mark, for the minute it guards (shared/flows/account.delete_user); an older mark is a
+        deletion that died half-way."""
         started = float(self.entity.get("deleting_at") or 0)
-        return bool(self.entity.get("disabled")) or 0 < time.time() - started < DELETING_SECONDS
+        return bool(started) and time.time() - started < DELETING_SECONDS
 
     @property
     def methods(self) -> list[dict[str, Any]]:

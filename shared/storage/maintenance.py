@@ -128,17 +128,8 @@ def _delete_all(table, rows: list[dict]) -> int:
     """Delete rows, 100 per transaction within a partition (one round trip instead of 100). A row already gone
     (another purge, on another instance or from the CLI, got there first) fails its transaction: those rows are
     then deleted one by one, which ignores a missing row."""
-    partitions: dict[str, list[dict]] = {}
-    for row in rows:
-        partitions.setdefault(row["PartitionKey"], []).append(row)
-    for same in partitions.values():
-        for i in range(0, len(same), 100):
-            chunk = same[i:i + 100]
-            try:
-                table.batch([("delete", r) for r in chunk])
-            except StorageError:
-                for r in chunk:
-                    table.delete(r["PartitionKey"], r["RowKey"])
+    table.in_transactions("delete", rows, lambda r: table.delete(r["PartitionKey"], r["RowKey"]),
+                          falls_back_on=(StorageError,))
     return len(rows)
 
 

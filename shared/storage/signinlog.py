@@ -161,29 +161,17 @@ def flush() -> None:
 
 def _create_all(storage: Storage, records: list[dict[str, Any]]) -> int:
     """Insert records that may already be there (written by another path), in
-    batches per day; a record already there is left as it is. Returns the
+    transactions per day; a record already there is left as it is. Returns the
     number of round trips. Raises StorageError when storage fails."""
     table = storage.table("signinlog")
-    trips = 0
-    days: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        days[record["PartitionKey"]].append(record)
-    for day in days.values():
-        for i in range(0, len(day), MAX_BATCH):
-            chunk = day[i:i + MAX_BATCH]
-            trips += 1
-            try:
-                table.batch([("create", r) for r in chunk])
-                continue
-            except Conflict:
-                pass
-            for r in chunk:   # one of them is already there: each on its own
-                trips += 1
-                try:
-                    table.insert(r)
-                except Conflict:
-                    pass
-    return trips
+
+    def insert_unless_there(record: dict[str, Any]) -> None:
+        try:
+            table.insert(record)
+        except Conflict:
+            pass
+
+    return table.in_transactions("create", records, insert_unless_there, falls_back_on=(Conflict,))
 
 
 def carried(flow_rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

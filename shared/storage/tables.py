@@ -267,6 +267,30 @@ class Table:
         parts = self._call(self._client.submit_transaction, ops) or []
         return [str((part or {}).get("etag") or "") for part in parts]
 
+    def in_transactions(self, op: str, entities: Iterable[Mapping[str, Any]], one: Callable[[Mapping[str, Any]], Any],
+                        *, falls_back_on: tuple[type[Exception], ...]) -> int:
+        """Apply ``op`` (as in :meth:`batch`) to many entities, up to 100 per
+        transaction within a partition. A transaction that fails with one of
+        ``falls_back_on`` (a row another writer got to first) is done again
+        entity by entity with ``one``. Returns the round trips made."""
+        partitions: dict[str, list[Mapping[str, Any]]] = {}
+        for entity in entities:
+            partitions.setdefault(entity["PartitionKey"], []).append(entity)
+        trips = 0
+        for same in partitions.values():
+            for i in range(0, len(same), MAX_BATCH):
+                chunk = same[i:i + MAX_BATCH]
+                trips += 1
+                try:
+                    self.batch([(op, e) for e in chunk])
+                    continue
+                except falls_back_on:
+                    pass
+                for entity in chunk:
+                    trips += 1
+                    one(entity)
+        return trips
+
     @property
     def address(self) -> str:
         """The table's account and name: tells apart tables of different accounts or prefixes."""

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 import pytest
@@ -330,6 +330,20 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def storage_trace(fn: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """Run ``fn`` in-process inside a request context: its result and the storage operations it made
+    (``table.operation``, in order), as ``x-storage-trace`` reports them for a request."""
+    from shared.protocol import context
+
+    ctx = context.Context("t", "t", None, None)
+    token = context.enter(ctx)
+    try:
+        result = fn()
+    finally:
+        context.leave(token)
+    return result, list(ctx.storage_trace)
 
 
 def send_json(handler, status: int, body) -> None:

@@ -15,7 +15,7 @@ from shared.security import limits, policy
 from shared.storage import tables as storage_mod
 from shared.settings import Settings
 
-from conftest import unique_email
+from conftest import storage_trace, unique_email
 
 PW = "correct horse battery staple"
 CAPS = "mfa_required registration_required"
@@ -259,16 +259,8 @@ def test_a_budget_lowered_within_its_window_is_still_exact_under_a_burst(server)
 
 
 def _traced(fn):
-    """Run ``fn`` inside a request context; return the storage operations it made."""
-    from shared.protocol import context
-
-    ctx = context.Context("t", "t", None, None)
-    token = context.enter(ctx)
-    try:
-        fn()
-    finally:
-        context.leave(token)
-    return [op.rsplit(".", 1)[1] for op in ctx.storage_trace]
+    """Run ``fn`` inside a request context; return the storage operations it made (without the table)."""
+    return [op.rsplit(".", 1)[1] for op in storage_trace(fn)[1]]
 
 
 def _counters(store, ticket) -> dict[str, tuple[int, int]]:

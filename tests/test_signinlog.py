@@ -22,7 +22,7 @@ from shared.storage import directory, maintenance, signinlog
 from shared.storage import tables as storage_mod
 from shared.settings import Settings
 
-from conftest import DEV_CLIENT, Api, settings_env, unique_email
+from conftest import DEV_CLIENT, Api, settings_env, storage_trace, unique_email
 from devhost.azurite import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -337,20 +337,13 @@ def test_the_purge_deletes_a_partition_a_transaction_at_a_time(own_tables):
     """250 expired flows of one partition: three transactions of deletes, not 250 round trips; a row another purge
     deleted first (it is gone when the transaction runs) makes that transaction fall back to one by one, and every
     row still goes."""
-    from shared.protocol import context
-
     _, settings, storage = own_tables
     pk = "f" + time.strftime("%Y%m%d%H", time.gmtime(time.time() - 3 * 86400)) + "1"
     for start in range(0, 250, 100):
         storage.table("flows").batch([("create", {"PartitionKey": pk, "RowKey": f"r{i:03d}", "state": "started",
                                                   "expires_at": 1}) for i in range(start, min(start + 100, 250))])
-    ctx = context.Context("t", "t", None, None)
-    token = context.enter(ctx)
-    try:
-        counts = maintenance.purge_expired(now=time.time(), storage=storage)
-    finally:
-        context.leave(token)
-    deletes = [op for op in ctx.storage_trace if op.endswith("flows.submit_transaction") or op.endswith("flows.delete")]
+    counts, trace = storage_trace(lambda: maintenance.purge_expired(now=time.time(), storage=storage))
+    deletes = [op for op in trace if op.endswith("flows.submit_transaction") or op.endswith("flows.delete")]
     assert counts["flows"] == 250 and len(deletes) == 3, (counts, deletes)
     assert storage.table("flows").query("PartitionKey eq @p", {"p": pk}) == []
     rows = [{"PartitionKey": pk, "RowKey": f"s{i}"} for i in range(3)]

@@ -219,3 +219,162 @@ def test_A35_old_key_stays_published_across_a_rotation(server, api, bearer, make
     fresh = password_first_factor(api, email, scope=FULL_SCOPE)
     kid = header_of(fresh["access_token"])["kid"]
     assert kid in after and kid != new_kid                       # a new key signs only after its publish delay
+
+
+# ---------------------------------------------------------------- A115: sealed start tokens
+
+def _start(api, email: str, kind: str) -> str:
+    if kind == "sign-in":
+        r = api.post("oauth2/v2.0/initiate", username=email, challenge_type="password oob redirect", capabilities=CAPS)
+    else:
+        r = api.post("resetpassword/v1.0/start", username=email, challenge_type="oob redirect", capabilities=CAPS)
+    assert r.status == 200, r.body
+    return r["continuation_token"]
+
+
+def _first_step(api, token: str, kind: str, **extra):
+    if kind == "sign-in":
+        return api.post("oauth2/v2.0/challenge", continuation_token=token, challenge_type="password oob redirect", **extra)
+    return api.post("resetpassword/v1.0/challenge", continuation_token=token, challenge_type="oob redirect", **extra)
+
+
+@pytest.mark.parametrize("kind", ["sign-in", "reset"])
+def test_A115_a_start_token_is_used_once_even_by_a_parallel_burst(server, api, outbox, make_user, kind):
+    """A sign-in's or a reset's start stores nothing: its token carries the flow's record, sealed, and the next
+    step's write inserts that record (create-only). 24 simultaneous uses of one start token: exactly one goes
+    on (one code for a reset), every other one is refused like a stale token, and so is any later use."""
+    email, _ = make_user()
+    token = _start(api, email, kind)
+    answers = parallel(24, lambda i: _first_step(api, token, kind))
+    won = [r for r in answers if r.status == 200]
+    assert len(won) == 1, [(r.status, r.body) for r in answers]
+    assert all(r.status == 400 and r["error"] == "invalid_grant" for r in answers if r.status != 200)
+    assert _first_step(api, token, kind)["error"] == "invalid_grant"
+    if kind == "reset":
+        assert outbox.count(email) == 1
+        r = api.post("resetpassword/v1.0/continue", continuation_token=won[0]["continuation_token"], grant_type="oob",
+                     oob=outbox.last_code(email))
+    else:
+        r = password_grant(api, won[0]["continuation_token"], PW)
+    assert r.status == 200, r.body      # the winner's flow is intact
+
+
+@pytest.mark.parametrize("kind", ["sign-in", "reset"])
+def test_A115_a_start_token_shows_nothing_and_its_length_does_not_depend_on_the_account(server, api, make_user, kind):
+    """The sealed record holds the address and whether the account exists (and, for a sign-in, whether it has
+    a password): it is encrypted, and flags are sealed as fixed-width numbers, so an account with a password, a
+    disabled one, one without a password and no account at all give tokens of one length for names of one length
+    (A17-A20: the token is not an oracle)."""
+    import base64
+    import uuid
+
+    lengths = set()
+    for case in ("password", "none", "disabled", "passwordless"):
+        email = f"a115-{uuid.uuid4().hex[:12]}@example.com"
+        if case == "password":
+            make_user(email=email)
+        elif case == "disabled":
+            make_user(email=email)
+            directory.update_user(server.storage, directory.get_user(server.storage, email), disabled=True)
+        elif case == "passwordless":
+            make_user(password=None, email=email)
+        for _ in range(3):
+            token = _start(api, email, kind)
+            lengths.add(len(token))
+            raw = token.split(".", 1)[1]
+            blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+            for needle in (email, email.split("@")[0], "user_exists", "started", api.client_id):
+                assert needle.encode() not in blob and needle not in token
+    assert len(lengths) == 1, lengths
+
+
+def test_A115_a_start_token_under_another_key_or_altered_is_refused_and_a_rotation_keeps_it(server, api, make_user):
+    """Only this deployment's key (or one still accepted during a rotation) opens a start token: a token sealed
+    under a guessed key, with a record of the attacker's choosing, is refused like garbage; after a rotation
+    that keeps the old key accepted, a token sealed before it still works."""
+    import dataclasses
+
+    from shared.flows import state
+
+    email, _ = make_user()
+    record, secret = state._unseal(server.settings, _start(api, email, "sign-in"))
+    guessed = dataclasses.replace(server.settings, code_hash_key=b"a key the attacker guessed" * 2)
+    forged = state._seal(guessed, {**record, "expires_at": record["expires_at"] + 10 ** 6}, secret)
+    r = _first_step(api, forged, "sign-in")
+    assert r.status == 400 and r["error"] == "invalid_grant"
+    before_rotation = _start(api, email, "sign-in")
+    with server.override(code_hash_key=b"the next code hash key, 32 bytes+",
+                         code_hash_keys_accepted=(server.settings.code_hash_key,)):
+        r = _first_step(api, before_rotation, "sign-in")
+        assert r.status == 200, r.body
+    with server.override(code_hash_key=b"the next code hash key, 32 bytes+", code_hash_keys_accepted=()):
+        r = _first_step(api, _start(api, email, "sign-in"), "sign-in")       # sealed under the new key: fine
+        assert r.status == 200, r.body
+        r = _first_step(api, _start_under(server, api, email), "sign-in")   # the old key, no longer accepted
+        assert r.status == 400 and r["error"] == "invalid_grant"
+
+
+def _start_under(server, api, email: str) -> str:
+    """A well-formed start token sealed under the suite's own key (while the app runs with another one)."""
+    from shared.flows import state
+
+    record = {"PartitionKey": "f2026010100a", "RowKey": "A" * 22, "kind": "signin", "client_id": api.client_id,
+              "secret_hash": state._secret_hash("B" * 43), "expires_at": 2 ** 40, "state": "started", "steps": "[]",
+              "username": email, "has_password": True, "user_exists": True, "challenge_types": '["password", "redirect"]'}
+    return state._seal(server.settings, record, "B" * 43)
+
+
+@pytest.mark.parametrize("kind", ["sign-in", "reset"])
+def test_A115_a_refused_first_send_keeps_the_start_token_usable_and_single_use(server, api, outbox, make_user, kind):
+    """A send that a limit refuses at the first step stores the flow put back as it was sealed: the same start
+    token retries at once, the refusal is logged once however often the client retries, and once a send went
+    out the start token is dead."""
+    from shared.storage import signinlog
+
+    email, _ = make_user(password=None) if kind == "sign-in" else make_user()
+    token = _start(api, email, kind)
+    refused = set()
+    with server.override(email_per_destination_hour=1):
+        assert _first_step(api, _start(api, email, kind), kind).status == 200      # the hour's one email
+        for _ in range(3):
+            r = _first_step(api, token, kind)
+            assert r.status == 400 and r["error"] == "slow_down", r.body
+            refused.add(r["correlation_id"])
+    assert outbox.count(email) == 1
+    logged = [e for e in signinlog.tail(server.storage, 1, 500) if e.get("correlation_id") in refused]
+    assert len(logged) == 1 and logged[0]["result"] == "throttled", logged
+    r = _first_step(api, token, kind)               # the limit is back to the suite's: the same token goes on
+    assert r.status == 200 and outbox.count(email) == 2, r.body
+    assert _first_step(api, token, kind)["error"] == "invalid_grant"
+    assert outbox.count(email) == 2
+
+
+def test_A115_a_start_token_seen_in_a_url_is_dead(server, api, make_user):
+    """A111 holds for start tokens too: one that appeared in a request URL is burnt (its record stored with a
+    secret nobody has), whatever that request was."""
+    from urllib.parse import urlencode
+
+    email, _ = make_user()
+    token = _start(api, email, "sign-in")
+    api.request("POST", f"oauth2/v2.0/challenge?{urlencode({'client_id': api.client_id, 'continuation_token': token})}",
+                b"", FORM)
+    r = _first_step(api, token, "sign-in")
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+
+
+def test_A115_a_start_token_cannot_skip_a_step_or_serve_another_flow_kind(server, api, make_user):
+    """The sealed record is judged like a stored one: a sign-in start token at the token endpoint, at a reset
+    step or at a sign-up step is refused and stores nothing; it still works for its own next step."""
+    email, _ = make_user()
+    token = _start(api, email, "sign-in")
+    for r in (password_grant(api, token, PW),
+              api.post("resetpassword/v1.0/challenge", continuation_token=token, challenge_type="oob redirect"),
+              api.post("signup/v1.0/challenge", continuation_token=token, challenge_type="oob password redirect"),
+              api.post("oauth2/v2.0/introspect", continuation_token=token)):
+        assert r.status == 400 and r["error"] in ("invalid_grant", "invalid_request"), r.body
+        assert_no_tokens(r)
+    from shared.flows import state
+
+    pk, rk, _, _ = state._parts(server.settings, token)
+    assert server.storage.table("flows").get(pk, rk) is None
+    assert _first_step(api, token, "sign-in").status == 200

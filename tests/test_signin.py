@@ -46,8 +46,19 @@ def redeem(api, ct: str, code: str, grant: str = "oob"):
 
 
 def flow_entity(server, ct: str) -> dict:
-    pk, rk, _ = ct.split(".")
+    """The stored record of a token's flow (None while a sealed start token's is not stored yet)."""
+    from shared.flows import state
+
+    pk, rk, _, _ = state._parts(server.settings, ct)
     return server.storage.table("flows").get(pk, rk)
+
+
+def flow_record(server, ct: str) -> dict:
+    """The record of a token's flow: stored, or carried by a sealed start token."""
+    from shared.flows import state
+
+    pk, rk, _, sealed = state._parts(server.settings, ct)
+    return server.storage.table("flows").get(pk, rk) or sealed
 
 
 def edit_flow(server, ct: str, **changes) -> None:
@@ -109,15 +120,20 @@ def test_continuation_token_is_opaque_and_long(api, make_user):
     email, _ = make_user()
     ct = start(api, email)
     secret = ct.split(".")[-1]
-    assert len(base64.urlsafe_b64decode(secret + "=")) * 8 >= 256
+    assert len(base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))) * 8 >= 256
     assert email.split("@")[0] not in ct
 
 
 def test_only_a_hash_of_the_token_is_stored(server, api, make_user):
     email, _ = make_user()
     ct = start(api, email)
-    entity = flow_entity(server, ct)
-    assert ct.split(".")[-1] not in json.dumps(entity, default=str)
+    assert flow_entity(server, ct) is None          # a start stores nothing (A115): the token carries it
+    c = challenge(api, ct)
+    assert c.status == 200, c.body
+    entity = flow_entity(server, c["continuation_token"])
+    stored = json.dumps(entity, default=str)
+    assert c["continuation_token"].split(".")[-1] not in stored and ct.split(".")[-1] not in stored
+    assert email not in ct and email.split("@")[0] not in c["continuation_token"]
 
 
 def test_password_reset_required_is_50142(api, make_user):
@@ -224,7 +240,7 @@ def test_passwordless_user_with_a_password_only_client_gets_redirect(api, make_u
 def test_both_capability_spellings_and_separators(server, api, make_user, field, value):
     email, _ = make_user()
     ct = start(api, email, **{field: value})
-    assert set(json.loads(flow_entity(server, ct)["capabilities"])) == {"mfa_required", "registration_required"}
+    assert set(json.loads(flow_record(server, ct)["capabilities"])) == {"mfa_required", "registration_required"}
 
 
 @pytest.mark.parametrize("bad", ["", "not-an-email", "a@b", "a@@example.com", "аdmin@example.com", "a b@example.com"])
@@ -411,17 +427,33 @@ def test_tokens_of_one_user_do_not_work_with_another_users_code(api, make_user, 
         assert r.status == 400
 
 
+def _reverse_middle(t: str) -> str:
+    parts = t.split(".")
+    if len(parts) == 3:
+        return parts[0] + "." + parts[1][::-1] + "." + parts[2]
+    blob = parts[1]
+    return parts[0] + "." + blob[:20] + blob[20:60][::-1] + blob[60:]
+
+
+@pytest.mark.parametrize("which", ["start", "stored"])
 @pytest.mark.parametrize("mutate", [
     lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),
-    lambda t: t.split(".")[0] + "." + t.split(".")[1][::-1] + "." + t.split(".")[2],
+    _reverse_middle,
     lambda t: "garbage",
     lambda t: t + "x",
     lambda t: "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+    lambda t: "s1." + t.split(".")[-1] if not t.startswith("s1.") else "s1." + "A" * 120,
 ])
-def test_tampered_tokens_are_invalid_grant(api, make_user, mutate):
+def test_tampered_tokens_are_invalid_grant(api, make_user, mutate, which):
     email, _ = make_user()
     ct = start(api, email)
-    r = challenge(api, mutate(ct))
+    if which == "stored":       # the password step's token: its record is stored
+        r = challenge(api, ct)
+        assert r.status == 200, r.body
+        r = api.post("oauth2/v2.0/token", continuation_token=mutate(r["continuation_token"]), grant_type="password",
+                     password=PW, scope=SCOPE)
+    else:                       # the sealed start token (A115)
+        r = challenge(api, mutate(ct))
     assert r.status == 400 and r["error"] == "invalid_grant"
 
 
@@ -436,9 +468,20 @@ def test_token_is_bound_to_its_client(server, api, make_user):
 
 def test_expired_flow_is_expired_token(server, api, make_user):
     email, _ = make_user()
-    ct = start(api, email)
+    ct = challenge(api, start(api, email))["continuation_token"]
     edit_flow(server, ct, expires_at=int(time.time()) - 1)
-    r = challenge(api, ct)
+    r = api.post("oauth2/v2.0/token", continuation_token=ct, grant_type="password", password=PW, scope=SCOPE)
+    assert r.status == 400 and r["error"] == "expired_token"
+
+
+def test_an_expired_start_token_is_expired_token(server, api, make_user):
+    """A sealed start token carries its flow's expiry, sealed with it (A115)."""
+    from shared.flows import state
+
+    email, _ = make_user()
+    record, secret = state._unseal(server.settings, start(api, email))
+    old = state._seal(server.settings, {**record, "expires_at": int(time.time()) - 1}, secret)
+    r = challenge(api, old)
     assert r.status == 400 and r["error"] == "expired_token"
 
 
@@ -508,7 +551,10 @@ def test_purge_timer_runs_and_keeps_live_state(server, api, make_user):
     email, _ = make_user()
     ct = start(api, email)
     server.host.invoke_timer("purge_expired")
-    assert flow_entity(server, ct) is not None
+    r = challenge(api, ct)                              # the start token still works
+    assert r.status == 200, r.body
+    server.host.invoke_timer("purge_expired")
+    assert flow_entity(server, r["continuation_token"]) is not None
 
 
 @pytest.mark.parametrize("how", ["ui_locales", "accept-language"])

@@ -25,8 +25,8 @@ CAPS = "mfa_required registration_required"
 # (endpoint, budget) per call, in order. The flow total is their sum.
 BUDGETS = {
     "password + SMS second factor": [
-        ("oauth2/v2.0/initiate", 2),        # users.get, flows.create
-        ("oauth2/v2.0/challenge", 2),       # flows.get, flows.update
+        ("oauth2/v2.0/initiate", 1),        # users.get (the start token is sealed: no write, A115)
+        ("oauth2/v2.0/challenge", 1),       # flows.create (the start token's record, create-only: single use)
         ("oauth2/v2.0/token", 5),           # flows.get, users.get, users.update (attempt counted before the
                                             # compare, A21), users.update (taken back), flows.update (the IP-velocity
                                             # row, limits.get, only while a policy reads risk: none here)
@@ -39,8 +39,8 @@ BUDGETS = {
                                             # count it, or when a row changed since), refresh
     ],
     "email-code sign-in": [
-        ("oauth2/v2.0/initiate", 2),
-        ("oauth2/v2.0/challenge", 4),       # flows.get, flows.update, limits.query, limits.batch
+        ("oauth2/v2.0/initiate", 1),
+        ("oauth2/v2.0/challenge", 3),       # flows.create (send reserved), limits.query, limits.batch
         ("oauth2/v2.0/token", 5),           # as the SMS token
     ],
     "sign-up + automatic sign-in + SMS registration": [
@@ -57,8 +57,8 @@ BUDGETS = {
                                             # only while a policy reads risk)
     ],
     "password reset + automatic sign-in": [
-        ("resetpassword/v1.0/start", 2),
-        ("resetpassword/v1.0/challenge", 4),
+        ("resetpassword/v1.0/start", 1),    # users.get (sealed start token, A115)
+        ("resetpassword/v1.0/challenge", 3),   # flows.create (send reserved), limits.query, limits.batch
         ("resetpassword/v1.0/continue", 4),  # flows.get, users.get, flows.update (consumed + verified), credit (1)
         ("resetpassword/v1.0/submit", 5),   # flows.get, users.get, flows.update (counted, A53), users.update, flows.update
         ("resetpassword/v1.0/poll_completion", 1),   # a read: the same token back

@@ -107,8 +107,11 @@ def deliver_code(storage: Storage, settings: Settings, flow, request: Request | 
         throttled = isinstance(exc, (errors.SlowDown, errors.BlockedContact))
         # A refusal is written to the sign-in log once per flow: a client retrying the same
         # continuation token against a full limit does not fill the log.
-        first_refusal = throttled and not flow.get("throttle_logged")
-        flows.restore(storage, flow, reserved, **({"throttle_logged": 1} if first_refusal else {}))
+        # (Judged on the flow as the reservation found it stored: a sealed start token's own record
+        # knows nothing of earlier refusals, A115.)
+        first_refusal = throttled and not reserved.get("throttle_logged")
+        flows.restore(storage, flow, reserved,
+                      **({"throttle_logged": 1} if throttled or reserved.get("throttle_logged") else {}))
         if counted:
             limits.release_cooldown(storage, plan.ticket)  # not delivered: the client may retry at once
         if first_refusal:

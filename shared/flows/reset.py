@@ -64,7 +64,7 @@ def start(request: Request, settings: Settings) -> Response:
     if user is not None and not user.signs_in_with_password and not settings.enumeration_protection:
         raise NoPassword()
     real = user is not None and user.signs_in_with_password and not user.disabled
-    flow = flows.start(storage, settings, "reset", client_id, ident=user_key(email), user_exists=real,
+    flow = flows.start(storage, settings, "reset", client_id, sealed=True, ident=user_key(email), user_exists=real,
                        username=email, challenge_types=types, capabilities=capabilities(form))
     return ok({"continuation_token": flow.token})
 

@@ -127,7 +127,8 @@ def initiate(request: Request, settings: Settings) -> Response:
     has_password = user.signs_in_with_password if user else True
     if not _first_factor(types, has_password):
         return redirect_response("The client does not support a challenge type this account can use.")
-    flow = flows.start(storage, settings, "signin", client_id, ident=user_key(email), user_exists=user is not None,
+    flow = flows.start(storage, settings, "signin", client_id, sealed=True, ident=user_key(email),
+                       user_exists=user is not None,
                        username=email, challenge_types=types, capabilities=caps, has_password=has_password)
     return ok({"continuation_token": flow.token})
 

@@ -9,10 +9,21 @@ bits. The table stores only SHA-256 of the secret. Every successful step
 writes a new secret (rotation) with ``If-Match``; a wrong code keeps the
 token (clients retry with it) and counts the attempt under the same ETag
 rule, so attempts cannot race past the limit and a code is accepted once.
+
+A sign-in or reset *start* writes nothing (:func:`start` with ``sealed``):
+its token is ``s1.<sealed>``, the new flow's record encrypted and
+authenticated (AES-256-GCM under a key derived from ``AUTH_CODE_HASH_KEY``),
+and the next step's write *inserts* the record (create-only) instead of
+updating it. A second use of the same start token meets the record and is
+refused like any stale token (the insert's 409, then the secret compare), so
+the start token is single use as before, one round trip cheaper at each of the
+two steps (A115).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -25,9 +36,11 @@ from typing import Any, Callable, TypeVar
 from shared.protocol import errors
 from shared.security import otp
 from shared.settings import Settings
-from shared.storage.tables import Entity, Modified, Storage
+from shared.storage.tables import Conflict, Entity, Modified, Storage
 
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
+_SEALED_RE = re.compile(r"^s1\.([A-Za-z0-9_-]{64,8000})$")
+_SEAL_AAD = b"nativeauth flow start v1"
 MAX_CAS_RETRIES = 8
 MAX_SENDS_PER_FLOW = 5  # security-baseline §8: at most 5 sends per challenge
 T = TypeVar("T")
@@ -50,6 +63,9 @@ class Flow:
     # A right code judged but not yet consumed (redeem_code(defer=True)): the flow's next
     # conditional write (advance) carries its consumption and then credits the send.
     pending: dict[str, Any] = field(default_factory=dict)
+    # The sealed start token this flow came from while its record is not stored yet
+    # (no ``_etag``): its next write inserts the record.
+    sealed: str = ""
 
     @property
     def pk(self) -> str:
@@ -79,6 +95,75 @@ def _token(pk: str, flow_id: str, secret: str) -> str:
     return f"{pk}.{flow_id}.{secret}"
 
 
+# ------------------------------------------------------------------ sealed start tokens
+
+@functools.lru_cache(maxsize=8)
+def _seal_key(key: bytes) -> Any:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(hmac.new(key, b"nativeauth continuation seal v1", hashlib.sha256).digest())
+
+
+def _seal(settings: Settings, entity: Entity, secret: str) -> str:
+    """The start token: the flow's record and secret, encrypted and authenticated.
+
+    Booleans travel as 0/1 (named in ``b``) and floats with six decimals (named
+    in ``f``), so two records that differ only in a flag (``user_exists``,
+    ``has_password``) seal to tokens of the same length: the token's length
+    depends only on what the client sent (A115, A17)."""
+    flags = sorted(k for k, v in entity.items() if isinstance(v, bool))
+    floats = sorted(k for k, v in entity.items() if isinstance(v, float))
+    body = {k: (int(v) if isinstance(v, bool) else f"{v:.6f}" if isinstance(v, float) else v)
+            for k, v in entity.items() if not k.startswith("_")}
+    plain = json.dumps({"e": body, "b": flags, "f": floats, "s": secret}, separators=(",", ":"),
+                       sort_keys=True).encode("utf-8")
+    nonce = secrets.token_bytes(12)
+    sealed = _seal_key(settings.code_hash_key).encrypt(nonce, plain, _SEAL_AAD)
+    return "s1." + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+
+
+def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
+    """The record and secret in a start token, or None when no key (the current
+    one, or one still accepted during a rotation) opens it."""
+    from cryptography.exceptions import InvalidTag
+
+    m = _SEALED_RE.match(token)
+    if not m:
+        return None
+    raw = m.group(1)
+    try:
+        blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except ValueError:
+        return None
+    # Only the one spelling this deployment wrote: base64's spare low bits in the last
+    # character would otherwise give each token several spellings.
+    if len(blob) < 12 + 16 or base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii") != raw:
+        return None
+    for key in (settings.code_hash_key, *settings.code_hash_keys_accepted):
+        try:
+            plain = _seal_key(key).decrypt(blob[:12], blob[12:], _SEAL_AAD)
+        except InvalidTag:
+            continue
+        data = json.loads(plain)
+        entity = {k: (bool(v) if k in data["b"] else float(v) if k in data["f"] else v) for k, v in data["e"].items()}
+        return entity, data["s"]
+    return None
+
+
+def _parts(settings: Settings, token: str) -> tuple[str, str, str, Entity | None] | None:
+    """(partition, flow id, secret, sealed record or None) of a well-formed token
+    this deployment issued; None for anything else."""
+    m = _TOKEN_RE.match(token or "")
+    if m:
+        pk, flow_id, secret = m.groups()
+        return pk, flow_id, secret, None
+    opened = _unseal(settings, token or "")
+    if opened is None:
+        return None
+    entity, secret = opened
+    return entity["PartitionKey"], entity["RowKey"], secret, entity
+
+
 def burn_url_token(token: str, settings: Settings) -> None:
     """A continuation token that appeared in a request URL is in front-end, proxy
     and Application Insights logs: it is made useless (its flow's secret replaced
@@ -91,17 +176,23 @@ def burn_url_token(token: str, settings: Settings) -> None:
 
     from shared.storage.tables import StorageError, get_storage
 
-    m = _TOKEN_RE.match(token or "")
-    if not m:
+    parts = _parts(settings, token)
+    if parts is None:
         return
-    pk, flow_id, secret = m.groups()
+    pk, flow_id, secret, sealed = parts
+    burnt = _secret_hash(secrets.token_urlsafe(32))
     try:
         table = get_storage(settings).table("flows")
+        if sealed is not None:   # a start token whose record is not stored yet: store it burnt
+            try:
+                table.insert({**sealed, "secret_hash": burnt})
+                return
+            except Conflict:
+                pass
         entity = table.get(pk, flow_id)
         if entity is None or not hmac.compare_digest(_secret_hash(secret), entity.get("secret_hash", "")):
             return   # unknown, or already replaced (the register endpoints did it, with a successor)
-        table.update({"PartitionKey": pk, "RowKey": flow_id, "secret_hash": _secret_hash(secrets.token_urlsafe(32))},
-                     entity["_etag"])
+        table.update({"PartitionKey": pk, "RowKey": flow_id, "secret_hash": burnt}, entity["_etag"])
     except Modified:
         return       # the flow moved on meanwhile: its token changed with it
     except StorageError as exc:
@@ -113,6 +204,8 @@ def presented(flow: Flow) -> str:
     """The continuation token the client presented, handed back unchanged by
     a step that only reads (introspect): nothing was consumed or proven, so
     nothing needs a new token (and no write is spent on one)."""
+    if flow.sealed and not flow.entity.get("_etag"):
+        return flow.sealed
     return _token(flow.pk, flow.id, flow.secret)
 
 
@@ -123,8 +216,14 @@ def listing_token(storage: Storage, flow: Flow, state: str) -> str:
     return presented(flow) if flow["state"] == state else advance(storage, flow, state=state).token
 
 
-def start(storage: Storage, settings: Settings, kind: str, client_id: str, **fields: Any) -> Flow:
-    """Create a flow and its first continuation token (insert-if-absent)."""
+def start(storage: Storage, settings: Settings, kind: str, client_id: str, *, sealed: bool = False,
+          **fields: Any) -> Flow:
+    """Create a flow and its first continuation token (insert-if-absent).
+
+    ``sealed``: nothing is written; the token carries the record (see the module
+    docstring), and the flow's first write stores it. Only for records without
+    secrets (a sign-in's or a reset's start: the address, the client's choices),
+    since the client holds them, encrypted."""
     now = time.time()
     flow_id = secrets.token_urlsafe(16)
     secret = secrets.token_urlsafe(32)
@@ -136,6 +235,9 @@ def start(storage: Storage, settings: Settings, kind: str, client_id: str, **fie
         "code_hash": "", "code_attempts": 0, "code_sends": 0, "code_sent_at": 0, "code_expires": 0,
     }
     entity.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in fields.items()})
+    if sealed:
+        token = _seal(settings, entity, secret)
+        return Flow(entity, secret, token, sealed=token)
     entity["_etag"] = storage.table("flows").insert(entity)
     return Flow(entity, secret, _token(pk, flow_id, secret))
 
@@ -149,11 +251,13 @@ def load(storage: Storage, settings: Settings, token: str | None, client_id: str
     """
     if not token:
         raise errors.InvalidRequest("The request body must contain the 'continuation_token' parameter.")
-    m = _TOKEN_RE.match(token)
-    if not m:
+    parts = _parts(settings, token)
+    if parts is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
-    pk, flow_id, secret = m.groups()
-    entity = storage.table("flows").get(pk, flow_id)
+    pk, flow_id, secret, sealed = parts
+    # A sealed start token is judged on the record it carries, without a read: if the
+    # record was stored since, the flow's first write meets it (advance, A115).
+    entity = sealed if sealed is not None else storage.table("flows").get(pk, flow_id)
     if entity is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     # Constant-time compare of fixed-length digests.
@@ -163,7 +267,7 @@ def load(storage: Storage, settings: Settings, token: str | None, client_id: str
         raise errors.InvalidGrant("The continuation_token is not valid.")
     if time.time() >= int(entity.get("expires_at") or 0):
         raise errors.ExpiredToken()
-    return Flow(entity, secret)
+    return Flow(entity, secret, sealed=token if sealed is not None else "")
 
 
 def reload(storage: Storage, flow: Flow) -> Flow:
@@ -186,6 +290,10 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     same write, and its send credited once the write has won."""
     data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
             for k, v in {**flow.pending, **changes}.items()}
+    if not flow.entity.get("_etag"):
+        flow, inserted = _store(storage, flow, data, rotate)
+        if inserted:
+            return flow
     secret = flow.secret
     if rotate:
         secret = secrets.token_urlsafe(32)
@@ -201,6 +309,30 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
         _credit(storage, flow)
         flow.pending = {}      # written: redeem_code_then sees the code consumed
     return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
+
+
+def _store(storage: Storage, flow: Flow, data: dict[str, Any], rotate: bool) -> tuple[Flow, bool]:
+    """The first write of a flow that came from a sealed start token: insert the
+    record with the step's changes and a new secret (create-only), so one use of
+    the start token wins and every other one meets the record. The record holds
+    the start token's secret again only when a refused send put the flow back
+    (:func:`restore`): then the token continues from the stored record, in the
+    state it was sealed in. Returns ``(the inserted flow and its token, True)``
+    or ``(the stored flow, False)`` for the caller to update."""
+    if not rotate or flow.pending:
+        # Every step after a start moves the flow on with a new token; a write that
+        # would keep the start token (or carry a code) is not a step a start allows.
+        raise errors.InvalidGrant("This flow does not expect that now.")
+    secret = secrets.token_urlsafe(32)
+    entity = {**{k: v for k, v in flow.entity.items() if not k.startswith("_")}, **data, "secret_hash": _secret_hash(secret)}
+    try:
+        etag = storage.table("flows").insert(entity)
+    except Conflict:
+        stored = reload(storage, flow)   # the secret must be the start token's: refused otherwise
+        if stored["state"] != flow["state"]:
+            raise errors.InvalidGrant("The continuation_token was already used.") from None
+        return stored, False
+    return Flow({**entity, "_etag": etag}, secret, _token(flow.pk, flow.id, secret)), True
 
 
 def _credit(storage: Storage, flow: Flow) -> None:

@@ -214,3 +214,161 @@ def test_a_batch_runs_inline_and_keeps_its_all_or_nothing_answers(table, monkeyp
     assert table.get(pk, "9") is None
     if azure.core.__version__ == storage.PATCHED_AZURE_CORE:
         assert started == [], started
+
+
+# ------------------------------------------------------------------ the HTTP transport under the SDK
+
+def _settings_for(connection: str) -> Settings:
+    return Settings.from_env({"AUTH_ENVIRONMENT": "local", "AUTH_STORAGE_CONNECTION_STRING": connection,
+                              "AUTH_TABLE_PREFIX": "tx" + uuid.uuid4().hex[:8]})
+
+
+def _round_trip(s: storage.Storage) -> None:
+    s.ensure_tables()
+    t = s.table("limits")
+    pk = key()
+    t.insert({"PartitionKey": pk, "RowKey": "r", "n": 1})
+    row = t.get(pk, "r")
+    t.update({**row, "n": 2})
+    t.batch([("create", {"PartitionKey": pk, "RowKey": str(i)}) for i in range(3)])
+    assert t.get(pk, "r")["n"] == 2 and len(t.query("PartitionKey eq @p", {"p": pk})) == 4
+
+
+def test_the_transport_is_urllib3_with_the_pinned_azure_core(server):
+    import azure.core
+
+    transport = server.storage._service._client._client._pipeline._transport
+    while hasattr(transport, "_transport"):   # azure-core may wrap it
+        transport = transport._transport
+    if azure.core.__version__ == storage.PATCHED_AZURE_CORE:
+        assert type(transport).__name__ == "Urllib3Transport"
+    else:
+        assert type(transport).__name__ == "RequestsTransport"
+
+
+def test_storage_over_tls_verifies_the_certificate(tmp_path, monkeypatch):
+    """Azure's endpoints are HTTPS: the transport verifies the server's certificate against
+    REQUESTS_CA_BUNDLE (else certifi's bundle, as requests does). Against Azurite serving TLS
+    with a throwaway CA: trusted, every kind of operation works; not trusted, the first
+    operation is StorageUnavailable and nothing is sent in the clear."""
+    import subprocess
+
+    from devhost.azurite import ACCOUNT, KEY, _binary, free_port, port_open
+    from fakeacs import _make_certs
+
+    ca, cert, private = _make_certs()
+    port = free_port()
+    proc = subprocess.Popen([_binary(), "--tableHost", "127.0.0.1", "--tablePort", str(port), "--disableTelemetry",
+                             "--skipApiVersionCheck", "--silent", "--inMemoryPersistence", "--cert", cert, "--key", private],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for _ in range(300):
+            if port_open(port):
+                break
+            __import__("time").sleep(0.1)
+        conn = (f"DefaultEndpointsProtocol=https;AccountName={ACCOUNT};AccountKey={KEY};"
+                f"TableEndpoint=https://127.0.0.1:{port}/{ACCOUNT};")
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        with pytest.raises(storage.StorageUnavailable):
+            storage.Storage(_settings_for(conn)).ping()
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+        _round_trip(storage.Storage(_settings_for(conn)))
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+class _ForwardProxy:
+    """A plain HTTP forward proxy (absolute-form request targets) that counts what it forwards."""
+
+    def __init__(self):
+        import http.server
+        import urllib.request
+
+        proxy = self
+        self.forwarded = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self):
+                proxy.forwarded += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                req = urllib.request.Request(self.path, data=body or None, method=self.command, headers=headers)
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                try:
+                    resp = opener.open(req, timeout=10)
+                    status, rheaders, rbody = resp.status, resp.headers.items(), resp.read()
+                except urllib.error.HTTPError as err:
+                    status, rheaders, rbody = err.code, err.headers.items(), err.read()
+                self.send_response(status)
+                for k, v in rheaders:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(rbody)))
+                self.end_headers()
+                self.wfile.write(rbody)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_MERGE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_storage_goes_through_the_environments_proxy_unless_no_proxy_says_otherwise(server, monkeypatch):
+    """HTTP(S)_PROXY and NO_PROXY are read when the storage client is built (once, not per
+    request): with a proxy set every operation goes through it; with the host in NO_PROXY none does."""
+    proxy = _ForwardProxy()
+    try:
+        for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        _round_trip(storage.Storage(_settings_for(server.settings.storage_connection_string)))
+        assert proxy.forwarded >= 7, proxy.forwarded
+        before = proxy.forwarded
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        _round_trip(storage.Storage(_settings_for(server.settings.storage_connection_string)))
+        assert proxy.forwarded == before
+    finally:
+        proxy.close()
+
+
+def test_a_storage_that_accepts_but_never_answers_is_unavailable_after_the_read_timeout():
+    """A hung endpoint (accepts the connection, never answers) ends in StorageUnavailable when the
+    read timeout passes, not in a hung request."""
+    import socket
+    import time
+
+    from azure.data.tables import TableServiceClient
+
+    from devhost.azurite import ACCOUNT, KEY
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(4)], daemon=True).start()
+    conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"TableEndpoint=http://127.0.0.1:{listener.getsockname()[1]}/{ACCOUNT};")
+    try:
+        service = TableServiceClient.from_connection_string(
+            conn, retry_total=0, transport=storage._Urllib3Transport(connection_timeout=1, read_timeout=0.5))
+        t = storage.Table(service.get_table_client("hung"), "hung")
+        started = time.monotonic()
+        with pytest.raises(storage.StorageUnavailable):
+            t.get("a", "b")
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+        for c, _ in held:
+            c.close()

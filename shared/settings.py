@@ -18,6 +18,10 @@ import os
 import re
 from typing import Mapping
 
+# The longest a flow may live (AUTH_FLOW_TTL_SECONDS's bound; a sealed start token's expiry is checked
+# against it, shared/flows/state.py).
+MAX_FLOW_TTL_SECONDS = 900
+
 DEV_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
 DEV_TENANT_ID = "00000000-0000-0000-0000-0000000000aa"
 LOCAL_ISSUER = "http://127.0.0.1:7071/api"
@@ -273,7 +277,7 @@ class Settings:
             code_max_attempts=i("AUTH_CODE_MAX_ATTEMPTS", 5, 1, 10),
             account_max_code_failures=i("AUTH_ACCOUNT_MAX_CODE_FAILURES", 100, 5, 100),
             resend_interval_seconds=i("AUTH_RESEND_INTERVAL_SECONDS", 60, 0, 600),
-            flow_ttl_seconds=i("AUTH_FLOW_TTL_SECONDS", 900, 60, 900),
+            flow_ttl_seconds=i("AUTH_FLOW_TTL_SECONDS", 900, 60, MAX_FLOW_TTL_SECONDS),
             lockout_threshold=i("AUTH_LOCKOUT_THRESHOLD", 10, 3, 100),
             lockout_base_seconds=i("AUTH_LOCKOUT_BASE_SECONDS", 60, 1, 3600),
             lockout_max_seconds=i("AUTH_LOCKOUT_MAX_SECONDS", 900, 1, 86400),

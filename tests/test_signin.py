@@ -480,7 +480,8 @@ def test_an_expired_start_token_is_expired_token(server, api, make_user):
 
     email, _ = make_user()
     record, secret = state._unseal(server.settings, start(api, email))
-    old = state._seal(server.settings, {**record, "expires_at": int(time.time()) - 1}, secret)
+    started = time.time() - 1000         # a start 16 minutes ago, its 15 minutes over
+    old = state._seal(server.settings, {**record, "started": started, "expires_at": int(started) + 900}, secret)
     r = challenge(api, old)
     assert r.status == 400 and r["error"] == "expired_token"
 

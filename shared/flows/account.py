@@ -490,8 +490,10 @@ def _delete(caller: Caller, request: Request, body: dict[str, Any]) -> Response:
 def delete_user(storage: Storage, settings: Settings, user: User, *, request: Request | None = None,
                 actor: str = "admin") -> None:
     """Delete an account for good: the user (with its methods), its sessions,
-    its open flows and codes; its sign-in log entries are made pseudonymous; a
-    goodbye email is sent. Idempotent (a gone user is nothing to do); the
+    its open flows and codes (a sign-in's or reset's start token, which stores
+    nothing until its next step, can still have one code mailed to the address
+    within its 15 minutes: the code opens nothing, SECURITY.md A115); its sign-in
+    log entries are made pseudonymous; a goodbye email is sent. Idempotent (a gone user is nothing to do); the
     address can sign up again as a new account (new object id)."""
     email, oid = user.email, user.oid
     # One deletion of parallel ones does the work (an If-Match mark; the others find it marked or gone);

@@ -97,7 +97,7 @@ def continue_(request: Request, settings: Settings) -> Response:
             raise errors.InvalidOob()  # unreachable: no code was sent
         expires = min(int(flow["expires_at"]), int(time.time()) + VERIFIED_LIFETIME)
         flow = flows.advance(storage, flow, state="code_verified", steps=["otp"], email_verified=True, code_hash="",
-                             code_used=False, expires_at=expires)   # also consumes the code
+                             code_used=False, valid_until=expires)   # also consumes the code
         return ok({"continuation_token": flow.token, "expires_in": max(0, expires - int(time.time()))})
 
     return flows.redeem_code_then(storage, settings, flow, "reset_code", form.get("oob"), user, verified,

@@ -35,12 +35,18 @@ from typing import Any, Callable, TypeVar
 
 from shared.protocol import errors
 from shared.security import otp
-from shared.settings import Settings
+from shared.settings import MAX_FLOW_TTL_SECONDS, Settings
 from shared.storage.tables import Conflict, Entity, Modified, Storage
 
-_TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
-_SEALED_RE = re.compile(r"^s1\.([A-Za-z0-9_-]{64,8000})$")
+# \Z, not $: "$" also matches before a final newline, which would give a token a second spelling.
+_TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})\Z")
+_SEALED_RE = re.compile(r"^s1\.([A-Za-z0-9_-]{64,8000})\Z")
 _SEAL_AAD = b"nativeauth flow start v1"
+SEALED_KINDS = ("signin", "reset")
+# What a sealed start token carries besides the flow's id, client, times and secret: the client's
+# choices and what the start found. Everything else is rebuilt from the template a start writes
+# (_fresh), so even a holder of the key can seal nothing but a fresh start (A115).
+SEALED_FIELDS = ("ident", "user_exists", "username", "challenge_types", "capabilities", "has_password")
 MAX_CAS_RETRIES = 8
 MAX_SENDS_PER_FLOW = 5  # security-baseline §8: at most 5 sends per challenge
 T = TypeVar("T")
@@ -104,19 +110,34 @@ def _seal_key(key: bytes) -> Any:
     return AESGCM(hmac.new(key, b"nativeauth continuation seal v1", hashlib.sha256).digest())
 
 
-def _seal(settings: Settings, entity: Entity, secret: str) -> str:
-    """The start token: the flow's record and secret, encrypted and authenticated.
+def _fresh(kind: str, client_id: str, flow_id: str, secret: str, started: float, expires_at: int,
+           fields: dict[str, Any]) -> Entity:
+    """The record a start writes (or seals): the one template of a new flow."""
+    entity: Entity = {
+        "PartitionKey": _partition(started, flow_id), "RowKey": flow_id, "kind": kind, "client_id": client_id,
+        "secret_hash": _secret_hash(secret), "created": int(started), "started": started,
+        "expires_at": expires_at, "state": "started", "steps": "[]",
+        "code_hash": "", "code_attempts": 0, "code_sends": 0, "code_sent_at": 0, "code_expires": 0,
+    }
+    entity.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in fields.items()})
+    return entity
 
-    Booleans travel as 0/1 (named in ``b``) and floats with six decimals (named
-    in ``f``), so two records that differ only in a flag (``user_exists``,
-    ``has_password``) seal to tokens of the same length: the token's length
-    depends only on what the client sent (A115, A17)."""
-    flags = sorted(k for k, v in entity.items() if isinstance(v, bool))
-    floats = sorted(k for k, v in entity.items() if isinstance(v, float))
-    body = {k: (int(v) if isinstance(v, bool) else f"{v:.6f}" if isinstance(v, float) else v)
-            for k, v in entity.items() if not k.startswith("_")}
-    plain = json.dumps({"e": body, "b": flags, "f": floats, "s": secret}, separators=(",", ":"),
-                       sort_keys=True).encode("utf-8")
+
+def _seal(settings: Settings, entity: Entity, secret: str) -> str:
+    """The start token: what a fresh start's record is made of, and its secret,
+    encrypted and authenticated.
+
+    Only the flow's id, kind, client, start time, expiry and SEALED_FIELDS travel;
+    the rest is the template's. Booleans travel as 0/1 (named in ``b``) and the
+    start time with six decimals, so two records that differ only in a flag
+    (``user_exists``, ``has_password``) seal to tokens of the same length: the
+    token's length depends only on what the client sent (A115, A17)."""
+    fields = {k: entity[k] for k in SEALED_FIELDS if k in entity}
+    flags = sorted(k for k, v in fields.items() if isinstance(v, bool))
+    body = {"k": entity["kind"], "c": entity["client_id"], "i": entity["RowKey"], "t": f"{float(entity['started']):.6f}",
+            "x": int(entity["expires_at"]), "f": {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items()},
+            "b": flags, "s": secret}
+    plain = json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
     nonce = secrets.token_bytes(12)
     sealed = _seal_key(settings.code_hash_key).encrypt(nonce, plain, _SEAL_AAD)
     return "s1." + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
@@ -144,10 +165,29 @@ def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
             plain = _seal_key(key).decrypt(blob[:12], blob[12:], _SEAL_AAD)
         except InvalidTag:
             continue
-        data = json.loads(plain)
-        entity = {k: (bool(v) if k in data["b"] else float(v) if k in data["f"] else v) for k, v in data["e"].items()}
-        return entity, data["s"]
+        return _rebuild(json.loads(plain))
     return None
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
+_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
+
+
+def _rebuild(data: Any) -> tuple[Entity, str] | None:
+    """A sealed start's record, rebuilt from the template; None unless it is one a start makes."""
+    try:
+        kind, client_id, flow_id, secret = data["k"], data["c"], data["i"], data["s"]
+        started, expires_at, fields, flags = float(data["t"]), data["x"], data["f"], data["b"]
+        if (kind not in SEALED_KINDS or not isinstance(client_id, str) or not isinstance(expires_at, int)
+                or not _ID_RE.match(flow_id) or not _SECRET_RE.match(secret) or not isinstance(fields, dict)
+                or not set(fields) <= set(SEALED_FIELDS) or not set(flags) <= set(fields)
+                or not 0 < expires_at - int(started) <= MAX_FLOW_TTL_SECONDS
+                or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in fields.values())):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    values = {k: (bool(v) if k in flags else v) for k, v in fields.items()}
+    return _fresh(kind, client_id, flow_id, secret, started, expires_at, values), secret
 
 
 def _parts(settings: Settings, token: str) -> tuple[str, str, str, Entity | None] | None:
@@ -227,14 +267,12 @@ def start(storage: Storage, settings: Settings, kind: str, client_id: str, *, se
     now = time.time()
     flow_id = secrets.token_urlsafe(16)
     secret = secrets.token_urlsafe(32)
-    pk = _partition(now, flow_id)
-    entity: Entity = {
-        "PartitionKey": pk, "RowKey": flow_id, "kind": kind, "client_id": client_id,
-        "secret_hash": _secret_hash(secret), "created": int(now), "started": now,
-        "expires_at": int(now) + settings.flow_ttl_seconds, "state": "started", "steps": "[]",
-        "code_hash": "", "code_attempts": 0, "code_sends": 0, "code_sent_at": 0, "code_expires": 0,
-    }
-    entity.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in fields.items()})
+    if sealed:
+        if kind not in SEALED_KINDS or not set(fields) <= set(SEALED_FIELDS):
+            raise ValueError("only a sign-in's or a reset's start, with its own fields, is sealed")
+        now = float(f"{now:.6f}")    # as sealed, so the record is the same before and after
+    entity = _fresh(kind, client_id, flow_id, secret, now, int(now) + settings.flow_ttl_seconds, fields)
+    pk = entity["PartitionKey"]
     if sealed:
         token = _seal(settings, entity, secret)
         return Flow(entity, secret, token, sealed=token)
@@ -265,7 +303,7 @@ def load(storage: Storage, settings: Settings, token: str | None, client_id: str
         raise errors.InvalidGrant("The continuation_token is not valid.")
     if entity.get("client_id") != client_id or entity.get("kind") not in kinds:
         raise errors.InvalidGrant("The continuation_token is not valid.")
-    if time.time() >= int(entity.get("expires_at") or 0):
+    if time.time() >= min(int(entity.get("expires_at") or 0), int(entity.get("valid_until") or 2 ** 40)):
         raise errors.ExpiredToken()
     return Flow(entity, secret, sealed=token if sealed is not None else "")
 
@@ -288,6 +326,10 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     this fail with ``invalid_grant`` (so one code yields one success). A code
     judged right but not yet consumed (``flow.pending``) is consumed by this
     same write, and its send credited once the write has won."""
+    if "expires_at" in changes:
+        # The purge deletes a row soon after its expires_at, and a start token sealed with the first expiry
+        # would then store the flow again (A115): a step shortens a flow's life through valid_until instead.
+        raise ValueError("a flow's expires_at is never changed; set valid_until")
     data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
             for k, v in {**flow.pending, **changes}.items()}
     if not flow.entity.get("_etag"):

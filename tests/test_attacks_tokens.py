@@ -324,7 +324,8 @@ def _start_under(server, api, email: str) -> str:
     record = {"PartitionKey": "f2026010100a", "RowKey": "A" * 22, "kind": "signin", "client_id": api.client_id,
               "secret_hash": state._secret_hash("B" * 43), "created": int(now), "started": now,
               "expires_at": int(now) + 600, "state": "started", "steps": "[]",
-              "username": email, "has_password": True, "user_exists": True, "challenge_types": '["password", "redirect"]'}
+              "username": email, "has_password": True, "user_exists": True, "challenge_types": '["password", "redirect"]',
+              "capabilities": "[]", "ident": __import__("shared.storage.directory", fromlist=["x"]).user_key(email)}
     return state._seal(server.settings, record, "B" * 43)
 
 
@@ -412,10 +413,11 @@ def test_A115_even_the_key_seals_nothing_but_a_fresh_start(server, api, make_use
     email, _ = make_user()
     now = time.time()
     good = {"k": "signin", "c": api.client_id, "i": "A" * 22, "t": f"{now:.6f}", "x": int(now) + 600,
-            "f": {"ident": hash_key("email", email), "user_exists": 1, "username": email, "has_password": 1,
+            "f": {"user_exists": 1, "username": email, "has_password": 1,
                   "challenge_types": json.dumps(["password", "redirect"]), "capabilities": "[]"},
             "b": ["has_password", "user_exists"], "s": "B" * 43}
     assert _first_step(api, _seal_raw(server, good), "sign-in").status == 200          # the control: a fresh start
+    future = now + 10 * 365 * 86400
     bad = [
         {**good, "i": "C" * 22, "f": {**good["f"], "state": "ready_for_token", "steps": '["pwd"]'}},
         {**good, "i": "D" * 22, "k": "signup"},
@@ -424,6 +426,16 @@ def test_A115_even_the_key_seals_nothing_but_a_fresh_start(server, api, make_use
         {**good, "i": "F" * 22, "s": "secret"},
         {**good, "i": "G" * 22, "f": {**good["f"], "user_exists": "1"}, "b": ["has_password"]} | {"x": "soon"},
         {"e": {"kind": "signin", "state": "ready_for_token"}, "s": "B" * 43},
+        # The account named by its key, the code mailed to the attacker's address (review finding: honoured):
+        {**good, "i": "I" * 22, "f": {**good["f"], "ident": hash_key("email", email), "username": "mallory@example.com"}},
+        {**good, "i": "J" * 22, "t": f"{future:.6f}", "x": int(future) + 600},      # a start ten years ahead
+        {**good, "i": "K" * 22, "t": "inf"}, {**good, "i": "L" * 22, "t": "1e18"}, {**good, "i": "M" * 22, "t": "-1e18"},
+        {**good, "i": "N" * 22, "b": ["has_password", "user_exists", "username"]},
+        {**good, "i": "O" * 22, "f": {**good["f"], "user_exists": 7}},
+        {**good, "i": "P" * 22, "f": {**good["f"], "challenge_types": "not json"}},
+        {**good, "i": "Q" * 22, "f": {**good["f"], "challenge_types": json.dumps(["password", "telepathy"])}},
+        {**good, "i": "R" * 22, "f": {**good["f"], "username": "Mallory@Example.COM"}},
+        {**good, "i": "S" * 22, "f": {k: v for k, v in good["f"].items() if k != "has_password"}, "b": ["user_exists"]},
     ]
     for body in bad:
         token = _seal_raw(server, body)
@@ -434,7 +446,8 @@ def test_A115_even_the_key_seals_nothing_but_a_fresh_start(server, api, make_use
     forged = {"PartitionKey": "f2026010100a", "RowKey": "H" * 22, "kind": "signin", "client_id": api.client_id,
               "secret_hash": state._secret_hash("B" * 43), "created": int(now), "started": now,
               "expires_at": int(now) + 600, "state": "ready_for_token", "steps": '["pwd", "otp"]',
-              "second_factors": '["sms"]', "ident": hash_key("email", email), "user_exists": True, "username": email}
+              "second_factors": '["sms"]', "ident": hash_key("email", email), "user_exists": True, "username": email,
+              "has_password": True, "challenge_types": '["password", "redirect"]', "capabilities": "[]"}
     token = state._seal(server.settings, forged, "B" * 43)
     record, _ = state._unseal(server.settings, token)
     assert record["state"] == "started" and record["steps"] == "[]" and "second_factors" not in record

@@ -58,7 +58,7 @@ from shared.protocol.http import Form, Request, Response, ok, parse_form, redire
 from shared.settings import Settings
 from shared.storage.tables import Storage, get_storage
 
-KNOWN_CHALLENGE_TYPES = ("password", "oob", "redirect")
+KNOWN_CHALLENGE_TYPES = flows.CHALLENGE_TYPES
 LOCKOUT_RESET_SECONDS = 12 * 3600
 
 log = logging.getLogger("nativeauth.signin")

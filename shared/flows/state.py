@@ -36,6 +36,7 @@ from typing import Any, Callable, TypeVar
 from shared.protocol import errors
 from shared.security import otp
 from shared.settings import MAX_FLOW_TTL_SECONDS, Settings
+from shared.storage.directory import user_key
 from shared.storage.tables import Conflict, Entity, Modified, Storage
 
 # \Z, not $: "$" also matches before a final newline, which would give a token a second spelling.
@@ -47,6 +48,7 @@ SEALED_KINDS = ("signin", "reset")
 # choices and what the start found. Everything else is rebuilt from the template a start writes
 # (_fresh), so even a holder of the key can seal nothing but a fresh start (A115).
 SEALED_FIELDS = ("ident", "user_exists", "username", "challenge_types", "capabilities", "has_password")
+CHALLENGE_TYPES = ("password", "oob", "redirect")   # the challenge types this service knows (contract §1.1)
 MAX_CAS_RETRIES = 8
 MAX_SENDS_PER_FLOW = 5  # security-baseline §8: at most 5 sends per challenge
 T = TypeVar("T")
@@ -127,12 +129,15 @@ def _seal(settings: Settings, entity: Entity, secret: str) -> str:
     """The start token: what a fresh start's record is made of, and its secret,
     encrypted and authenticated.
 
-    Only the flow's id, kind, client, start time, expiry and SEALED_FIELDS travel;
-    the rest is the template's. Booleans travel as 0/1 (named in ``b``) and the
-    start time with six decimals, so two records that differ only in a flag
+    Only the flow's id, kind, client, start time, expiry and SEALED_FIELDS travel
+    (the address's key not even that: it is derived from the address again); the
+    rest is the template's. Booleans travel as 0/1 (named in ``b``) and the start
+    time with six decimals, so two records that differ only in a flag
     (``user_exists``, ``has_password``) seal to tokens of the same length: the
     token's length depends only on what the client sent (A115, A17)."""
-    fields = {k: entity[k] for k in SEALED_FIELDS if k in entity}
+    if entity.get("ident") != user_key(entity["username"]):
+        raise ValueError("a sealed start's key is its address's")
+    fields = {k: entity[k] for k in SEALED_FIELDS if k in entity and k != "ident"}
     flags = sorted(k for k, v in fields.items() if isinstance(v, bool))
     body = {"k": entity["kind"], "c": entity["client_id"], "i": entity["RowKey"], "t": f"{float(entity['started']):.6f}",
             "x": int(entity["expires_at"]), "f": {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items()},
@@ -173,20 +178,48 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 
 
+_FLAGS = {"signin": ("has_password", "user_exists"), "reset": ("user_exists",)}
+CLOCK_SKEW_SECONDS = 300
+
+
+def _string_list(raw: Any, allowed: tuple[str, ...] | None = None) -> bool:
+    try:
+        values = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return False
+    return (isinstance(values, list) and len(values) <= 32
+            and all(isinstance(v, str) and 0 < len(v) <= 64 and (allowed is None or v in allowed) for v in values))
+
+
 def _rebuild(data: Any) -> tuple[Entity, str] | None:
-    """A sealed start's record, rebuilt from the template; None unless it is one a start makes."""
+    """A sealed start's record, rebuilt from the template; None unless it is one a
+    start makes: each field is checked as a start writes it (even a holder of the
+    key can seal nothing else, A115), and the address's key is derived from the
+    address, never taken from the token."""
+    from shared.protocol.identifiers import InvalidIdentifier, normalize_email
+
     try:
         kind, client_id, flow_id, secret = data["k"], data["c"], data["i"], data["s"]
         started, expires_at, fields, flags = float(data["t"]), data["x"], data["f"], data["b"]
-        if (kind not in SEALED_KINDS or not isinstance(client_id, str) or not isinstance(expires_at, int)
-                or not _ID_RE.match(flow_id) or not _SECRET_RE.match(secret) or not isinstance(fields, dict)
-                or not set(fields) <= set(SEALED_FIELDS) or not set(flags) <= set(fields)
-                or not 0 < expires_at - int(started) <= MAX_FLOW_TTL_SECONDS
-                or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in fields.values())):
-            return None
-    except (KeyError, TypeError, ValueError):
+        now = time.time()
+        ok = (kind in SEALED_KINDS and isinstance(client_id, str) and 0 < len(client_id) <= 256
+              and isinstance(expires_at, int) and not isinstance(expires_at, bool)
+              and isinstance(flow_id, str) and _ID_RE.match(flow_id) is not None
+              and isinstance(secret, str) and _SECRET_RE.match(secret) is not None
+              and now - MAX_FLOW_TTL_SECONDS - CLOCK_SKEW_SECONDS <= started <= now + CLOCK_SKEW_SECONDS
+              and 0 < expires_at - int(started) <= MAX_FLOW_TTL_SECONDS
+              and isinstance(fields, dict) and isinstance(flags, list)
+              and set(fields) == {"username", "challenge_types", "capabilities", *_FLAGS[kind]}
+              and sorted(flags) == sorted(_FLAGS[kind])
+              and all(fields[f] in (0, 1) and not isinstance(fields[f], bool) for f in flags)
+              and isinstance(fields["username"], str) and normalize_email(fields["username"]) == fields["username"]
+              and _string_list(fields["challenge_types"], CHALLENGE_TYPES) and _string_list(fields["capabilities"]))
+    except (KeyError, TypeError, ValueError, OverflowError, OSError, InvalidIdentifier):
         return None
-    values = {k: (bool(v) if k in flags else v) for k, v in fields.items()}
+    if not ok:
+        return None
+    values: dict[str, Any] = {k: (bool(v) if k in flags else v) for k, v in fields.items()}
+    values["ident"] = user_key(values["username"])
     return _fresh(kind, client_id, flow_id, secret, started, expires_at, values), secret
 
 

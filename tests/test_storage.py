@@ -274,6 +274,16 @@ def test_storage_over_tls_verifies_the_certificate(tmp_path, monkeypatch):
             storage.Storage(_settings_for(conn)).ping()
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
         _round_trip(storage.Storage(_settings_for(conn)))
+        # A directory of hashed certificates, as c_rehash makes (review finding: refused as "is a directory").
+        import shutil
+
+        subject_hash = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", ca], capture_output=True,
+                                      text=True, check=True).stdout.strip()
+        cadir = tmp_path / "cadir"
+        cadir.mkdir()
+        shutil.copy(ca, cadir / f"{subject_hash}.0")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cadir))
+        _round_trip(storage.Storage(_settings_for(conn)))
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -282,20 +292,29 @@ def test_storage_over_tls_verifies_the_certificate(tmp_path, monkeypatch):
 class _ForwardProxy:
     """A plain HTTP forward proxy (absolute-form request targets) that counts what it forwards."""
 
-    def __init__(self):
+    def __init__(self, require: str | None = None):
         import http.server
         import urllib.request
 
         proxy = self
         self.forwarded = 0
+        self.authorizations: list[str | None] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def _forward(self):
-                proxy.forwarded += 1
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                proxy.authorizations.append(self.headers.get("Proxy-Authorization"))
+                if require and self.headers.get("Proxy-Authorization") != require:
+                    self.send_response(407)
+                    self.send_header("Proxy-Authenticate", 'Basic realm="test"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                proxy.forwarded += 1
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("proxy-connection", "connection", "proxy-authorization")}
                 req = urllib.request.Request(self.path, data=body or None, method=self.command, headers=headers)
                 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
                 try:
@@ -372,3 +391,55 @@ def test_a_storage_that_accepts_but_never_answers_is_unavailable_after_the_read_
         listener.close()
         for c, _ in held:
             c.close()
+
+
+@pytest.mark.parametrize("how", ["credentials in the URL", "no scheme", "ALL_PROXY only"])
+def test_storage_uses_the_proxy_as_requests_would(server, monkeypatch, how):
+    """The proxy settings requests understands work the same (review findings: credentials in the proxy URL
+    were not sent, a proxy without a scheme failed every operation, ALL_PROXY was ignored)."""
+    import base64
+
+    require = "Basic " + base64.b64encode(b"user:s3cret").decode() if how == "credentials in the URL" else None
+    proxy = _ForwardProxy(require=require)
+    try:
+        for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                     "ALL_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        if how == "credentials in the URL":
+            monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:s3cret@"))
+        elif how == "no scheme":
+            monkeypatch.setenv("HTTP_PROXY", proxy.url.removeprefix("http://"))
+        else:
+            monkeypatch.setenv("ALL_PROXY", proxy.url)
+        _round_trip(storage.Storage(_settings_for(server.settings.storage_connection_string)))
+        assert proxy.forwarded >= 7, (proxy.forwarded, proxy.authorizations[:3])
+        if require:
+            assert set(proxy.authorizations) == {require}
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.0/8", "127.0.0.1", "localhost:{port}"])
+def test_no_proxy_ranges_and_ports_bypass_the_proxy(server, monkeypatch, entry):
+    """NO_PROXY as requests reads it: CIDR ranges, addresses, host:port entries (review finding: a range or a
+    port sent the storage traffic to the proxy)."""
+    conn = server.settings.storage_connection_string
+    port = conn.split("127.0.0.1:")[1].split("/")[0]
+    if entry.startswith("localhost"):
+        conn = conn.replace("127.0.0.1", "localhost")
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")      # nothing listens there: any use of it fails
+    monkeypatch.setenv("NO_PROXY", entry.format(port=port))
+    _round_trip(storage.Storage(_settings_for(conn)))
+
+
+def test_a_request_the_transport_cannot_build_is_an_azure_error():
+    """A header value with a line break (which no SDK call makes) is refused as azure-core's
+    ServiceRequestError, like the requests transport does, never a raw ValueError."""
+    from azure.core.exceptions import ServiceRequestError
+    from azure.core.rest import HttpRequest
+
+    transport = storage._Urllib3Transport(connection_timeout=1, read_timeout=1)
+    with pytest.raises(ServiceRequestError):
+        transport.send(HttpRequest("GET", "http://127.0.0.1:9/x", headers={"x-test": "a\r\nInjected: 1"}))

@@ -494,3 +494,94 @@ def test_A115_a_token_has_one_spelling(server, api, make_user):
     assert c.status == 200
     r = password_grant(api, c["continuation_token"] + "\n", PW)
     assert r.status == 400 and r["error"] == "invalid_grant", r.body
+
+
+@pytest.mark.parametrize("extra", [
+    {"capabilities": " ".join(f"cap{i}" for i in range(40))},           # more than the seal takes
+    {"capabilities": "x" * 100},                                         # a capability longer than it takes
+    {"challenge_type": " ".join(["password"] * 40) + " redirect"},       # duplicates
+])
+def test_A115_a_start_the_seal_does_not_take_is_stored_and_works(server, api, make_user, extra):
+    """Whatever a client may send at the start, the token it gets is one its next step accepts: input the
+    seal's schema does not take is stored as before (one more operation, for any account alike)."""
+    email, _ = make_user()
+    form = {"username": email, "challenge_type": "password oob redirect", "capabilities": CAPS, **extra}
+    i = api.post("oauth2/v2.0/initiate", **form)
+    assert i.status == 200, i.body
+    c = api.post("oauth2/v2.0/challenge", continuation_token=i["continuation_token"], challenge_type="password redirect")
+    assert c.status == 200 and c["challenge_type"] == "password", c.body
+    assert password_grant(api, c["continuation_token"], PW).status in (200, 400)
+    unknown = api.post("oauth2/v2.0/initiate", **{**form, "username": "x" + email})
+    assert unknown.status == 200 and len(unknown["continuation_token"].split(".")) == len(i["continuation_token"].split("."))
+
+
+def test_A115_what_the_key_could_seal_is_refused_cleanly(server, api, make_user):
+    """Payloads a start never writes, sealed with the real key, are invalid_grant, never a 500 (third review:
+    not-JSON plaintext, deep nesting and an over-long number crashed the parse; extra keys, float flags, an
+    unknown name without a password, challenge types without redirect and control characters were accepted)."""
+    import json
+    import time
+
+    email, _ = make_user()
+    now = time.time()
+    good = {"k": "signin", "c": api.client_id, "i": "A" * 22, "t": f"{now:.6f}", "x": int(now) + 600,
+            "f": {"user_exists": 1, "username": email, "has_password": 1,
+                  "challenge_types": json.dumps(["password", "redirect"]), "capabilities": "[]"},
+            "b": ["has_password", "user_exists"], "s": "B" * 43}
+
+    def sealed_bytes(plain: bytes) -> str:
+        import base64
+        import secrets
+
+        from shared.flows import state
+
+        nonce = secrets.token_bytes(12)
+        blob = state._seal_key(server.settings.code_hash_key).encrypt(nonce, plain, state._SEAL_AAD)
+        return "s1." + base64.urlsafe_b64encode(nonce + blob).rstrip(b"=").decode()
+
+    tokens = [
+        sealed_bytes(b"\xff\xfe not json at all, but long enough for the token's shape...."),
+        sealed_bytes(b"[" * 2500 + b"]" * 2500),
+        sealed_bytes(json.dumps({**good, "x": "PLACEHOLDER"}).replace('"PLACEHOLDER"', "9" * 4400).encode()),
+        _seal_raw(server, {**good, "f": {**good["f"], "capabilities": "[" * 2000 + "]" * 2000}}),
+        _seal_raw(server, {**good, "state": "done"}),
+        _seal_raw(server, {**good, "f": {**good["f"], "user_exists": 1.0}}),
+        _seal_raw(server, {**good, "t": now}),
+        _seal_raw(server, {**good, "t": f"  {now:.6f}\n"}),
+        _seal_raw(server, {**good, "f": {**good["f"], "user_exists": 0, "has_password": 0}}),
+        _seal_raw(server, {**good, "f": {**good["f"], "challenge_types": json.dumps(["password"])}}),
+        _seal_raw(server, {**good, "f": {**good["f"], "challenge_types": "[]"}}),
+        _seal_raw(server, {**good, "f": {**good["f"], "capabilities": json.dumps(["mfa_required\r\nx"])}}),
+        _seal_raw(server, {**good, "f": {**good["f"], "capabilities": json.dumps(["\ud800"])}}),
+    ]
+    for token in tokens:
+        r = _first_step(api, token, "sign-in")
+        assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert _first_step(api, _seal_raw(server, good), "sign-in").status == 200       # the control
+
+
+def test_A115_the_transport_leaves_the_environment_alone(server, monkeypatch):
+    """Deciding the proxy for an origin reads NO_PROXY without writing os.environ (third review: requests'
+    helper, given NO_PROXY, set and unset it under other threads' feet)."""
+    import os
+
+    from shared.storage import tables
+
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", ".core.windows.net")
+    before = dict(os.environ)
+    transport = tables._Urllib3Transport(connection_timeout=1, read_timeout=1)
+    assert transport._proxy("https://acct.table.core.windows.net/t") is None
+    assert transport._proxy("https://elsewhere.example.net/t") == "http://127.0.0.1:9"
+    assert dict(os.environ) == before
+
+
+@pytest.mark.parametrize("name", ["abc\n@example.com", "a" * 64 + "@" + ".".join(["ü" * 20] * 8) + ".de"])
+def test_A115_an_address_that_does_not_normalise_to_itself_is_refused_at_the_start(api, name):
+    """A trailing newline in the local part (a regex ending in $) and an address within 254 characters only
+    before its domain is punycoded are not addresses: refused at the start, not sealed into a token the next
+    step would refuse (third review)."""
+    r = api.post("oauth2/v2.0/initiate", username=name, challenge_type="password oob redirect")
+    assert r.status == 400 and r["error"] == "invalid_request" and r["error_codes"][0] == 90100, r.body

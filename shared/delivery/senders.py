@@ -71,9 +71,9 @@ DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_REQUEST_TIMEOUT = 5.0   # email: read timeout of each HTTP request
 DEFAULT_POLL_INTERVAL = 1.0     # email: status poll interval (unless the service sends Retry-After)
 
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f<>(),;:\"\[\]\\]+@[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?$")
-_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f<>(),;:\"\[\]\\]+@[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?\Z")
+_SAFE_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
 
 
 # --------------------------------------------------------------------------

@@ -170,7 +170,11 @@ def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
             plain = _seal_key(key).decrypt(blob[:12], blob[12:], _SEAL_AAD)
         except InvalidTag:
             continue
-        return _rebuild(json.loads(plain))
+        try:
+            data = json.loads(plain)
+        except (ValueError, RecursionError):     # not UTF-8, not JSON, nested too deep, a number too long
+            return None
+        return _rebuild(data) if isinstance(data, dict) else None
     return None
 
 
@@ -182,13 +186,22 @@ _FLAGS = {"signin": ("has_password", "user_exists"), "reset": ("user_exists",)}
 CLOCK_SKEW_SECONDS = 300
 
 
-def _string_list(raw: Any, allowed: tuple[str, ...] | None = None) -> bool:
+_CAPABILITY_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
+_STARTED_RE = re.compile(r"^\d{10}\.\d{6}\Z")
+_BODY_KEYS = {"k", "c", "i", "t", "x", "f", "b", "s"}
+
+
+def _string_list(raw: Any, allowed: tuple[str, ...] | None = None) -> list[str] | None:
+    """The JSON list of short strings a start stores (each one of ``allowed``, or a plain capability name), or None."""
     try:
-        values = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
-        return False
-    return (isinstance(values, list) and len(values) <= 32
-            and all(isinstance(v, str) and 0 < len(v) <= 64 and (allowed is None or v in allowed) for v in values))
+        values = json.loads(raw) if isinstance(raw, str) and len(raw) <= 4096 else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(values, list) or len(values) > 32 or not all(isinstance(v, str) for v in values):
+        return None
+    if not all((v in allowed) if allowed is not None else bool(_CAPABILITY_RE.match(v)) for v in values):
+        return None
+    return values
 
 
 def _rebuild(data: Any) -> tuple[Entity, str] | None:
@@ -199,9 +212,12 @@ def _rebuild(data: Any) -> tuple[Entity, str] | None:
     from shared.protocol.identifiers import InvalidIdentifier, normalize_email
 
     try:
+        if set(data) != _BODY_KEYS or not isinstance(data["t"], str) or not _STARTED_RE.match(data["t"]):
+            return None
         kind, client_id, flow_id, secret = data["k"], data["c"], data["i"], data["s"]
         started, expires_at, fields, flags = float(data["t"]), data["x"], data["f"], data["b"]
         now = time.time()
+        types = _string_list(fields["challenge_types"], CHALLENGE_TYPES) if isinstance(fields, dict) else None
         ok = (kind in SEALED_KINDS and isinstance(client_id, str) and 0 < len(client_id) <= 256
               and isinstance(expires_at, int) and not isinstance(expires_at, bool)
               and isinstance(flow_id, str) and _ID_RE.match(flow_id) is not None
@@ -211,10 +227,13 @@ def _rebuild(data: Any) -> tuple[Entity, str] | None:
               and isinstance(fields, dict) and isinstance(flags, list)
               and set(fields) == {"username", "challenge_types", "capabilities", *_FLAGS[kind]}
               and sorted(flags) == sorted(_FLAGS[kind])
-              and all(fields[f] in (0, 1) and not isinstance(fields[f], bool) for f in flags)
+              and all(type(fields[f]) is int and fields[f] in (0, 1) for f in flags)
+              # an unknown name looks like a password account (signin.initiate)
+              and (kind != "signin" or fields["user_exists"] == 1 or fields["has_password"] == 1)
               and isinstance(fields["username"], str) and normalize_email(fields["username"]) == fields["username"]
-              and _string_list(fields["challenge_types"], CHALLENGE_TYPES) and _string_list(fields["capabilities"]))
-    except (KeyError, TypeError, ValueError, OverflowError, OSError, InvalidIdentifier):
+              and types is not None and "redirect" in types and (kind != "reset" or "oob" in types)
+              and _string_list(fields["capabilities"]) is not None)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError, RecursionError, InvalidIdentifier):
         return None
     if not ok:
         return None
@@ -308,7 +327,11 @@ def start(storage: Storage, settings: Settings, kind: str, client_id: str, *, se
     pk = entity["PartitionKey"]
     if sealed:
         token = _seal(settings, entity, secret)
-        return Flow(entity, secret, token, sealed=token)
+        # A token this start hands out is one its next step accepts: what the client sent that the seal's
+        # schema (or the token's length) does not take (dozens of capabilities, say) is stored as before.
+        # That depends only on what the client sent, never on the account (A17).
+        if _unseal(settings, token) == (entity, secret):
+            return Flow(entity, secret, token, sealed=token)
     entity["_etag"] = storage.table("flows").insert(entity)
     return Flow(entity, secret, _token(pk, flow_id, secret))
 

@@ -29,8 +29,8 @@ log = logging.getLogger("nativeauth.request")
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 MAX_FIELDS = 64
 MAX_VALUE_CHARS = 8192
-_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HEADER_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+_HEADER_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
 
 
 @dataclasses.dataclass

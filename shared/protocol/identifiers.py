@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_LOCAL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
-_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LOCAL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}\Z")
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 class InvalidIdentifier(ValueError):
@@ -38,7 +38,10 @@ def normalize_email(value: str | None) -> str:
     labels = ascii_domain.split(".")
     if len(labels) < 2 or not all(_LABEL_RE.match(label) for label in labels):
         raise InvalidIdentifier("domain")
-    return f"{local.lower()}@{ascii_domain}"
+    normal = f"{local.lower()}@{ascii_domain}"
+    if len(normal) > 254:   # the limit holds for the address as mail carries it (its domain in punycode)
+        raise InvalidIdentifier("not an email address")
+    return normal
 
 
 def mask_email(email: str) -> str:

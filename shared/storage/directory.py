@@ -214,7 +214,7 @@ class Client:
 
 CLIENT_CACHE_SECONDS = 60.0
 _client_cache = InstanceCache(CLIENT_CACHE_SECONDS)
-_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 def register_client(storage: Storage, client_id: str, name: str, *, enabled: bool = True) -> Client:

@@ -440,7 +440,7 @@ def _urllib3_transport_class():
         ``CURL_CA_BUNDLE``, a file or a directory, else certifi's bundle); the
         environment's proxies (``HTTP(S)_PROXY``, ``ALL_PROXY``, credentials in the
         proxy URL, a proxy without a scheme) and ``NO_PROXY`` (hosts, ports,
-        suffixes, CIDR ranges), decided once per host; no redirects followed; no
+        suffixes, CIDR ranges), decided once per origin and cached; no redirects followed; no
         retries of its own (the SDK's retry policy decides); the connect and read
         timeouts the pipeline passes; and every urllib3, OS or request-building
         error raised as the azure-core error the retry policy and
@@ -452,7 +452,6 @@ def _urllib3_transport_class():
             self._timeouts = (connection_timeout, read_timeout)
             ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
             self._tls = {"ca_cert_dir": ca} if os.path.isdir(ca) else {"ca_certs": ca}
-            self._no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
             self._proxy_of: dict[str, str | None] = {}     # scheme://host[:port] -> proxy URL or None
             self._pools: dict[str, urllib3.PoolManager] = {}
             self._lock = threading.Lock()
@@ -462,7 +461,9 @@ def _urllib3_transport_class():
             if origin not in self._proxy_of:
                 with self._lock:
                     if origin not in self._proxy_of:
-                        proxy = select_proxy(url, get_environ_proxies(url, no_proxy=self._no_proxy))
+                        # requests reads NO_PROXY itself here (given one, it would set and unset it in
+                        # os.environ, under other threads' feet): once per origin, then cached.
+                        proxy = select_proxy(url, get_environ_proxies(url))
                         self._proxy_of[origin] = prepend_scheme_if_needed(proxy, "http") if proxy else None
             return self._proxy_of[origin]
 

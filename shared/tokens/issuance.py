@@ -46,7 +46,7 @@ UNKNOWN_KID_RELOAD_SECONDS = 30
 OIDC_SCOPES = ("openid", "profile", "email", "offline_access")
 LEEWAY_SECONDS = 60
 ALGORITHM = "RS256"
-_RT_RE = re.compile(r"^(r[0-9a-f]{2})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})$")
+_RT_RE = re.compile(r"^(r[0-9a-f]{2})\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})\Z")
 
 
 def _b64url(data: bytes) -> str:

@@ -398,6 +398,17 @@ def _seal_raw(server, body: dict) -> str:
     return "s1." + base64.urlsafe_b64encode(nonce + blob).rstrip(b"=").decode()
 
 
+def _start_payload(api, email: str, now: float) -> dict:
+    """What a real sign-in start seals for a password account (a fresh flow id each time)."""
+    import json
+    import secrets
+
+    return {"k": "signin", "c": api.client_id, "i": secrets.token_urlsafe(16), "t": f"{now:.6f}", "x": int(now) + 600,
+            "f": {"user_exists": 1, "username": email, "has_password": 1,
+                  "challenge_types": json.dumps(["password", "redirect"]), "capabilities": "[]"},
+            "b": ["has_password", "user_exists"], "s": "B" * 43}
+
+
 def test_A115_even_the_key_seals_nothing_but_a_fresh_start(server, api, make_user):
     """A start token carries the client's choices and what the start found; the rest of the record is the
     template every start writes. So a holder of AUTH_CODE_HASH_KEY (or an old accepted key) cannot seal a flow
@@ -412,10 +423,7 @@ def test_A115_even_the_key_seals_nothing_but_a_fresh_start(server, api, make_use
 
     email, _ = make_user()
     now = time.time()
-    good = {"k": "signin", "c": api.client_id, "i": "A" * 22, "t": f"{now:.6f}", "x": int(now) + 600,
-            "f": {"user_exists": 1, "username": email, "has_password": 1,
-                  "challenge_types": json.dumps(["password", "redirect"]), "capabilities": "[]"},
-            "b": ["has_password", "user_exists"], "s": "B" * 43}
+    good = _start_payload(api, email, now)
     assert _first_step(api, _seal_raw(server, good), "sign-in").status == 200          # the control: a fresh start
     future = now + 10 * 365 * 86400
     bad = [
@@ -524,10 +532,7 @@ def test_A115_what_the_key_could_seal_is_refused_cleanly(server, api, make_user)
 
     email, _ = make_user()
     now = time.time()
-    good = {"k": "signin", "c": api.client_id, "i": "A" * 22, "t": f"{now:.6f}", "x": int(now) + 600,
-            "f": {"user_exists": 1, "username": email, "has_password": 1,
-                  "challenge_types": json.dumps(["password", "redirect"]), "capabilities": "[]"},
-            "b": ["has_password", "user_exists"], "s": "B" * 43}
+    good = _start_payload(api, email, now)
 
     def sealed_bytes(plain: bytes) -> str:
         import base64

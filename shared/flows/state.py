@@ -44,9 +44,10 @@ _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]
 _SEALED_RE = re.compile(r"^s1\.([A-Za-z0-9_-]{64,8000})\Z")
 _SEAL_AAD = b"nativeauth flow start v1"
 SEALED_KINDS = ("signin", "reset")
-# What a sealed start token carries besides the flow's id, client, times and secret: the client's
-# choices and what the start found. Everything else is rebuilt from the template a start writes
-# (_fresh), so even a holder of the key can seal nothing but a fresh start (A115).
+# The fields a sealed start may have besides the flow's id, client, times and secret: the client's
+# choices and what the start found (``ident`` is not sealed: it is derived from the address again).
+# Everything else is rebuilt from the template a start writes (_fresh), so even a holder of the key
+# can seal nothing but a fresh start (A115).
 SEALED_FIELDS = ("ident", "user_exists", "username", "challenge_types", "capabilities", "has_password")
 CHALLENGE_TYPES = ("password", "oob", "redirect")   # the challenge types this service knows (contract §1.1)
 MAX_CAS_RETRIES = 8
@@ -178,17 +179,14 @@ def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
     return None
 
 
+# What _rebuild accepts: exactly what _seal writes for a start.
+_BODY_KEYS = {"k", "c", "i", "t", "x", "f", "b", "s"}
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}\Z")
 _SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
-
-
+_STARTED_RE = re.compile(r"^\d{10}\.\d{6}\Z")
+_CAPABILITY_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 _FLAGS = {"signin": ("has_password", "user_exists"), "reset": ("user_exists",)}
 CLOCK_SKEW_SECONDS = 300
-
-
-_CAPABILITY_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
-_STARTED_RE = re.compile(r"^\d{10}\.\d{6}\Z")
-_BODY_KEYS = {"k", "c", "i", "t", "x", "f", "b", "s"}
 
 
 def _string_list(raw: Any, allowed: tuple[str, ...] | None = None) -> list[str] | None:

@@ -590,3 +590,19 @@ def test_A115_an_address_that_does_not_normalise_to_itself_is_refused_at_the_sta
     step would refuse (third review)."""
     r = api.post("oauth2/v2.0/initiate", username=name, challenge_type="password oob redirect")
     assert r.status == 400 and r["error"] == "invalid_request" and r["error_codes"][0] == 90100, r.body
+
+
+def test_A115_a_start_token_always_fits_the_deployments_body_limit(server, api, make_user):
+    """With AUTH_MAX_BODY_BYTES at its lowest (1 KiB), a start whose sealed token would not leave room for the next
+    step's other fields is stored as before, so the next step's body is never refused as too large (fourth review)."""
+    import uuid
+
+    email, _ = make_user(email="a" * 55 + "-" + uuid.uuid4().hex[:8] + "@" + "long-domain-name." * 8 + "example.com")
+    with server.override(max_body_bytes=1024):
+        caps = " ".join(f"capability_{i}" for i in range(20))
+        i = api.post("oauth2/v2.0/initiate", username=email, challenge_type="password oob redirect", capabilities=caps)
+        assert i.status == 200, i.body
+        assert len(i["continuation_token"]) <= 1024 - 512
+        c = api.post("oauth2/v2.0/challenge", continuation_token=i["continuation_token"],
+                     challenge_type="password oob redirect")
+        assert c.status == 200 and c["challenge_type"] == "password", c.body

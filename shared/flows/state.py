@@ -187,6 +187,7 @@ _STARTED_RE = re.compile(r"^\d{10}\.\d{6}\Z")
 _CAPABILITY_RE = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 _FLAGS = {"signin": ("has_password", "user_exists"), "reset": ("user_exists",)}
 CLOCK_SKEW_SECONDS = 300
+BODY_ROOM = 512   # of a request body, for the fields a step sends beside its continuation token
 
 
 def _string_list(raw: Any, allowed: tuple[str, ...] | None = None) -> list[str] | None:
@@ -326,9 +327,10 @@ def start(storage: Storage, settings: Settings, kind: str, client_id: str, *, se
     if sealed:
         token = _seal(settings, entity, secret)
         # A token this start hands out is one its next step accepts: what the client sent that the seal's
-        # schema (or the token's length) does not take (dozens of capabilities, say) is stored as before.
-        # That depends only on what the client sent, never on the account (A17).
-        if _unseal(settings, token) == (entity, secret):
+        # schema (or the token's length, or the deployment's body limit with room for the step's other
+        # fields) does not take (dozens of capabilities, say) is stored as before. That depends only on
+        # what the client sent, never on the account (A17).
+        if len(token) <= settings.max_body_bytes - BODY_ROOM and _unseal(settings, token) == (entity, secret):
             return Flow(entity, secret, token, sealed=token)
     entity["_etag"] = storage.table("flows").insert(entity)
     return Flow(entity, secret, _token(pk, flow_id, secret))

@@ -277,6 +277,16 @@ def outbox(server) -> Outbox:
     return server.outbox
 
 
+PROXY_VARIABLES = ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                   "ALL_PROXY")
+
+
+def clear_proxy_env(monkeypatch) -> None:
+    """No proxy settings from the machine's environment in this test (it sets its own)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 def unique_email(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}@example.com"
 

@@ -570,10 +570,10 @@ def test_A115_the_transport_leaves_the_environment_alone(server, monkeypatch):
     helper, given NO_PROXY, set and unset it under other threads' feet)."""
     import os
 
+    from conftest import clear_proxy_env
     from shared.storage import tables
 
-    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", ".core.windows.net")
     before = dict(os.environ)

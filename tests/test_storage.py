@@ -12,6 +12,8 @@ from shared.protocol import http as protocol
 from shared.storage import tables as storage
 from shared.settings import Settings
 
+from conftest import clear_proxy_env
+
 
 @pytest.fixture
 def table(server):
@@ -349,8 +351,7 @@ def test_storage_goes_through_the_environments_proxy_unless_no_proxy_says_otherw
     request): with a proxy set every operation goes through it; with the host in NO_PROXY none does."""
     proxy = _ForwardProxy()
     try:
-        for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-            monkeypatch.delenv(name, raising=False)
+        clear_proxy_env(monkeypatch)
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         _round_trip(storage.Storage(_settings_for(server.settings.storage_connection_string)))
         assert proxy.forwarded >= 7, proxy.forwarded
@@ -402,9 +403,7 @@ def test_storage_uses_the_proxy_as_requests_would(server, monkeypatch, how):
     require = "Basic " + base64.b64encode(b"user:s3cret").decode() if how == "credentials in the URL" else None
     proxy = _ForwardProxy(require=require)
     try:
-        for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                     "ALL_PROXY"):
-            monkeypatch.delenv(name, raising=False)
+        clear_proxy_env(monkeypatch)
         if how == "credentials in the URL":
             monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:s3cret@"))
         elif how == "no scheme":
@@ -427,8 +426,7 @@ def test_no_proxy_ranges_and_ports_bypass_the_proxy(server, monkeypatch, entry):
     port = conn.split("127.0.0.1:")[1].split("/")[0]
     if entry.startswith("localhost"):
         conn = conn.replace("127.0.0.1", "localhost")
-    for name in ("no_proxy", "NO_PROXY", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+    clear_proxy_env(monkeypatch)
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")      # nothing listens there: any use of it fails
     monkeypatch.setenv("NO_PROXY", entry.format(port=port))
     _round_trip(storage.Storage(_settings_for(conn)))

@@ -17,6 +17,7 @@ A thin layer over ``azure-data-tables``. It exists for four reasons:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -394,6 +395,13 @@ def _inline_multipart() -> None:
     _patched = True
 
 
+def _ca_bundle() -> str | None:
+    """The CA bundle the environment names, as requests reads it (REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE)."""
+    import os
+
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
 def _transport():
     """The HTTP transport under the Table SDK: urllib3 directly with the pinned
     azure-core (:class:`_Urllib3Transport`), else azure-core's requests transport
@@ -402,7 +410,6 @@ def _transport():
 
     if azure.core.__version__ == PATCHED_AZURE_CORE:
         return _Urllib3Transport(connection_timeout=5, read_timeout=10)
-    import os
     from urllib.request import getproxies
 
     import requests
@@ -411,15 +418,16 @@ def _transport():
     session = requests.Session()
     session.trust_env = False      # no ~/.netrc lookup per request; the environment is read once here
     session.proxies.update(getproxies())
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.verify = _ca_bundle() or True
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return RequestsTransport(session=session, session_owner=False)
 
 
+@functools.lru_cache(maxsize=1)
 def _urllib3_transport_class():
-    """Built on first use, so importing this module loads neither urllib3 nor azure-core's transports."""
+    """Built on first use (once), so importing this module loads neither urllib3 nor azure-core's transports."""
     import os
 
     import urllib3
@@ -450,7 +458,7 @@ def _urllib3_transport_class():
             import certifi
 
             self._timeouts = (connection_timeout, read_timeout)
-            ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+            ca = _ca_bundle() or certifi.where()
             self._tls = {"ca_cert_dir": ca} if os.path.isdir(ca) else {"ca_certs": ca}
             self._proxy_of: dict[str, str | None] = {}     # scheme://host[:port] -> proxy URL or None
             self._pools: dict[str, urllib3.PoolManager] = {}

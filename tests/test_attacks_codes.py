@@ -261,15 +261,23 @@ def test_A09_completed_flow_cannot_be_claimed_for_another_user(api, outbox, make
     assert_no_tokens(r)
 
 
-def _tamperings(ct: str, other: str) -> dict[str, str]:
-    pk, fid, secret = ct.split(".")
-    opk, ofid, osecret = other.split(".")
+def _tamperings(settings, ct: str, other: str) -> dict[str, str]:
+    """A sign-in's token is ``u1.<sealed locator>`` (A116): the recombinations of its parts are made with the
+    deployment's own key (an attacker without it can only splice the ciphertext, also tried), and the parts
+    in the clear in the old format."""
+    pk, fid, secret, _ = flows._parts(settings, ct)
+    opk, ofid, osecret, _ = flows._parts(settings, other)
     flip = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    mid = len(ct) // 2
     return {
-        "flipped-secret-char": f"{pk}.{fid}.{flip}",
-        "other-flow-id": f"{pk}.{ofid}.{secret}",          # change the embedded flow (user) id
-        "other-secret": f"{pk}.{fid}.{osecret}",
-        "other-partition": f"{opk if opk != pk else 'f2000010100a'}.{fid}.{secret}",
+        "flipped-secret-char": flows._token(settings, pk, fid, flip),
+        "other-flow-id": flows._token(settings, pk, ofid, secret),          # change the embedded flow (user) id
+        "other-secret": flows._token(settings, pk, fid, osecret),
+        "other-partition": flows._token(settings, opk, fid, secret),
+        "clear-parts": f"{pk}.{fid}.{secret}",
+        "clear-parts-old-partition": f"f2000010100a.{fid}.{secret}",
+        "spliced": ct[:mid] + other[mid:],
+        "flipped-last-char": ct[:-1] + ("A" if ct[-1] != "A" else "B"),
         "truncated": ct[:-1],
         "extended": ct + "A",
         "jwt-shaped": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.",
@@ -278,12 +286,12 @@ def _tamperings(ct: str, other: str) -> dict[str, str]:
     }
 
 
-def test_A10_continuation_token_tampering(api, make_user):
+def test_A10_continuation_token_tampering(server, api, make_user):
     email, _ = make_user()
     other, _ = make_user()
     ct = password_challenge_ct(api, email)
     ct_other = password_challenge_ct(api, other)
-    for name, forged in _tamperings(ct, ct_other).items():
+    for name, forged in _tamperings(server.settings, ct, ct_other).items():
         for path, form in (("oauth2/v2.0/token", {"grant_type": "password", "password": PW, "scope": SCOPE}),
                            ("oauth2/v2.0/challenge", {"challenge_type": "password redirect"}),
                            ("oauth2/v2.0/introspect", {}),
@@ -482,15 +490,17 @@ def test_A55_the_right_code_in_a_burst_after_the_limit_answers_like_a_wrong_one(
 
 @contextlib.contextmanager
 def before_a_flow_write(monkeypatch, matches: Callable[[dict], bool], act: Callable[[Any, dict], None]):
-    """``act(table, entity)`` runs once, just before the first update of the
-    flows table whose entity ``matches`` (its own writes pass through)."""
+    """``act(table, entity)`` runs once, just before the first update of a
+    flow row whose entity ``matches`` (its own writes pass through): in the flows
+    table, or a sign-in's or reset's in its address's partition of the users table (A116)."""
     from shared.storage import tables as storage_mod
 
     real = storage_mod.Table.update
     state = {"armed": True, "fired": 0}
 
     def update(self, entity, etag=None, **kwargs):
-        if state["armed"] and self.name.endswith("flows") and matches(entity):
+        is_flow = self.name.endswith("flows") or (self.name.endswith("users") and entity.get("RowKey") != "user")
+        if state["armed"] and is_flow and matches(entity):
             state["armed"] = False
             state["fired"] += 1
             act(self, entity)
@@ -664,7 +674,7 @@ def test_A112_a_right_code_refused_before_its_write_is_still_judged_against_the_
     def guess_lands(flow, form):
         if not fired:
             fired.append(1)
-            another_guess_counted(server.storage.table("flows"), flow.pk, flow.id)
+            another_guess_counted(server.storage.table(flow.table), flow.pk, flow.id)
         return real(flow, form)
 
     monkeypatch.setattr(gate_mod, "_flow_contexts", guess_lands)

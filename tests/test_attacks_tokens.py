@@ -381,7 +381,7 @@ def test_A115_a_start_token_cannot_skip_a_step_or_serve_another_flow_kind(server
     from shared.flows import state
 
     pk, rk, _, _ = state._parts(server.settings, token)
-    assert server.storage.table("flows").get(pk, rk) is None
+    assert server.storage.table(state._table_of(pk)).get(pk, rk) is None
     assert _first_step(api, token, "sign-in").status == 200
 
 
@@ -481,10 +481,10 @@ def test_A115_a_verified_resets_record_outlives_its_start_token(server, api, out
     s = api.post("resetpassword/v1.0/submit", continuation_token=v["continuation_token"], new_password=NEW_PW)
     assert s.status == 200, s.body
     pk, rk, _, sealed = state._parts(server.settings, token)
-    row = server.storage.table("flows").get(pk, rk)
+    row = server.storage.table(state._table_of(pk)).get(pk, rk)
     assert row["expires_at"] == sealed["expires_at"] and row["valid_until"] <= sealed["expires_at"] - 299
     maintenance.purge_expired(server.settings, now=int(row["valid_until"]) + 121)   # the timer, 12 minutes on
-    assert server.storage.table("flows").get(pk, rk) is not None
+    assert server.storage.table(state._table_of(pk)).get(pk, rk) is not None
     sent = outbox.count(email)
     r = _first_step(api, token, "reset")
     assert r.status == 400 and r["error"] == "invalid_grant", r.body
@@ -606,3 +606,184 @@ def test_A115_a_start_token_always_fits_the_deployments_body_limit(server, api, 
         c = api.post("oauth2/v2.0/challenge", continuation_token=i["continuation_token"],
                      challenge_type="password oob redirect")
         assert c.status == 200 and c["challenge_type"] == "password", c.body
+
+
+# ====================================================================== A116: sign-ins and resets in the account's partition
+
+def _flow_rows(server, email: str) -> list[dict]:
+    pk = directory.user_key(email)
+    return server.storage.table("users").query("PartitionKey eq @p and RowKey ne @u", {"p": pk, "u": "user"})
+
+
+def test_A116_a_flow_token_shows_nothing_links_nothing_and_has_one_length(server, api, make_user):
+    """A sign-in's stored record lives in its address's partition of the users table, whose key is a plain hash
+    of the address: the token carries it encrypted (with the flow id and secret), so it shows neither the address
+    nor its hash, two tokens of one account share nothing but the prefix (no linking in logs), and known,
+    disabled and unknown names give tokens of one length."""
+    import base64
+    import uuid
+
+    lengths, seen = set(), []
+    for case in ("password", "none", "disabled"):
+        email = f"a116-{uuid.uuid4().hex[:12]}@example.com"
+        if case != "none":
+            make_user(email=email)
+        if case == "disabled":
+            directory.update_user(server.storage, directory.get_user(server.storage, email), disabled=True)
+        key = directory.user_key(email)
+        for _ in range(2):
+            token = password_challenge_ct(api, email)
+            assert token.startswith("u1."), token
+            lengths.add(len(token))
+            blob = base64.urlsafe_b64decode(token[3:] + "=" * (-len(token[3:]) % 4))
+            for needle in (email, email.split("@")[0], key, key[:16]):
+                assert needle not in token and needle.encode() not in blob
+            assert bytes.fromhex(key) not in blob and bytes.fromhex(key)[:8] not in blob
+            seen.append(token)
+    assert len(lengths) == 1, lengths
+    prefixes = {t[:12] for t in seen}
+    assert len(prefixes) == len(seen)       # 9 hex-free random prefixes: nothing repeats between tokens
+
+
+def test_A116_an_altered_or_foreign_flow_token_is_refused_and_a_rotation_keeps_it(server, api, make_user):
+    """Any change to a stored flow's token (each position, the spare bits of its last character) is refused like
+    garbage; a token made under a key this deployment does not accept is refused; a rotation that keeps the old
+    key accepted keeps the flows it made going."""
+    import dataclasses
+
+    from shared.flows import state
+
+    email, _ = make_user()
+    token = password_challenge_ct(api, email)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for pos in (3, 10, 20, 60, 100, 140, len(token) - 2, len(token) - 1):
+        c = token[pos]
+        altered = token[:pos] + alphabet[(alphabet.index(c) + 1) % 64] + token[pos + 1:]
+        r = password_grant(api, altered, PW)
+        assert r.status == 400 and r["error"] == "invalid_grant", (pos, r.body)
+    pk, flow_id, secret, _ = state._parts(server.settings, token)
+    guessed = dataclasses.replace(server.settings, code_hash_key=b"a key the attacker guessed" * 2)
+    r = password_grant(api, state._token(guessed, pk, flow_id, secret), PW)
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    # another account's partition, with this flow's id and secret: no such row there
+    other, _ = make_user()
+    r = password_grant(api, state._token(server.settings, directory.user_key(other), flow_id, secret), PW)
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    with server.override(code_hash_key=b"the next code hash key, 32 bytes+",
+                         code_hash_keys_accepted=(server.settings.code_hash_key,)):
+        r = password_grant(api, token, PW)
+        assert r.status == 200, r.body
+        assert "access_token" in r.body
+
+
+def test_A116_each_step_costs_the_same_for_any_name(server, api, make_user):
+    """The flow and the account are read in one partition query whether or not the account exists, is
+    disabled or has no password for this client: each step's storage work is the same (A17-A20, A52)."""
+    known, _ = make_user()
+    disabled, _ = make_user()
+    directory.update_user(server.storage, directory.get_user(server.storage, disabled), disabled=True)
+    costs = {}
+    for label, email in (("known", known), ("unknown", unique_email("ghost")), ("disabled", disabled)):
+        i = api.post("oauth2/v2.0/initiate", username=email, challenge_type="password redirect", capabilities=CAPS)
+        c = api.post("oauth2/v2.0/challenge", continuation_token=i["continuation_token"], challenge_type="password redirect")
+        t = password_grant(api, c["continuation_token"], PW + "-wrong")
+        again = password_grant(api, c["continuation_token"], PW + "-wrong")
+        assert t["error_codes"] == again["error_codes"] == [BAD_CREDENTIALS], (label, t.body)
+        costs[label] = tuple(int(r.headers["x-storage-ops"]) for r in (i, c, t, again))
+    assert costs["known"] == costs["unknown"] == costs["disabled"], costs
+
+
+def test_A116_a_right_passwords_take_back_survives_a_moved_account_row_and_a_refusal(server, api, make_user, monkeypatch):
+    """The counted attempt of a right password is taken back with the flow's next write, in one transaction.
+    When the account row changed in between (another device's sign-in, an admin), the transaction fails and the
+    take-back is redone on the row as it is then; when the step ends without a flow write (the account must
+    reset its password), it is written on its own. Either way the counter is back where it was."""
+    from shared.security import gate as gate_mod
+
+    email, user = make_user()
+    real = gate_mod.gate
+    moved = []
+
+    def account_moves_first(storage, settings, flow, u, form, request=None):
+        if not moved:
+            moved.append(1)
+            fresh = directory.get_user(storage, email)
+            directory.update_user(storage, fresh, display_name="changed by an admin meanwhile")
+        return real(storage, settings, flow, u, form, request)
+
+    monkeypatch.setattr(gate_mod, "gate", account_moves_first)
+    r = password_grant(api, password_challenge_ct(api, email), PW)
+    assert r.status == 200 and moved, r.body
+    after = directory.get_user(server.storage, email)
+    assert int(after.entity.get("failed_logins") or 0) == 0 and after.display_name == "changed by an admin meanwhile"
+    monkeypatch.setattr(gate_mod, "gate", real)
+
+    for _ in range(2):    # two earlier failures stay counted (this sign-in's risk signal) ...
+        assert password_grant(api, password_challenge_ct(api, email), PW + "-wrong")["error_codes"] == [BAD_CREDENTIALS]
+    directory.update_user(server.storage, directory.get_user(server.storage, email), password_reset_required=True)
+    r = password_grant(api, password_challenge_ct(api, email), PW)
+    assert r.status == 400 and 50142 in r["error_codes"], r.body
+    assert int(directory.get_user(server.storage, email).entity.get("failed_logins")) == 2   # ... and this one is not
+
+
+def test_A116_a_burst_of_right_passwords_on_one_flow_wins_once_and_counts_nothing(server, api, make_user):
+    """20 simultaneous right passwords on one flow: one goes on, the others are refused like a used token, and
+    every counted attempt is taken back (no lockout from a double-submitting client)."""
+    email, _ = make_user()
+    ct = password_challenge_ct(api, email)
+    answers = parallel(20, lambda i: password_grant(api, ct, PW))
+    assert sum(r.status == 200 for r in answers) == 1, [(r.status, r.body) for r in answers]
+    assert all(r["error"] == "invalid_grant" for r in answers if r.status != 200)
+    u = directory.get_user(server.storage, email)
+    assert int(u.entity.get("failed_logins") or 0) == 0 and not u.locked_until()
+    assert password_grant(api, password_challenge_ct(api, email), PW).status == 200
+
+
+def test_A116_the_purge_never_touches_an_account_row_and_readers_see_no_flow_rows(server, api, make_user):
+    """Flow rows of known and unknown names share the users table with the accounts: the purge removes every
+    expired one (the filtered scan) and never an account row; the admin listing shows accounts only."""
+    from shared.storage import maintenance
+    from test_admin import admin
+
+    email, _ = make_user()
+    ghost = unique_email("ghost")
+    for name in (email, ghost, email):
+        password_challenge_ct(api, name)
+    assert len(_flow_rows(server, email)) == 2 and len(_flow_rows(server, ghost)) == 1
+    maintenance.purge_expired(server.settings, now=time.time() + server.settings.flow_ttl_seconds + 7200)
+    assert _flow_rows(server, email) == [] and _flow_rows(server, ghost) == []
+    assert directory.get_user(server.storage, email) is not None
+    assert password_grant(api, password_challenge_ct(api, email), PW).status == 200
+    password_challenge_ct(api, email)
+    listed = admin(server, "users", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert email in listed.stdout and ghost not in listed.stdout and "None" not in listed.stdout
+
+
+def test_A116_a_deleted_accounts_open_flows_are_closed(server, api, make_user):
+    """An account deletion finds its sign-ins and resets in its own partition (no scan): each is ended and its
+    token refused, while the same address can sign up again as a new account."""
+    from shared.flows import account
+
+    email, user = make_user()
+    ct = password_challenge_ct(api, email)
+    account.delete_user(server.storage, server.settings, directory.get_user(server.storage, email))
+    r = password_grant(api, ct, PW)
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert [f["state"] for f in _flow_rows(server, email)] == ["done"]
+
+
+def test_A116_a_sign_in_started_before_the_change_finishes_in_the_flows_table(server, api, make_user):
+    """A sign-in stored by the code before this layout (flows table, ``<partition>.<id>.<secret>`` token) still
+    finishes after a deployment: its token says where its record is."""
+    from shared.flows import state
+
+    email, _ = make_user()
+    entity = state._fresh("signin", DEV_CLIENT, "A" * 22, "B" * 43, time.time(), int(time.time()) + 600,
+                          {"ident": directory.user_key(email), "user_exists": True, "username": email,
+                           "challenge_types": ["password", "redirect"], "capabilities": CAPS.split(),
+                           "has_password": True})
+    entity.update(PartitionKey=state._partition(time.time(), "A" * 22), state="password_challenge")
+    server.storage.table("flows").insert(entity)
+    r = password_grant(api, f"{entity['PartitionKey']}.{'A' * 22}.{'B' * 43}", PW)
+    assert r.status == 200 and "access_token" in r.body, r.body

@@ -128,9 +128,17 @@ def test_a_code_sent_before_a_code_key_rotation_is_still_accepted(server, api, o
     i = api.post("oauth2/v2.0/initiate", username=email, challenge_type="oob redirect")
     c = api.post("oauth2/v2.0/challenge", continuation_token=i["continuation_token"], challenge_type="oob redirect")
     code = outbox.last_code(email)
-    with server.override(code_hash_key=b"R" * 32):                        # the new key only: the old code fails
-        wrong = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="oob", oob=code,
+    from shared.flows import state
+
+    pk, flow_id, secret, _ = state._parts(server.settings, c["continuation_token"])
+    with server.override(code_hash_key=b"R" * 32) as new:               # the new key only: the old code fails
+        # A sign-in's token is sealed under the key too (A116): under the new key only, it is refused first;
+        # the same flow's token made under the new key reaches the code, which fails.
+        stale = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="oob", oob=code,
                          scope="openid offline_access")
+        assert stale.status == 400 and stale["error"] == "invalid_grant", stale.body
+        wrong = api.post("oauth2/v2.0/token", continuation_token=state._token(new, pk, flow_id, secret),
+                         grant_type="oob", oob=code, scope="openid offline_access")
         assert wrong.status == 400 and wrong["suberror"] == "invalid_oob_value"
     with server.override(code_hash_key=b"R" * 32, code_hash_keys_accepted=(old,)):
         t = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="oob", oob=code,

@@ -73,7 +73,7 @@ def test_acs_failure_leaves_no_state_and_a_retry_works(server, api, make_user, f
         # The start token is sealed (A115): the reservation stored its record, and the failure put it back
         # as it was sealed, the start token's secret included.
         pk, rk, _, _ = flows._parts(server.settings, ct)
-        after = server.storage.table("flows").get(pk, rk)
+        after = server.storage.table(flows._table_of(pk)).get(pk, rk)
         assert {k: after[k] for k in ("state", "code_hash", "code_sends", "secret_hash")} == \
                {k: before[k] for k in ("state", "code_hash", "code_sends", "secret_hash")}
         assert fake_acs.emails() == []

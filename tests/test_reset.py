@@ -102,9 +102,11 @@ def test_passwordless_account(server, api, outbox, make_user):
 def test_expired_continuation_token(server, api, outbox, make_user):
     email, _ = make_user(password=OLD)
     ct = reset_to_verified(api, outbox, email)
-    pk, rk, _ = ct.split(".")
-    e = server.storage.table("flows").get(pk, rk)
-    server.storage.table("flows").update({**e, "expires_at": int(time.time()) - 1})
+    from shared.flows import state
+
+    pk, rk, _, _ = state._parts(server.settings, ct)
+    e = server.storage.table(state._table_of(pk)).get(pk, rk)
+    server.storage.table(state._table_of(pk)).update({**e, "expires_at": int(time.time()) - 1})
     r = api.post("resetpassword/v1.0/submit", continuation_token=ct, new_password=NEW)
     assert r.status == 400 and r["error"] == "expired_token"
     assert api.signin_password(email, OLD).status == 200  # nothing changed

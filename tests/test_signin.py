@@ -50,7 +50,7 @@ def flow_entity(server, ct: str) -> dict:
     from shared.flows import state
 
     pk, rk, _, _ = state._parts(server.settings, ct)
-    return server.storage.table("flows").get(pk, rk)
+    return server.storage.table(state._table_of(pk)).get(pk, rk)
 
 
 def flow_record(server, ct: str) -> dict:
@@ -58,12 +58,14 @@ def flow_record(server, ct: str) -> dict:
     from shared.flows import state
 
     pk, rk, _, sealed = state._parts(server.settings, ct)
-    return server.storage.table("flows").get(pk, rk) or sealed
+    return server.storage.table(state._table_of(pk)).get(pk, rk) or sealed
 
 
 def edit_flow(server, ct: str, **changes) -> None:
+    from shared.flows import state
+
     e = flow_entity(server, ct)
-    server.storage.table("flows").update({**e, **changes})
+    server.storage.table(state._table_of(e["PartitionKey"])).update({**e, **changes})
 
 
 def assert_token_set(r, email: str, amr: list[str]):

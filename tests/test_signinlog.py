@@ -44,8 +44,13 @@ def _records(storage, oid: str) -> list[dict]:
 
 
 def _flows_with_record(storage, oid: str) -> list[dict]:
-    return [f for f in storage.table("flows").query("state eq @s", {"s": "done"})
+    return [f for name in ("flows", "users") for f in storage.table(name).query("state eq @s", {"s": "done"})
             if f.get("log_entry") and json.loads(f["log_entry"])["user_oid"] == oid]
+
+
+def _flow_rows(storage, user) -> list[dict]:
+    """A sign-in's flow rows: in the account's partition of the users table (shared/flows/state.py)."""
+    return storage.table("users").query("PartitionKey eq @p and RowKey ne @u", {"p": user.pk, "u": "user"})
 
 
 class _Host:
@@ -202,15 +207,15 @@ def test_a_deletion_racing_a_sign_in_that_finishes_reads_the_flow_again(own_tabl
         r = host.api.post("oauth2/v2.0/initiate", username=email, challenge_type="password redirect")
         r = host.api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"],
                           challenge_type="password redirect")
-        [open_row] = storage.table("flows").query("ident eq @i", {"i": user.pk})   # what the deletion read
+        [open_row] = _flow_rows(storage, user)   # what the deletion read
         t = host.api.post("oauth2/v2.0/token", continuation_token=r["continuation_token"], grant_type="password",
                           password=PW, scope="openid")
         assert t.status == 200, t.body
     finally:
         host.kill()
     alias = account._alias(settings, user.oid)
-    account._close_flow(storage, open_row, user.oid, alias)
-    [row] = storage.table("flows").query("ident eq @i", {"i": user.pk})
+    account._close_flow(storage, storage.table("users"), open_row, user.oid, alias)
+    [row] = _flow_rows(storage, user)
     on_row = json.loads(row["log_entry"])
     assert (row["state"], on_row["user_oid"], on_row["user"]) == ("done", alias, "")
     assert storage.table("signinlog").get(on_row["PartitionKey"], on_row["RowKey"])["user_oid"] == alias
@@ -224,14 +229,14 @@ def test_an_unreadable_record_on_a_flow_row_does_not_stop_the_purge(own_tables, 
     every expired row is purged (a review found one such row kept its whole page of rows, or stopped the purge)."""
     env, settings, storage = own_tables
     user = _signed_in_then_killed(env, storage, tmp_path, "broken")
-    [row] = storage.table("flows").query("ident eq @i", {"i": user.pk})
+    [row] = _flow_rows(storage, user)
     good = json.loads(row["log_entry"])
     for i, bad in enumerate(("{not json", json.dumps({**good, "RowKey": "x/y"}),          # a key Azure refuses
                              json.dumps({**good, "RowKey": good["RowKey"] + "n", "nested": {"a": 1}}))):
-        storage.table("flows").insert({"PartitionKey": row["PartitionKey"], "RowKey": f"broken-{i}", "state": "done",
+        storage.table("users").insert({"PartitionKey": row["PartitionKey"], "RowKey": f"broken-{i}", "state": "done",
                                        "expires_at": 0, "log_entry": bad})
     maintenance.purge_expired(now=time.time() + settings.flow_ttl_seconds + 7200, storage=storage)
-    assert storage.table("flows").query("PartitionKey eq @p", {"p": row["PartitionKey"]}) == []
+    assert _flow_rows(storage, user) == []
     assert [r["result"] for r in _records(storage, user.oid)] == ["success"]
 
 

@@ -162,7 +162,7 @@ def test_api_calls_report_their_storage_operations(server, api):
     assert r.headers["x-storage-ops"] == "1"  # one user lookup (the start token is sealed: no flow insert, A115)
     assert r.headers["x-storage-trace"] == server.settings.table_prefix + "users.get"
     c = api.post("oauth2/v2.0/challenge", continuation_token=r["continuation_token"], challenge_type="password redirect")
-    assert c.headers["x-storage-trace"] == server.settings.table_prefix + "flows.create"
+    assert c.headers["x-storage-trace"] == server.settings.table_prefix + "users.create"   # in the address's partition (A116)
     with server.override(storage_trace=False):   # the default: which tables a request touched is not shown
         r = api.post("oauth2/v2.0/initiate", username="nobody@example.com", challenge_type="password redirect")
     assert r.headers["x-storage-ops"] == "1" and "x-storage-trace" not in r.headers

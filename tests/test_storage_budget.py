@@ -25,14 +25,17 @@ CAPS = "mfa_required registration_required"
 # (endpoint, budget) per call, in order. The flow total is their sum.
 BUDGETS = {
     "password + SMS second factor": [
+        # A sign-in's record lives in its address's partition of the users table (A116): "users.query" reads the
+        # flow and the account in one round trip, and a write to both is one transaction ("users.batch").
         ("oauth2/v2.0/initiate", 1),        # users.get (the start token is sealed: no write, A115)
-        ("oauth2/v2.0/challenge", 1),       # flows.create (the start token's record, create-only: single use)
-        ("oauth2/v2.0/token", 5),           # flows.get, users.get, users.update (attempt counted before the
-                                            # compare, A21), users.update (taken back), flows.update (the IP-velocity
-                                            # row, limits.get, only while a policy reads risk: none here)
-        ("oauth2/v2.0/introspect", 1),      # flows.get (a read: the same token back)
-        ("oauth2/v2.0/challenge", 5),       # flows.get, users.get, flows.update (send reserved), limits.query, .batch
-        ("oauth2/v2.0/token", 5),           # flows.get, users.get, flows.update (the code consumed by the write that
+        ("oauth2/v2.0/challenge", 1),       # users.create (the start token's record, create-only: single use)
+        ("oauth2/v2.0/token", 3),           # users.query (flow + account), users.update (attempt counted before
+                                            # the compare, A21), users.batch (attempt taken back + the flow's write;
+                                            # the IP-velocity row, limits.get, only while a policy reads risk: none here)
+        ("oauth2/v2.0/introspect", 1),      # users.query (a read: the same token back)
+        ("oauth2/v2.0/challenge", 4),       # users.query (flow + account), users.update (send reserved on the
+                                            # flow), limits.query, limits.batch
+        ("oauth2/v2.0/token", 4),           # users.query, users.update (the code consumed by the write that
                                             # ends the flow, A55, A112; it carries the sign-in log record, written
                                             # to the log off the request path), limits.batch (send credited on the
                                             # rows as the send left them; + a query on an instance that did not
@@ -40,8 +43,8 @@ BUDGETS = {
     ],
     "email-code sign-in": [
         ("oauth2/v2.0/initiate", 1),
-        ("oauth2/v2.0/challenge", 3),       # flows.create (send reserved), limits.query, limits.batch
-        ("oauth2/v2.0/token", 5),           # as the SMS token
+        ("oauth2/v2.0/challenge", 3),       # users.create (send reserved), limits.query, limits.batch
+        ("oauth2/v2.0/token", 4),           # as the SMS token
     ],
     "sign-up + automatic sign-in + SMS registration": [
         ("signup/v1.0/start", 4),           # limits.get + write (starts per IP, A53), users.get, flows.create
@@ -58,11 +61,13 @@ BUDGETS = {
     ],
     "password reset + automatic sign-in": [
         ("resetpassword/v1.0/start", 1),    # users.get (sealed start token, A115)
-        ("resetpassword/v1.0/challenge", 3),   # flows.create (send reserved), limits.query, limits.batch
-        ("resetpassword/v1.0/continue", 4),  # flows.get, users.get, flows.update (consumed + verified), credit (1)
-        ("resetpassword/v1.0/submit", 5),   # flows.get, users.get, flows.update (counted, A53), users.update, flows.update
+        ("resetpassword/v1.0/challenge", 3),   # users.create (send reserved), limits.query, limits.batch
+        ("resetpassword/v1.0/continue", 3),  # users.query (flow + account, A116), users.update (consumed +
+                                             # verified), credit (1)
+        ("resetpassword/v1.0/submit", 4),   # users.query, users.update (counted, A53), users.update (password),
+                                            # users.update (flow)
         ("resetpassword/v1.0/poll_completion", 1),   # a read: the same token back
-        ("oauth2/v2.0/token", 4),           # flows.get, users.get, flows.update (finish + log record), refresh
+        ("oauth2/v2.0/token", 3),           # users.query, users.update (finish + log record), refresh
     ],
 }
 

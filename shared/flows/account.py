@@ -37,11 +37,11 @@ from shared.protocol import errors
 from shared.security import gate, limits, methods, passwords
 from shared.storage import signinlog
 from shared.tokens import issuance as tokens, stepup
-from shared.storage.directory import User, change_user, get_user_by_key, update_user
+from shared.storage.directory import USER_RK, User, change_user, get_user_by_key, update_user
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
-from shared.storage.tables import Conflict, Modified, NotFound, Storage, StorageError, get_storage
+from shared.storage.tables import Conflict, Modified, NotFound, Storage, StorageError, Table, get_storage
 
 log = logging.getLogger("nativeauth.account")
 
@@ -538,9 +538,13 @@ def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
     """End the account's flows and make its sign-in records pseudonymous: those in
     the log and those still carried by flow rows. Raises StorageError."""
     signinlog.flush()   # this instance's sign-ins not yet in the log: there now, so the loop below finds them
-    # Every flow row of the account not yet purged (a scan, fine for the rare deletion).
-    for f in storage.table("flows").query("ident eq @i", {"i": user_pk}):
-        _close_flow(storage, f, oid, alias)
+    # Every flow row of the account not yet purged: sign-ins and resets in the account's own partition
+    # (shared/flows/state.py), other flows by a scan of the flows table (fine for the rare deletion).
+    for name, found in (("users", storage.table("users").query("PartitionKey eq @p and RowKey ne @u",
+                                                                {"p": user_pk, "u": USER_RK})),
+                        ("flows", storage.table("flows").query("ident eq @i", {"i": user_pk}))):
+        for f in found:
+            _close_flow(storage, storage.table(name), f, oid, alias)
     table = storage.table("signinlog")
 
     def update_unless_changed(entity: dict[str, Any]) -> None:
@@ -572,7 +576,7 @@ def _unmark(storage: Storage, user_pk: str) -> None:
         log.warning("a failed deletion's mark could not be taken back: %s", type(exc).__name__)
 
 
-def _close_flow(storage: Storage, flow: dict[str, Any], oid: str, alias: str) -> None:
+def _close_flow(storage: Storage, table: Table, flow: dict[str, Any], oid: str, alias: str) -> None:
     """End a deleted account's flow and make the sign-in record it carries pseudonymous.
 
     The record may not be in the log yet (another instance's writer, or the
@@ -582,7 +586,6 @@ def _close_flow(storage: Storage, flow: dict[str, Any], oid: str, alias: str) ->
     until this write wins or the row is gone: its record is then on the row.
     Records of another account with the same address (deleted before) are left
     as they are. Raises StorageError when the log cannot be written."""
-    table = storage.table("flows")
     for _ in range(10):
         changes: dict[str, Any] = {}
         if flow.get("state") != "done":

@@ -17,7 +17,6 @@ from shared.delivery import notify
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import gate, methods as methods_mod
-from shared.storage.directory import get_user_by_key
 from shared.security.methods import mask
 from shared.protocol.http import Form, Request, Response, ok
 from shared.settings import Settings
@@ -45,7 +44,7 @@ def challenge(storage: Storage, settings: Settings, flow: flows.Flow, method_id:
         raise errors.InvalidRequest("The id does not name one of this user's methods.")
     # The account as it is now: no code to a method removed since the offer, to a
     # disabled account, or for a sign-in that started before a password reset.
-    user = get_user_by_key(storage, flow["ident"])
+    user = flows.account(storage, flow)
     if user is None or user.disabled or method_id not in {m["id"] for m in user.methods} \
             or methods_mod.predates_credential_change(user, flow):
         raise errors.InvalidGrant("This sign-in can no longer continue. Start again.")
@@ -68,7 +67,7 @@ def send_code(storage: Storage, settings: Settings, flow: flows.Flow, request: R
 
 def token(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes, request: Request) -> Response:
     """``grant_type=mfa_oob`` (what the SDKs send) or ``oob`` (the docs) in the MFA state."""
-    user = get_user_by_key(storage, flow["ident"])
+    user = flows.account(storage, flow)
     if user is None or user.disabled:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     method = next((m for m in flow.json("mfa_methods", []) if m["id"] == flow["mfa_method"]), None)

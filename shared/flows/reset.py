@@ -26,8 +26,7 @@ from shared.delivery import notify
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import passwords
-from shared.storage.directory import (MIGRATE_FIELD, all_code_failures_cleared, change_user, get_user,
-                                     get_user_by_key, user_key)
+from shared.storage.directory import MIGRATE_FIELD, all_code_failures_cleared, change_user, get_user, user_key
 from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
 from shared.flows.signin import begin, capabilities, challenge_types, username
@@ -89,7 +88,7 @@ def continue_(request: Request, settings: Settings) -> Response:
     if flow["state"] != "code_sent":
         raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
     # Read the user even for an unknown address: the same storage work either way (A52).
-    found = get_user_by_key(storage, flow["ident"])
+    found = flows.account(storage, flow)
     user = found if flow["user_exists"] else None
 
     def verified(flow: flows.Flow) -> Response:
@@ -111,7 +110,7 @@ def submit(request: Request, settings: Settings) -> Response:
     password = form.get("new_password")
     if not password:
         raise errors.InvalidRequest("The request body must contain the 'new_password' parameter.")
-    user = get_user_by_key(storage, flow["ident"])
+    user = flows.account(storage, flow)
     if user is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     email = user.email

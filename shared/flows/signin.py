@@ -216,7 +216,7 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         # answer at once for every name, known or not (A51), with no hashing.
         raise _failed(errors.InvalidCredentials(), None)
     # Read the user even for an unknown name: the same storage work either way.
-    user = get_user_by_key(storage, flow["ident"])
+    user = flows.account(storage, flow)
     if user is None or user.disabled or not user.signs_in_with_password:
         # Same work and the same answer as a wrong password (no oracle): one
         # argon2 verification and one write.
@@ -233,14 +233,19 @@ def _password_grant(storage: Storage, settings: Settings, flow: flows.Flow, form
         passwords.dummy_verify(password)
         _record_unknown_failure(storage, flow["ident"])
         raise _wrong_password(storage, flow, user)
-    if counted.password_migrating:
-        user = _migrate(storage, settings, flow, counted, password)
-    else:
-        user = _check_stored_password(storage, settings, flow, counted, password)
-    if user.entity.get("password_reset_required"):
-        raise _failed(errors.PasswordResetRequired(), user)
-    flow.entity["steps"] = json.dumps(flow.steps + ["pwd"])
-    return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
+    try:
+        if counted.password_migrating:
+            user = _migrate(storage, settings, flow, counted, password)
+        else:
+            user = _check_stored_password(storage, settings, flow, counted, password)
+        if user.entity.get("password_reset_required"):
+            raise _failed(errors.PasswordResetRequired(), user)
+        flow.entity["steps"] = json.dumps(flow.steps + ["pwd"])
+        return gate.issue_tokens(storage, settings, flow, user, scopes, form=form, request=request)
+    finally:
+        # A right password's take-back rides on the flow's next write (the gate's); a step that
+        # ends without one (refused, redirected, failed) writes it here.
+        flows.settle_account_change(storage, flow)
 
 
 def _check_stored_password(storage: Storage, settings: Settings, flow: flows.Flow, counted: User, password: str,
@@ -261,7 +266,9 @@ def _check_stored_password(storage: Storage, settings: Settings, flow: flows.Flo
             changes["password_hash"] = new_hash
         return changes
 
-    user = change_user(storage, counted, compute) or counted
+    # Taken back with the flow's next write (one transaction: the flow lives in the account's
+    # partition), or on its own if the step ends without one (_password_grant).
+    user = flows.defer_account_change(flow, counted, compute)
     if new_hash and user.password_hash == new_hash:
         log.info("password of user %s rehashed to argon2id (was %s)", user.oid, passwords.hash_kind(stored))
     return user
@@ -467,7 +474,7 @@ def undo_password_attempt(settings: Settings, u: User) -> dict[str, Any]:
 def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: Form, scopes: tokens.Scopes,
                request: Request) -> Response:
     # Read the user even for an unknown name: the same storage work either way (A52).
-    user = get_user_by_key(storage, flow["ident"])
+    user = flows.account(storage, flow)
     account = user if flow["user_exists"] else None
 
     def proven(flow: flows.Flow) -> Response:
@@ -483,7 +490,7 @@ def _oob_grant(storage: Storage, settings: Settings, flow: flows.Flow, form: For
 def complete(storage: Storage, settings: Settings, flow: flows.Flow, scopes: tokens.Scopes, form: Form,
              request: Request) -> Response:
     """``grant_type=continuation_token`` after sign-up, reset or registration."""
-    user = get_user_by_key(storage, flow["ident"]) if flow["ident"] else None
+    user = flows.account(storage, flow)
     if user is None or user.disabled:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     if form.get("username"):  # optional (J omits it after registration); when sent it must match

@@ -36,14 +36,23 @@ from typing import Any, Callable, TypeVar
 from shared.protocol import errors
 from shared.security import otp
 from shared.settings import MAX_FLOW_TTL_SECONDS, Settings
-from shared.storage.directory import user_key
-from shared.storage.tables import Conflict, Entity, Modified, Storage
+from shared.storage.directory import USER_RK, User, get_user_by_key, user_key
+from shared.storage.tables import Conflict, Entity, Modified, NotFound, Storage
 
 # \Z, not $: "$" also matches before a final newline, which would give a token a second spelling.
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})\Z")
 _SEALED_RE = re.compile(r"^s1\.([A-Za-z0-9_-]{64,8000})\Z")
 _SEAL_AAD = b"nativeauth flow start v1"
 SEALED_KINDS = ("signin", "reset")
+# A sign-in's and a reset's record lives in its address's partition of the users table (PartitionKey =
+# the address's key, RowKey = the flow id), beside the account's row when there is one: each step reads
+# the flow and the account in one partition query, and writes to both go in one transaction. Its token
+# is ``u1.<sealed locator>`` (the address's key is a plain hash of the address: it never travels in the
+# clear). Flows of a name without an account are stored the same way (the same work, A17-A20, A52).
+LOCATED_KINDS = ("signin", "reset")
+_LOCATED_RE = re.compile(r"^u1\.([A-Za-z0-9_-]{150})\Z")
+_LOCATE_INFO = b"nativeauth flow locator v1"
+_USER_PK_RE = re.compile(r"^[0-9a-f]{64}\Z")
 # The fields a sealed start may have besides the flow's id, client, times and secret: the client's
 # choices and what the start found (``ident`` is not sealed: it is derived from the address again).
 # Everything else is rebuilt from the template a start writes (_fresh), so even a holder of the key
@@ -75,6 +84,15 @@ class Flow:
     # The sealed start token this flow came from while its record is not stored yet
     # (no ``_etag``): its next write inserts the record.
     sealed: str = ""
+    # The token the client presented (handed back unchanged by a step that only reads).
+    given: str = ""
+    # The account's row as read with the flow in one partition query (a flow in the users
+    # table): ``account`` hands it out once, instead of a read of its own.
+    account_row: Entity | None = None
+    account_read: bool = False
+    # A change to the account that rides on the flow's next write, in one transaction with it
+    # when the flow lives in the account's partition (:func:`defer_account_change`).
+    account_change: "AccountChange | None" = None
 
     @property
     def pk(self) -> str:
@@ -99,9 +117,64 @@ class Flow:
     def steps(self) -> list[str]:
         return self.json("steps", [])
 
+    @property
+    def table(self) -> str:
+        return _table_of(self.pk)
 
-def _token(pk: str, flow_id: str, secret: str) -> str:
-    return f"{pk}.{flow_id}.{secret}"
+
+def _table_of(pk: str) -> str:
+    """Where a flow's record lives: its address's partition of the users table, or the flows table."""
+    return "users" if _USER_PK_RE.match(pk) else "flows"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes | None:
+    """The bytes of a base64url text in its one spelling (no padding, no spare bits set), or None."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        return None
+    return raw if _b64(raw) == text else None
+
+
+def _token(settings: Settings, pk: str, flow_id: str, secret: str) -> str:
+    if _table_of(pk) == "flows":
+        return f"{pk}.{flow_id}.{secret}"
+    # The locator (the address's key and the flow id) and the secret, encrypted and authenticated under a
+    # key of its own for each token (HKDF-like: HMAC of the seal key and 16 random bytes), so no nonce is
+    # ever reused however many tokens one key makes.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt = secrets.token_bytes(16)
+    plain = bytes.fromhex(pk) + _unb64(flow_id) + _unb64(secret)   # 32 + 16 + 32 bytes
+    box = AESGCM(_locator_key(settings.code_hash_key, salt)).encrypt(salt[:12], plain, _LOCATE_INFO)
+    return "u1." + _b64(salt + box)
+
+
+def _locator_key(key: bytes, salt: bytes) -> bytes:
+    return hmac.new(hmac.new(key, _LOCATE_INFO, hashlib.sha256).digest(), salt, hashlib.sha256).digest()
+
+
+def _open_locator(settings: Settings, token: str) -> tuple[str, str, str] | None:
+    """(partition, flow id, secret) of a ``u1.`` token one of this deployment's keys made, or None."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    m = _LOCATED_RE.match(token)
+    blob = _unb64(m.group(1)) if m else None
+    if blob is None or len(blob) != 16 + 80 + 16:
+        return None
+    salt, box = blob[:16], blob[16:]
+    for key in (settings.code_hash_key, *settings.code_hash_keys_accepted):
+        try:
+            plain = AESGCM(_locator_key(key, salt)).decrypt(salt[:12], box, _LOCATE_INFO)
+        except InvalidTag:
+            continue
+        return plain[:32].hex(), _b64(plain[32:48]), _b64(plain[48:])
+    return None
 
 
 # ------------------------------------------------------------------ sealed start tokens
@@ -116,8 +189,10 @@ def _seal_key(key: bytes) -> Any:
 def _fresh(kind: str, client_id: str, flow_id: str, secret: str, started: float, expires_at: int,
            fields: dict[str, Any]) -> Entity:
     """The record a start writes (or seals): the one template of a new flow."""
+    ident = fields["ident"] if "ident" in fields else None
+    located = kind in LOCATED_KINDS and isinstance(ident, str) and _USER_PK_RE.match(ident)
     entity: Entity = {
-        "PartitionKey": _partition(started, flow_id), "RowKey": flow_id, "kind": kind, "client_id": client_id,
+        "PartitionKey": ident if located else _partition(started, flow_id), "RowKey": flow_id, "kind": kind, "client_id": client_id,
         "secret_hash": _secret_hash(secret), "created": int(started), "started": started,
         "expires_at": expires_at, "state": "started", "steps": "[]",
         "code_hash": "", "code_attempts": 0, "code_sends": 0, "code_sent_at": 0, "code_expires": 0,
@@ -248,6 +323,9 @@ def _parts(settings: Settings, token: str) -> tuple[str, str, str, Entity | None
     if m:
         pk, flow_id, secret = m.groups()
         return pk, flow_id, secret, None
+    located = _open_locator(settings, token or "")
+    if located is not None:
+        return (*located, None)
     opened = _unseal(settings, token or "")
     if opened is None:
         return None
@@ -273,7 +351,7 @@ def burn_url_token(token: str, settings: Settings) -> None:
     pk, flow_id, secret, sealed = parts
     burnt = _secret_hash(secrets.token_urlsafe(32))
     try:
-        table = get_storage(settings).table("flows")
+        table = get_storage(settings).table(_table_of(pk))
         if sealed is not None:   # a start token whose record is not stored yet: store it burnt
             try:
                 table.insert({**sealed, "secret_hash": burnt})
@@ -295,9 +373,9 @@ def presented(flow: Flow) -> str:
     """The continuation token the client presented, handed back unchanged by
     a step that only reads (introspect): nothing was consumed or proven, so
     nothing needs a new token (and no write is spent on one)."""
-    if flow.sealed and not flow.entity.get("_etag"):
-        return flow.sealed
-    return _token(flow.pk, flow.id, flow.secret)
+    if flow.given or flow.token:
+        return flow.given or flow.token
+    raise ValueError("a flow neither loaded nor just written has no token to hand back")
 
 
 def listing_token(storage: Storage, flow: Flow, state: str) -> str:
@@ -332,8 +410,8 @@ def start(storage: Storage, settings: Settings, kind: str, client_id: str, *, se
         # what the client sent, never on the account (A17).
         if len(token) <= settings.max_body_bytes - BODY_ROOM and _unseal(settings, token) == (entity, secret):
             return Flow(entity, secret, token, sealed=token)
-    entity["_etag"] = storage.table("flows").insert(entity)
-    return Flow(entity, secret, _token(pk, flow_id, secret))
+    entity["_etag"] = storage.table(_table_of(pk)).insert(entity)
+    return Flow(entity, secret, _token(settings, pk, flow_id, secret))
 
 
 def load(storage: Storage, settings: Settings, token: str | None, client_id: str, kinds: tuple[str, ...]) -> Flow:
@@ -351,7 +429,17 @@ def load(storage: Storage, settings: Settings, token: str | None, client_id: str
     pk, flow_id, secret, sealed = parts
     # A sealed start token is judged on the record it carries, without a read: if the
     # record was stored since, the flow's first write meets it (advance, A115).
-    entity = sealed if sealed is not None else storage.table("flows").get(pk, flow_id)
+    account: Entity | None = None
+    if sealed is not None:
+        entity = sealed
+    elif _table_of(pk) == "users":
+        # The flow and its account (if any) in one partition query: one round trip, either way.
+        rows = storage.table("users").query("PartitionKey eq @p and ( RowKey eq @f or RowKey eq @u )",
+                                            {"p": pk, "f": flow_id, "u": USER_RK})
+        entity = next((r for r in rows if r["RowKey"] == flow_id), None)
+        account = next((r for r in rows if r["RowKey"] == USER_RK), None)
+    else:
+        entity = storage.table("flows").get(pk, flow_id)
     if entity is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     # Constant-time compare of fixed-length digests.
@@ -361,15 +449,88 @@ def load(storage: Storage, settings: Settings, token: str | None, client_id: str
         raise errors.InvalidGrant("The continuation_token is not valid.")
     if time.time() >= min(int(entity.get("expires_at") or 0), int(entity.get("valid_until") or 2 ** 40)):
         raise errors.ExpiredToken()
-    return Flow(entity, secret, sealed=token if sealed is not None else "")
+    return Flow(entity, secret, sealed=token if sealed is not None else "", given=token,
+                account_row=account, account_read=sealed is None and _table_of(pk) == "users")
+
+
+def account(storage: Storage, flow: Flow) -> User | None:
+    """The flow's account as it is now (None for a name without one): the row read
+    with the flow in the same query when the flow lives in the account's partition
+    (handed out once: a later need reads again), else a read of its own."""
+    if not flow["ident"]:
+        return None
+    if flow.account_read and flow.pk == flow["ident"]:
+        row, flow.account_row, flow.account_read = flow.account_row, None, False
+        return User(row) if row is not None else None
+    return get_user_by_key(storage, flow["ident"])
 
 
 def reload(storage: Storage, flow: Flow) -> Flow:
     """Re-read after a 412; the presented secret must still be current."""
-    entity = storage.table("flows").get(flow.pk, flow.id)
+    entity = storage.table(flow.table).get(flow.pk, flow.id)
     if entity is None or not hmac.compare_digest(_secret_hash(flow.secret), entity.get("secret_hash", "")):
         raise errors.InvalidGrant("The continuation_token is no longer valid.")
     return Flow(entity, flow.secret)
+
+
+@dataclass
+class AccountChange:
+    """A read-modify-write of the account deferred to the flow's next write.
+    ``view`` is the account as it will be (the caller goes on with it; its ETag is
+    the row's as read until the change is written, then the new one); ``base`` and
+    ``compute`` redo the change on the row as it is then, if the row changed meanwhile."""
+    view: User
+    changes: dict[str, Any]
+    base: User
+    compute: Callable[[User], dict[str, Any] | None]
+
+
+def defer_account_change(flow: Flow, base: User, compute: Callable[[User], dict[str, Any] | None]) -> User:
+    """Change the account with the flow's next write (one transaction, when they share a
+    partition; else just before it), or by :func:`settle_account_change` if the step
+    ends without one. Returns the account as it will be."""
+    if flow.account_change is not None:
+        raise ValueError("one deferred account change per step")
+    changes = compute(base) or {}
+    view = User({**base.entity, **changes})
+    if changes:
+        flow.account_change = AccountChange(view, changes, base, compute)
+    return view
+
+
+def settle_account_change(storage: Storage, flow: Flow) -> None:
+    """Write a deferred account change on its own (a read-modify-write retried on races),
+    if no flow write has carried it yet."""
+    from shared.storage.directory import change_user
+
+    change, flow.account_change = flow.account_change, None
+    if change is None:
+        return
+    written = change_user(storage, change.base, change.compute)
+    if written is not None:
+        change.view.entity.clear()
+        change.view.entity.update(written.entity)
+
+
+def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
+    """The flow's If-Match write, with a deferred account change in the same transaction
+    when both rows share a partition. If the transaction fails (either row changed),
+    the account's change is done on its own, then the flow's write alone."""
+    change = flow.account_change
+    table = storage.table(flow.table)
+    if change is not None and flow.table == "users" and change.base.pk == flow.pk:
+        try:
+            etags = table.batch([("update", {"PartitionKey": flow.pk, "RowKey": USER_RK, **change.changes,
+                                             "_etag": change.base.entity["_etag"]}),
+                                 ("update", {"PartitionKey": flow.pk, "RowKey": flow.id, **data,
+                                             "_etag": flow.entity["_etag"]})])
+            flow.account_change = None
+            change.view.entity["_etag"] = etags[0]
+            return etags[1]
+        except (Modified, Conflict, NotFound):
+            pass
+    settle_account_change(storage, flow)
+    return table.update({"PartitionKey": flow.pk, "RowKey": flow.id, **data}, flow.entity["_etag"])
 
 
 class CodeRaced(errors.InvalidGrant):
@@ -389,6 +550,7 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
             for k, v in {**flow.pending, **changes}.items()}
     if not flow.entity.get("_etag"):
+        settle_account_change(storage, flow)
         flow, inserted = _store(storage, flow, data, rotate)
         if inserted:
             return flow
@@ -397,7 +559,7 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
         secret = secrets.token_urlsafe(32)
         data["secret_hash"] = _secret_hash(secret)
     try:
-        etag = storage.table("flows").update({"PartitionKey": flow.pk, "RowKey": flow.id, **data}, flow.entity["_etag"])
+        etag = _update(storage, flow, data)
     except Modified:
         if flow.pending:
             raise CodeRaced("The continuation_token was already used.") from None
@@ -406,7 +568,9 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     if flow.pending:
         _credit(storage, flow)
         flow.pending = {}      # written: redeem_code_then sees the code consumed
-    return Flow(entity, secret, _token(flow.pk, flow.id, secret) if rotate else "")
+    if rotate:
+        return Flow(entity, secret, _token(storage.settings, flow.pk, flow.id, secret))
+    return Flow(entity, secret, given=flow.given or flow.token)   # the token the client holds stays current
 
 
 def _store(storage: Storage, flow: Flow, data: dict[str, Any], rotate: bool) -> tuple[Flow, bool]:
@@ -424,13 +588,13 @@ def _store(storage: Storage, flow: Flow, data: dict[str, Any], rotate: bool) -> 
     secret = secrets.token_urlsafe(32)
     entity = {**{k: v for k, v in flow.entity.items() if not k.startswith("_")}, **data, "secret_hash": _secret_hash(secret)}
     try:
-        etag = storage.table("flows").insert(entity)
+        etag = storage.table(flow.table).insert(entity)
     except Conflict:
         stored = reload(storage, flow)   # the secret must be the start token's: refused otherwise
         if stored["state"] != flow["state"]:
             raise errors.InvalidGrant("The continuation_token was already used.") from None
         return stored, False
-    return Flow({**entity, "_etag": etag}, secret, _token(flow.pk, flow.id, secret)), True
+    return Flow({**entity, "_etag": etag}, secret, _token(storage.settings, flow.pk, flow.id, secret)), True
 
 
 def _credit(storage: Storage, flow: Flow) -> None:
@@ -452,7 +616,7 @@ def restore(storage: Storage, before: Flow, after: Flow, **extra: Any) -> None:
     data = {k: before.entity.get(k, "") if before.entity.get(k) is not None else "" for k in keys}
     data.update(extra)
     try:
-        storage.table("flows").update({"PartitionKey": before.pk, "RowKey": before.id, **data}, after.entity["_etag"])
+        storage.table(before.table).update({"PartitionKey": before.pk, "RowKey": before.id, **data}, after.entity["_etag"])
     except (Modified, StorageError):
         pass
 

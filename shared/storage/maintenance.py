@@ -12,6 +12,7 @@ from shared.protocol import errors
 from shared.protocol.http import Request, Response, ok
 from shared.settings import Settings
 from shared.storage import signinlog
+from shared.storage.directory import USER_RK
 from shared.storage.tables import Storage, StorageError, StorageUnavailable, get_storage
 
 # Every POST endpoint of the native-auth API (contract §2), relative to /api.
@@ -87,17 +88,21 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
     # Flow partitions are named by creation hour: anything older than the
     # longest flow lifetime plus an hour is dead as a whole partition.
     cutoff = "f" + time.strftime("%Y%m%d%H", time.gmtime(now - settings.flow_ttl_seconds - 3600))
-    flows = storage.table("flows")
+    flows, users = storage.table("flows"), storage.table("users")
     kept: set[tuple[str, str]] = set()
     # A flow that expired moments ago may have finished just before: its instance is still to write its
     # sign-in record (AUTH_SIGNINLOG_WRITE_MS): a grace of two minutes, so the purge does not write it first.
-    for flt, params in (("PartitionKey lt @cutoff", {"cutoff": cutoff}),
-                        ("expires_at lt @now", {"now": int(now) - EXPIRED_GRACE_SECONDS})):
+    expired = {"now": int(now) - EXPIRED_GRACE_SECONDS}
+    # Sign-ins and resets live in their address's partition of the users table (shared/flows/state.py):
+    # found there by a filtered scan (account rows carry no expires_at, and RowKey "user" is excluded too).
+    for table, flt, params in ((flows, "PartitionKey lt @cutoff", {"cutoff": cutoff}),
+                               (flows, "expires_at lt @now", expired),
+                               (users, "expires_at lt @now and RowKey ne @user", {**expired, "user": USER_RK})):
         while True:
             # While the log is failing, only rows that carry no record (finished ones wait for the log, and
             # would otherwise fill every page).
             q, qp = (f"{flt} and state ne @done", {**params, "done": "done"}) if kept else (flt, params)
-            dead = flows.query(q, qp, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
+            dead = table.query(q, qp, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
             full = len(dead) >= batch
             # A finished sign-in's log record rides on its flow row until its instance's writer puts it in the
             # log; an instance that died first left it only there. Written (if missing) before the row goes; if
@@ -109,7 +114,7 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
                     log.warning("sign-in log records not written (%s): their flow rows are kept", type(exc).__name__)
                 kept.update((e["PartitionKey"], e["RowKey"]) for e in dead if e.get("log_entry"))
                 dead = [e for e in dead if not e.get("log_entry")]
-            counts["flows"] += _delete_all(flows, dead)
+            counts["flows"] += _delete_all(table, dead)
             if not full or time.monotonic() > deadline:
                 break
     if kept:

@@ -75,7 +75,7 @@ if [ "$phase" = start ]; then
   wait_for "$(echo "$setting" | sed 's/AUTH_CODE_HASH_KEY/code hash key/; s/AUTH_SIGNING_KEY_SECRET/signing key secret/') $fp"
   if command -v azd >/dev/null 2>&1; then azd env set "$setting" "$new" >/dev/null && echo "azd env updated"; fi
   echo "done. Store the new value where you keep the deployment's copy (the next deployment writes it back)."
-  echo "Later: scripts/rotate_secret.sh $name finish  (codes: after 10 minutes; signing keys: when"
+  echo "Later: scripts/rotate_secret.sh $name finish  (codes and sign-in tokens: after 15 minutes; signing keys: when"
   echo "python -m admin doctor / GET /api/health/detail no longer lists keys under an accepted secret)."
 elif [ "$phase" = finish ]; then
   echo "phase 3: drop the old value"

@@ -267,7 +267,7 @@ def _tamperings(settings, ct: str, other: str) -> dict[str, str]:
     in the clear in the old format."""
     pk, fid, secret, _ = flows._parts(settings, ct)
     opk, ofid, osecret, _ = flows._parts(settings, other)
-    flip = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    flip = ("A" if secret[0] != "A" else "B") + secret[1:]     # the first character: no spare bits there
     mid = len(ct) // 2
     return {
         "flipped-secret-char": flows._token(settings, pk, fid, flip),

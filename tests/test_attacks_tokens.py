@@ -395,7 +395,7 @@ def _seal_raw(server, body: dict) -> str:
 
     nonce = secrets.token_bytes(12)
     blob = state._seal_key(server.settings.code_hash_key).encrypt(nonce, json.dumps(body).encode(), state._SEAL_AAD)
-    return "s1." + base64.urlsafe_b64encode(nonce + blob).rstrip(b"=").decode()
+    return state._SEAL_PREFIX + base64.urlsafe_b64encode(nonce + blob).rstrip(b"=").decode()
 
 
 def _start_payload(api, email: str, now: float) -> dict:
@@ -542,7 +542,7 @@ def test_A115_what_the_key_could_seal_is_refused_cleanly(server, api, make_user)
 
         nonce = secrets.token_bytes(12)
         blob = state._seal_key(server.settings.code_hash_key).encrypt(nonce, plain, state._SEAL_AAD)
-        return "s1." + base64.urlsafe_b64encode(nonce + blob).rstrip(b"=").decode()
+        return state._SEAL_PREFIX + base64.urlsafe_b64encode(nonce + blob).rstrip(b"=").decode()
 
     tokens = [
         sealed_bytes(b"\xff\xfe not json at all, but long enough for the token's shape...."),
@@ -787,3 +787,64 @@ def test_A116_a_sign_in_started_before_the_change_finishes_in_the_flows_table(se
     server.storage.table("flows").insert(entity)
     r = password_grant(api, f"{entity['PartitionKey']}.{'A' * 22}.{'B' * 43}", PW)
     assert r.status == 200 and "access_token" in r.body, r.body
+
+
+def test_A116_a_start_token_from_before_the_change_stays_single_use(server, api, make_user):
+    """A start token sealed by the code before this layout (``s1.``) still works for its 15 minutes, in the flows
+    table where that code stored its record: one it used or burnt before the deployment (the record stored there
+    with a secret nobody has) is refused after it, and an unused one goes on once (review finding: it had been
+    rebuilt into the users table, where no record stopped it)."""
+    import base64
+    import secrets
+
+    from shared.flows import state
+
+    def old_start(email: str) -> tuple[str, dict]:
+        """A start token as the code before sealed it: the same payload under the v1 associated data."""
+        token = _start(api, email, "sign-in")
+        raw = token[3:]
+        blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        key = state._seal_key(server.settings.code_hash_key)
+        plain = key.decrypt(blob[:12], blob[12:], state._SEAL_AAD)
+        nonce = secrets.token_bytes(12)
+        aad, _ = state._SEAL_LAYOUTS["s1"]
+        old = "s1." + base64.urlsafe_b64encode(nonce + key.encrypt(nonce, plain, aad)).rstrip(b"=").decode()
+        legacy, _ = state._unseal(server.settings, old)
+        assert legacy["PartitionKey"] == state._partition(legacy["started"], legacy["RowKey"])   # the flows table
+        return old, legacy
+
+    email, _ = make_user()
+    used, record = old_start(email)
+    server.storage.table("flows").insert({**record, "secret_hash": state._secret_hash(secrets.token_urlsafe(32))})
+    r = _first_step(api, used, "sign-in")
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    fresh, _ = old_start(email)
+    c = _first_step(api, fresh, "sign-in")
+    assert c.status == 200, c.body
+    assert _first_step(api, fresh, "sign-in")["error"] == "invalid_grant"
+    assert password_grant(api, c["continuation_token"], PW).status == 200
+
+
+def test_A116_a_take_back_whose_answer_was_lost_is_not_applied_twice(server, api, make_user, monkeypatch):
+    """The transaction that takes a right password's attempt back and writes the flow commits, but its answer
+    is lost (storage unreachable just then): the take-back is not redone on its own, so it never erases an
+    earlier counted failure (review finding: three failures ended counted as two)."""
+    from shared.storage import tables as storage_mod
+
+    email, _ = make_user()
+    for _ in range(3):
+        assert password_grant(api, password_challenge_ct(api, email), PW + "-wrong")["error_codes"] == [BAD_CREDENTIALS]
+    real = storage_mod.Table.batch
+
+    def commits_then_loses_the_answer(self, operations):
+        etags = real(self, operations)
+        if self.name.endswith("users"):
+            raise storage_mod.StorageUnavailable("the answer was lost")
+        return etags
+
+    ct = password_challenge_ct(api, email)
+    monkeypatch.setattr(storage_mod.Table, "batch", commits_then_loses_the_answer)
+    r = password_grant(api, ct, PW)
+    monkeypatch.setattr(storage_mod.Table, "batch", real)
+    assert r.status == 503, r.body
+    assert int(directory.get_user(server.storage, email).entity.get("failed_logins")) == 3

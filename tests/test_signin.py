@@ -444,7 +444,7 @@ def _reverse_middle(t: str) -> str:
     lambda t: "garbage",
     lambda t: t + "x",
     lambda t: "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
-    lambda t: "s1." + t.split(".")[-1] if not t.startswith("s1.") else "s1." + "A" * 120,
+    lambda t: "s2." + t.split(".")[-1] if not t.startswith("s2.") else "s2." + "A" * 120,
 ])
 def test_tampered_tokens_are_invalid_grant(api, make_user, mutate, which):
     email, _ = make_user()

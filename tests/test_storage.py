@@ -125,6 +125,19 @@ def test_filter_with_more_than_15_comparisons_refused(table):
     assert table.query(flt15, {f"r{i}": str(i) for i in range(15)}) == []
 
 
+def test_a_query_past_its_deadline_fetches_no_further_page(table):
+    """The purge scans the users table for expired flow rows (A116): a scan answers page by page, and no page
+    is fetched once its deadline has passed, so the purge's time limit holds however large the table is."""
+    import time
+
+    pk = key()
+    for start in range(0, 1001, 100):
+        table.batch([("create", {"PartitionKey": pk, "RowKey": f"r{i:05d}", "v": i}) for i in range(start, min(start + 100, 1001))])
+    assert len(table.query("PartitionKey eq @p", {"p": pk})) == 1001                               # two pages
+    assert len(table.query("PartitionKey eq @p", {"p": pk}, deadline=time.monotonic() - 1)) == 1000  # the first only
+    assert len(table.query("PartitionKey eq @p", {"p": pk}, deadline=time.monotonic() + 60)) == 1001
+
+
 def test_query_values_are_parameters_not_text(table):
     pk = key()
     table.insert({"PartitionKey": pk, "RowKey": "r", "email": "a'or''eq'@example.com"})

@@ -11,7 +11,7 @@ token (clients retry with it) and counts the attempt under the same ETag
 rule, so attempts cannot race past the limit and a code is accepted once.
 
 A sign-in or reset *start* writes nothing (:func:`start` with ``sealed``):
-its token is ``s1.<sealed>``, the new flow's record encrypted and
+its token is ``s2.<sealed>``, the new flow's record encrypted and
 authenticated (AES-256-GCM under a key derived from ``AUTH_CODE_HASH_KEY``),
 and the next step's write *inserts* the record (create-only) instead of
 updating it. A second use of the same start token meets the record and is
@@ -37,18 +37,24 @@ from shared.protocol import errors
 from shared.security import otp
 from shared.settings import MAX_FLOW_TTL_SECONDS, Settings
 from shared.storage.directory import USER_RK, User, get_user_by_key, user_key
-from shared.storage.tables import Conflict, Entity, Modified, NotFound, Storage
+from shared.storage.tables import Conflict, Entity, Modified, NotFound, Storage, StorageError
 
 # \Z, not $: "$" also matches before a final newline, which would give a token a second spelling.
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})\Z")
-_SEALED_RE = re.compile(r"^s1\.([A-Za-z0-9_-]{64,8000})\Z")
-_SEAL_AAD = b"nativeauth flow start v1"
+_SEALED_RE = re.compile(r"^(s[12])\.([A-Za-z0-9_-]{64,8000})\Z")
+# s2: the record goes to its address's partition of the users table (A116). s1 (before that layout, still
+# accepted for the 15 minutes a start token lives): to the flows table, where the code before it stored it
+# when used or burnt, so that a start token used before a deployment stays used after it (review finding).
+_SEAL_AAD = b"nativeauth flow start v2"
+_SEAL_PREFIX = "s2."
+_SEAL_LAYOUTS = {"s1": (b"nativeauth flow start v1", False), "s2": (_SEAL_AAD, True)}
 SEALED_KINDS = ("signin", "reset")
-# A sign-in's and a reset's record lives in its address's partition of the users table (PartitionKey =
-# the address's key, RowKey = the flow id), beside the account's row when there is one: each step reads
-# the flow and the account in one partition query, and writes to both go in one transaction. Its token
-# is ``u1.<sealed locator>`` (the address's key is a plain hash of the address: it never travels in the
-# clear). Flows of a name without an account are stored the same way (the same work, A17-A20, A52).
+# A sign-in's, a reset's and a sign-up's record lives in its address's partition of the users table
+# (PartitionKey = the address's key, RowKey = the flow id), beside the account's row when there is one:
+# each step reads the flow and the account in one partition query, and writes to both go in one
+# transaction. Its token is ``u1.<sealed locator>`` (the address's key is a plain hash of the address: it
+# never travels in the clear). Flows of a name without an account are stored the same way (the same
+# work, A17-A20, A52).
 LOCATED_KINDS = ("signin", "reset")
 _LOCATED_RE = re.compile(r"^u1\.([A-Za-z0-9_-]{150})\Z")
 _LOCATE_INFO = b"nativeauth flow locator v1"
@@ -187,10 +193,11 @@ def _seal_key(key: bytes) -> Any:
 
 
 def _fresh(kind: str, client_id: str, flow_id: str, secret: str, started: float, expires_at: int,
-           fields: dict[str, Any]) -> Entity:
-    """The record a start writes (or seals): the one template of a new flow."""
+           fields: dict[str, Any], *, located: bool = True) -> Entity:
+    """The record a start writes (or seals): the one template of a new flow. ``located``
+    False: in the flows table whatever its kind (a start token sealed before A116)."""
     ident = fields["ident"] if "ident" in fields else None
-    located = kind in LOCATED_KINDS and isinstance(ident, str) and _USER_PK_RE.match(ident)
+    located = located and kind in LOCATED_KINDS and isinstance(ident, str) and bool(_USER_PK_RE.match(ident))
     entity: Entity = {
         "PartitionKey": ident if located else _partition(started, flow_id), "RowKey": flow_id, "kind": kind, "client_id": client_id,
         "secret_hash": _secret_hash(secret), "created": int(started), "started": started,
@@ -221,7 +228,7 @@ def _seal(settings: Settings, entity: Entity, secret: str) -> str:
     plain = json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
     nonce = secrets.token_bytes(12)
     sealed = _seal_key(settings.code_hash_key).encrypt(nonce, plain, _SEAL_AAD)
-    return "s1." + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+    return _SEAL_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
 
 
 def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
@@ -232,7 +239,8 @@ def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
     m = _SEALED_RE.match(token)
     if not m:
         return None
-    raw = m.group(1)
+    aad, located = _SEAL_LAYOUTS[m.group(1)]
+    raw = m.group(2)
     try:
         blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
     except ValueError:
@@ -243,14 +251,14 @@ def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
         return None
     for key in (settings.code_hash_key, *settings.code_hash_keys_accepted):
         try:
-            plain = _seal_key(key).decrypt(blob[:12], blob[12:], _SEAL_AAD)
+            plain = _seal_key(key).decrypt(blob[:12], blob[12:], aad)
         except InvalidTag:
             continue
         try:
             data = json.loads(plain)
         except (ValueError, RecursionError):     # not UTF-8, not JSON, nested too deep, a number too long
             return None
-        return _rebuild(data) if isinstance(data, dict) else None
+        return _rebuild(data, located=located) if isinstance(data, dict) else None
     return None
 
 
@@ -278,7 +286,7 @@ def _string_list(raw: Any, allowed: tuple[str, ...] | None = None) -> list[str] 
     return values
 
 
-def _rebuild(data: Any) -> tuple[Entity, str] | None:
+def _rebuild(data: Any, *, located: bool = True) -> tuple[Entity, str] | None:
     """A sealed start's record, rebuilt from the template; None unless it is one a
     start makes: each field is checked as a start writes it (even a holder of the
     key can seal nothing else, A115), and the address's key is derived from the
@@ -313,7 +321,7 @@ def _rebuild(data: Any) -> tuple[Entity, str] | None:
         return None
     values: dict[str, Any] = {k: (bool(v) if k in flags else v) for k, v in fields.items()}
     values["ident"] = user_key(values["username"])
-    return _fresh(kind, client_id, flow_id, secret, started, expires_at, values), secret
+    return _fresh(kind, client_id, flow_id, secret, started, expires_at, values, located=located), secret
 
 
 def _parts(settings: Settings, token: str) -> tuple[str, str, str, Entity | None] | None:
@@ -528,7 +536,12 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
             change.view.entity["_etag"] = etags[0]
             return etags[1]
         except (Modified, Conflict, NotFound):
-            pass
+            pass       # not written: either row changed (or the account is gone)
+        except StorageError:
+            # Unknown whether it was written (an answer lost after the commit): the change is not
+            # redone, so a take-back is never applied twice (one counted attempt too many at worst).
+            flow.account_change = None
+            raise
     settle_account_change(storage, flow)
     return table.update({"PartitionKey": flow.pk, "RowKey": flow.id, **data}, flow.entity["_etag"])
 

@@ -102,7 +102,7 @@ def purge_expired(settings: Settings | None = None, *, now: float | None = None,
             # While the log is failing, only rows that carry no record (finished ones wait for the log, and
             # would otherwise fill every page).
             q, qp = (f"{flt} and state ne @done", {**params, "done": "done"}) if kept else (flt, params)
-            dead = table.query(q, qp, select=["PartitionKey", "RowKey", "log_entry"], limit=batch)
+            dead = table.query(q, qp, select=["PartitionKey", "RowKey", "log_entry"], limit=batch, deadline=deadline)
             full = len(dead) >= batch
             # A finished sign-in's log record rides on its flow row until its instance's writer puts it in the
             # log; an instance that died first left it only there. Written (if missing) before the row goes; if

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import re
 import threading
@@ -215,15 +216,23 @@ class Table:
             pass
 
     def query(self, query_filter: str, parameters: Mapping[str, Any] | None = None, *,
-              select: list[str] | None = None, limit: int | None = None) -> list[Entity]:
-        """Filtered query; values always go through ``parameters`` (never concatenated)."""
+              select: list[str] | None = None, limit: int | None = None,
+              deadline: float | None = None) -> list[Entity]:
+        """Filtered query; values always go through ``parameters`` (never concatenated).
+        ``deadline`` (``time.monotonic()``): no further page is fetched after it (a scan
+        of a large table answers page by page, each up to 5 seconds of the service's time)."""
         check_filter(query_filter)
         context.count_storage_op(what=f"{self.name}.query")
         out: list[Entity] = []
         try:
             pages = self._client.query_entities(query_filter, parameters=dict(parameters or {}), select=select,
                                                 results_per_page=min(limit or 1000, 1000)).by_page()
-            for n, page in enumerate(pages):
+            for n in itertools.count():
+                if n and deadline is not None and time.monotonic() > deadline:
+                    return out                      # the next page is not fetched
+                page = next(pages, None)            # fetches the page (a round trip)
+                if page is None:
+                    break
                 if n:
                     context.count_storage_op(what=f"{self.name}.query+")  # each further page is another round trip
                 for entity in page:

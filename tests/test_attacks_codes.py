@@ -174,7 +174,7 @@ def test_A05_parallel_double_redemption_succeeds_once(server, open_challenge, ki
     if kind == "register":
         assert len(directory.get_user(server.storage, ch.email).methods) == 1
     if kind == "signup":
-        rows = server.storage.table("users").query("PartitionKey eq @pk", {"pk": directory.user_key(ch.email)})
+        rows = server.storage.table("users").query("PartitionKey eq @pk and RowKey eq @u", {"pk": directory.user_key(ch.email), "u": "user"})  # accounts, not flows (A116)
         assert len(rows) == 1
 
 
@@ -495,22 +495,34 @@ def before_a_flow_write(monkeypatch, matches: Callable[[dict], bool], act: Calla
     table, or a sign-in's or reset's in its address's partition of the users table (A116)."""
     from shared.storage import tables as storage_mod
 
-    real = storage_mod.Table.update
+    real, real_batch = storage_mod.Table.update, storage_mod.Table.batch
     state = {"armed": True, "fired": 0}
 
-    def update(self, entity, etag=None, **kwargs):
-        is_flow = self.name.endswith("flows") or (self.name.endswith("users") and entity.get("RowKey") != "user")
+    def before(table, entity):
+        is_flow = table.name.endswith("flows") or (table.name.endswith("users") and entity.get("RowKey") != "user")
         if state["armed"] and is_flow and matches(entity):
             state["armed"] = False
             state["fired"] += 1
-            act(self, entity)
+            act(table, entity)
+
+    def update(self, entity, etag=None, **kwargs):
+        before(self, entity)
         return real(self, entity, etag, **kwargs)
 
+    def batch(self, operations):     # a flow's write in one transaction with its account's (A116)
+        operations = list(operations)
+        for op, entity in operations:
+            if op == "update":
+                before(self, entity)
+        return real_batch(self, operations)
+
     monkeypatch.setattr(storage_mod.Table, "update", update)
+    monkeypatch.setattr(storage_mod.Table, "batch", batch)
     try:
         yield state
     finally:
         monkeypatch.setattr(storage_mod.Table, "update", real)
+        monkeypatch.setattr(storage_mod.Table, "batch", real_batch)
 
 
 def first_flow_write_fails(monkeypatch):
@@ -593,7 +605,7 @@ def a_wrong_guess_lands_first(monkeypatch):
                                                                            entity["RowKey"]))
 
 
-@pytest.mark.parametrize("kind", ["signin", "mfa", "reset"])
+@pytest.mark.parametrize("kind", ["signin", "mfa", "reset", "signup", "register"])
 def test_A112_a_right_code_whose_write_loses_a_race_is_judged_again(server, open_challenge, monkeypatch, kind):
     """Sign-in and reset codes are consumed by the step's own conditional write
     (one round trip). When another guess changes the flow first, that write
@@ -618,9 +630,13 @@ def test_A112_a_right_code_whose_write_loses_a_race_is_judged_again(server, open
     assert lost.status == 400 and lost["error_codes"] == [DEAD_CHALLENGE], lost.body
     assert_no_tokens(lost)
     assert ch.submit(right)["error_codes"] == [DEAD_CHALLENGE]
+    if kind == "signup":     # the account is made in the same transaction as the code's consumption (A116)
+        assert directory.get_user(server.storage, ch.email) is None
+    if kind == "register":   # and so is a method saved (A116)
+        assert ch.target not in [m["target"] for m in directory.get_user(server.storage, ch.email).methods]
 
 
-@pytest.mark.parametrize("kind", ["signin", "mfa", "reset"])
+@pytest.mark.parametrize("kind", ["signin", "mfa", "reset", "signup", "register"])
 def test_A112_a_storage_failure_at_the_consuming_write_leaves_the_code_usable(server, open_challenge, monkeypatch,
                                                                             kind):
     """The write that consumes the code is the step's own: when it fails, nothing
@@ -684,3 +700,31 @@ def test_A112_a_right_code_refused_before_its_write_is_still_judged_against_the_
     assert lost.status == 400 and lost["error_codes"] == [DEAD_CHALLENGE], lost.body
     assert submit(ch, wrong(right), claims=_bad_claims(kind))["error_codes"] == [DEAD_CHALLENGE]
     assert submit(ch, right)["error_codes"] == [DEAD_CHALLENGE]
+
+
+def test_A116_a_method_whose_account_changed_meanwhile_is_saved_on_the_account_as_it_is_now(server, open_challenge,
+                                                                                          monkeypatch):
+    """A method is saved in one transaction with the flow's write that consumes its code: when the account's row
+    changed between the step's read and that write (an admin, another device), the transaction fails on the
+    account's row only (the service names it), the change is computed again on the row as it is now (one read)
+    and written with the flow's step: the step succeeds once, and the other change is kept."""
+    from shared.flows import state
+
+    kind = "register"
+    ch = open_challenge(kind)
+    code = ch.code()
+    reads = []
+    real_read = state.get_user_by_key
+    monkeypatch.setattr(state, "get_user_by_key", lambda storage, pk: reads.append(pk) or real_read(storage, pk))
+
+    def admin_edits(table, entity):
+        fresh = directory.get_user(server.storage, ch.email)
+        directory.update_user(server.storage, fresh, display_name="edited meanwhile")
+
+    with before_a_flow_write(monkeypatch, lambda entity: "code_used" in entity and "code_attempts" not in entity,
+                             admin_edits) as race:
+        r = ch.submit(code)
+    assert race["fired"] == 1 and ch.succeeded(r), r.body
+    assert len(reads) == 1            # the account read again once: the transaction named the account's row
+    u = directory.get_user(server.storage, ch.email)
+    assert u.display_name == "edited meanwhile" and ch.target in [m["target"] for m in u.methods]

@@ -825,13 +825,15 @@ def test_A116_a_start_token_from_before_the_change_stays_single_use(server, api,
     assert password_grant(api, c["continuation_token"], PW).status == 200
 
 
-def test_A116_a_take_back_whose_answer_was_lost_is_not_applied_twice(server, api, make_user, monkeypatch):
-    """The transaction that takes a right password's attempt back and writes the flow commits, but its answer
-    is lost (storage unreachable just then): the take-back is not redone on its own, so it never erases an
-    earlier counted failure (review finding: three failures ended counted as two)."""
+def test_A116_a_take_back_whose_answer_was_lost_is_not_applied_twice(server, api, make_user, require_mfa,
+                                                                     monkeypatch):
+    """The transaction that takes a right password's attempt back and moves the flow to its second factor
+    commits, but its answer is lost (storage unreachable just then): the take-back is not redone on its own, so
+    it never erases an earlier counted failure (review finding: three failures ended counted as two)."""
     from shared.storage import tables as storage_mod
 
-    email, _ = make_user()
+    email, _ = make_user(methods=[sms_method(random_phone())])
+    require_mfa(email)
     for _ in range(3):
         assert password_grant(api, password_challenge_ct(api, email), PW + "-wrong")["error_codes"] == [BAD_CREDENTIALS]
     real = storage_mod.Table.batch
@@ -848,3 +850,40 @@ def test_A116_a_take_back_whose_answer_was_lost_is_not_applied_twice(server, api
     monkeypatch.setattr(storage_mod.Table, "batch", real)
     assert r.status == 503, r.body
     assert int(directory.get_user(server.storage, email).entity.get("failed_logins")) == 3
+
+
+def test_A116_a_finished_sign_in_clears_and_records_in_its_last_write(server, api, make_user):
+    """What a finished sign-in clears and records on the account (earlier failures, the last sign-in, the
+    network it came from) rides on the write that ends the flow, in one transaction: no write of its own."""
+    email, _ = make_user()
+    for _ in range(2):
+        assert password_grant(api, password_challenge_ct(api, email), PW + "-wrong")["error_codes"] == [BAD_CREDENTIALS]
+    r = password_grant(api, password_challenge_ct(api, email), PW, headers={"X-Forwarded-For": "198.51.100.23"})
+    assert r.status == 200 and "access_token" in r.body, r.body
+    trace = r.headers["x-storage-trace"].split(",")
+    assert not any(t.endswith("users.update") for t in trace[2:]), trace   # the attempt counted, then one batch
+    u = directory.get_user(server.storage, email)
+    assert int(u.entity.get("failed_logins") or 0) == 0 and time.time() - int(u.entity["last_sign_in"]) < 60
+
+
+def test_A116_a_finished_sign_in_never_overwrites_a_concurrent_change_of_the_account(server, api, make_user,
+                                                                                     monkeypatch):
+    """The account changes between the sign-in's read and its last write (an admin, another device): the
+    transaction fails, the password's take-back is redone on the row as it is then (it must land), the flow ends
+    on its own write, and what the sign-in would have cleared or recorded is dropped (best effort), never written
+    over the other change."""
+    from shared.extensions import events as extension_events
+
+    email, _ = make_user()
+    real = extension_events.token_claims
+
+    def admin_edits_first(storage, settings, client_id, user, **kwargs):
+        fresh = directory.get_user(storage, email)
+        directory.update_user(storage, fresh, display_name="renamed meanwhile", failed_logins=5)
+        return real(storage, settings, client_id, user, **kwargs)
+
+    monkeypatch.setattr(extension_events, "token_claims", admin_edits_first)
+    r = password_grant(api, password_challenge_ct(api, email), PW)
+    assert r.status == 200 and "access_token" in r.body, r.body
+    u = directory.get_user(server.storage, email)
+    assert u.display_name == "renamed meanwhile" and int(u.entity["failed_logins"]) == 4   # 5, this attempt taken back

@@ -198,7 +198,7 @@ def test_concurrent_sign_ups_of_one_address_make_one_account(server, api, outbox
     [t.join() for t in threads]
     assert sorted(r.status for r in results) == [200, 400]
     assert next(r for r in results if r.status == 400)["error"] == "user_already_exists"
-    rows = server.storage.table("users").query("PartitionKey eq @pk", {"pk": directory.user_key(email)})
+    rows = server.storage.table("users").query("PartitionKey eq @pk and RowKey eq @u", {"pk": directory.user_key(email), "u": "user"})  # accounts, not flows (A116)
     assert len(rows) == 1
 
 

@@ -47,15 +47,20 @@ BUDGETS = {
         ("oauth2/v2.0/token", 4),           # as the SMS token
     ],
     "sign-up + automatic sign-in + SMS registration": [
-        ("signup/v1.0/start", 4),           # limits.get + write (starts per IP, A53), users.get, flows.create
-        ("signup/v1.0/challenge", 4),
-        ("signup/v1.0/continue", 5),        # flows.get, flows.update (consumed), credit (1), users.create, flows.update
-        ("oauth2/v2.0/token", 3),           # flows.get, users.get, flows.update (registration_required)
+        # A sign-up's record also lives in its address's partition of the users table (A116).
+        ("signup/v1.0/start", 4),           # limits.get + write (starts per IP, A53), users.get, users.create (flow)
+        ("signup/v1.0/challenge", 4),       # users.query (flow + account), users.update (send reserved),
+                                            # limits.query, limits.batch
+        ("signup/v1.0/continue", 3),        # users.query, users.batch (the account created with the flow's write
+                                            # that consumes the code, A55: one transaction), credit (1)
+        ("oauth2/v2.0/token", 2),           # users.query (flow + account), users.update (registration_required)
         ("register/v1.0/introspect", 1),
-        ("register/v1.0/challenge", 5),     # flows.get, users.get, flows.update, limits.query, limits.batch
-        ("register/v1.0/continue", 9),      # flows.get, users.get, flows.update, credit (1), users.update (method),
-                                            # notice counted (2), signinlog, flows.update
-        ("oauth2/v2.0/token", 5),           # flows.get, users.get, flows.update (finish + log record), users.update, refresh
+        ("register/v1.0/challenge", 4),     # users.query, users.update, limits.query, limits.batch
+        ("register/v1.0/continue", 6),      # users.query, users.batch (the method saved with the flow's write
+                                            # that consumes the code, A55: one transaction), credit (1), notice
+                                            # counted (2), signinlog
+        ("oauth2/v2.0/token", 3),           # users.query, users.batch (finish + log record, with what the finished
+                                            # sign-in records on the account: last sign-in, network), refresh
         ("oauth2/v2.0/token", 3),           # refresh: refresh.get, users.get, refresh.update (the IP-velocity row
                                             # only while a policy reads risk)
     ],
@@ -64,8 +69,8 @@ BUDGETS = {
         ("resetpassword/v1.0/challenge", 3),   # users.create (send reserved), limits.query, limits.batch
         ("resetpassword/v1.0/continue", 3),  # users.query (flow + account, A116), users.update (consumed +
                                              # verified), credit (1)
-        ("resetpassword/v1.0/submit", 4),   # users.query, users.update (counted, A53), users.update (password),
-                                            # users.update (flow)
+        ("resetpassword/v1.0/submit", 3),   # users.query, users.update (counted, A53), users.batch (the password
+                                            # saved with the flow's step)
         ("resetpassword/v1.0/poll_completion", 1),   # a read: the same token back
         ("oauth2/v2.0/token", 3),           # users.query, users.update (finish + log record), refresh
     ],

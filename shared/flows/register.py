@@ -23,7 +23,6 @@ import contextvars
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import methods
-from shared.storage.directory import get_user_by_key
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, normalize_email, normalize_phone
 from shared.flows.mfa import send_code
 from shared.protocol.http import Request, Response, ok
@@ -97,7 +96,7 @@ def challenge(request: Request, settings: Settings) -> Response:
         raise errors.InvalidGrant("This flow does not expect a method registration now.")
     if (form.get("challenge_type") or "oob").split()[0] != "oob":
         raise errors.UnsupportedChallengeType()
-    user = get_user_by_key(storage, flow["ident"])
+    user = flows.account(storage, flow)
     if user is None or user.disabled or not methods.may_register(user, flow) \
             or methods.predates_credential_change(user, flow):
         raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
@@ -133,7 +132,12 @@ def continue_(request: Request, settings: Settings) -> Response:
     grant = form.get("grant_type")
     user = None
     if grant == "oob" and flow["state"] == "register_challenge":
-        user = get_user_by_key(storage, flow["ident"])
+        user = flows.account(storage, flow)
+        if user is not None and flow.table == "users":
+            # The method is saved by the write that consumes its code and moves the flow on: one transaction
+            # (the flow lives in the account's partition, A116), never a method before its code (A55).
+            return flows.redeem_code_then(storage, settings, flow, "register_code", form.get("oob"), user,
+                                          lambda proven: _saved_with_the_step(storage, settings, proven, user, request))
         flow = flows.redeem_code(storage, settings, flow, "register_code", form.get("oob"), user)
     elif grant not in ("oob", "continuation_token"):
         raise errors.UnsupportedGrantType() if grant else errors.InvalidRequest(
@@ -144,8 +148,23 @@ def continue_(request: Request, settings: Settings) -> Response:
     # The code is consumed; now the method is saved (idempotently: a retry of
     # this request after a failure below finds it and continues).
     method_id = methods.add_method(storage, settings, flow, channel, target, request, user=user)
+    flow = _registered(storage, flow, channel, method_id)
+    return ok({"continuation_token": flow.token})
+
+
+def _saved_with_the_step(storage, settings: Settings, flow: flows.Flow, user, request: Request) -> Response:
+    channel, target = flow["register_channel"], flow["register_target"]
+    added: dict = {}
+    view = flows.defer_account_change(flow, user, methods.adding(flow, channel, target, added), tied=True)
+    moved = _registered(storage, flow, channel, added["id"])
+    if added.get("new"):
+        methods.announce_added(storage, settings, view, flow, channel, target, request)
+    return ok({"continuation_token": moved.token})
+
+
+def _registered(storage, flow: flows.Flow, channel: str, method_id: str) -> flows.Flow:
+    """The flow's step once its method is saved (or with the write that saves it)."""
     done = [f for f in flow.json("second_factors", []) if f["id"] != method_id]
-    flow = flows.advance(storage, flow, state="ready_for_token", steps=flow.steps + ["sms" if channel == "sms" else "otp"],
+    return flows.advance(storage, flow, state="ready_for_token", steps=flow.steps + ["sms" if channel == "sms" else "otp"],
                          second_factors=done + [{"channel": channel, "id": method_id, "existing": False}],
                          code_hash="", code_used=False)
-    return ok({"continuation_token": flow.token})

@@ -26,7 +26,7 @@ from shared.delivery import notify
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import passwords
-from shared.storage.directory import MIGRATE_FIELD, all_code_failures_cleared, change_user, get_user, user_key
+from shared.storage.directory import MIGRATE_FIELD, all_code_failures_cleared, get_user, user_key
 from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
 from shared.flows.signin import begin, capabilities, challenge_types, username
@@ -128,17 +128,19 @@ def submit(request: Request, settings: Settings) -> Response:
         raise _password_error(exc) from None
     new_hash = passwords.hash_password(password)
     now = int(time.time())
-    # Save the password first (If-Match on the user), then record the step
-    # (If-Match on the flow). A failure in between leaves a saved password and
-    # a flow that a retry of the same request completes (reset_by_flow).
-    saved = change_user(storage, user, lambda u: {
+    # The password is saved and the step recorded in one transaction (the flow lives in the account's
+    # partition, A116). If the account changed meanwhile, the password is saved on the account as it is
+    # then (If-Match), then the step recorded (If-Match on the flow): a failure in between leaves a saved
+    # password and a flow that a retry of the same request completes (reset_by_flow).
+    flows.defer_account_change(flow, user, lambda u: {
         "password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
         "previous_passwords": json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
         "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, **all_code_failures_cleared(),
         "reset_by_flow": flow.id, **({MIGRATE_FIELD: False} if u.entity.get(MIGRATE_FIELD) else {})})
-    if saved is None:
-        raise errors.InvalidGrant("The continuation_token is not valid.")
-    flow = flows.advance(storage, flow, state="reset_done")
+    try:
+        flow = flows.advance(storage, flow, state="reset_done")
+    finally:
+        flows.settle_account_change(storage, flow)   # nothing left unless the flow write was never reached
     notify.send_notice(storage, settings, to=email, purpose="password_changed", request=request)
     return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
 

@@ -65,7 +65,7 @@ from shared.extensions.caller import ExtensionFailed
 from shared.flows import attributes, state as flows
 from shared.protocol import errors
 from shared.security import passwords
-from shared.storage.directory import UserExists, create_user, get_user, get_user_by_key, user_key
+from shared.storage.directory import UserExists, get_user, get_user_by_key, new_user_entity, user_key
 from shared.protocol.identifiers import mask_email
 from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
@@ -156,11 +156,19 @@ def continue_(request: Request, settings: Settings) -> Response:
     if grant == "oob":
         if state != "code_sent":
             raise errors.InvalidGrant("No code is waiting to be verified in this flow.")
-        flow = flows.redeem_code(storage, settings, flow, "signup_code", form.get("oob"))
-        if flow["user_exists"]:
-            raise errors.InvalidOob()  # unreachable: no code was sent to an existing address
-        # The code is consumed; only now may the account be created (A55).
-        flow.changes.update(email_verified=True, steps=["otp"], code_hash="", code_used=False)
+        token = form.get("continuation_token") or ""
+
+        def code_right(flow: flows.Flow) -> Response:
+            if flow["user_exists"]:
+                raise errors.InvalidOob()  # unreachable: no code was sent to an existing address
+            # The code is consumed by the step's first conditional write (the one that creates the account, in
+            # the same transaction, or asks for what is missing): never an account before its code (A55).
+            flow.changes.update(email_verified=True, steps=["otp"], code_hash="", code_used=False)
+            return _next_requirement(storage, settings, flow, grant=grant, token=token)
+
+        if flow.table != "users":   # a sign-up stored before A116: its code consumed by a write of its own, as then
+            return code_right(flows.redeem_code(storage, settings, flow, "signup_code", form.get("oob")))
+        return flows.redeem_code_then(storage, settings, flow, "signup_code", form.get("oob"), None, code_right)
     elif grant == "password":
         if state not in ("credential_required", "password_prompt"):
             raise errors.InvalidGrant("This flow does not expect a password now.")
@@ -209,18 +217,21 @@ def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow, *,
     flow, collected = _collection_submit(storage, settings, flow, collected, changes, grant=grant, token=token)
     changes["attributes"] = collected
     email = flow["username"]
+    steps = ["otp"] + (["pwd"] if view.get("password_hash") else [])
+    done = dict(state="ready_for_token", user_exists=True, steps=steps, password_hash="",
+                **{k: v for k, v in changes.items() if k not in ("password_hash", "steps")})
+    # The account and the flow's step in one transaction (the flow lives in the address's partition, A116).
+    flows.defer_account_create(flow, new_user_entity(email, password_hash=view.get("password_hash") or None,
+                                                     display_name=collected.get("displayName", ""),
+                                                     attributes=collected, extra={"created_by_flow": flow.id}))
     try:
-        create_user(storage, email, password_hash=view.get("password_hash") or None,
-                    display_name=collected.get("displayName", ""), attributes=collected,
-                    extra={"created_by_flow": flow.id})
+        flow = flows.advance(storage, flow, **done)
     except UserExists:
         existing = get_user_by_key(storage, user_key(email))
         if existing is None or existing.entity.get("created_by_flow") != flow.id:
             raise UserAlreadyExists() from None
         # Our own earlier attempt created it (then the flow write failed): finish the flow.
-    steps = ["otp"] + (["pwd"] if view.get("password_hash") else [])
-    flow = flows.advance(storage, flow, state="ready_for_token", user_exists=True, steps=steps,
-                         password_hash="", **{k: v for k, v in changes.items() if k not in ("password_hash", "steps")})
+        flow = flows.advance(storage, flow, **done)
     return ok({"continuation_token": flow.token, "expires_in": max(0, int(flow["expires_at"]) - int(time.time()))})
 
 

@@ -55,7 +55,7 @@ SEALED_KINDS = ("signin", "reset")
 # transaction. Its token is ``u1.<sealed locator>`` (the address's key is a plain hash of the address: it
 # never travels in the clear). Flows of a name without an account are stored the same way (the same
 # work, A17-A20, A52).
-LOCATED_KINDS = ("signin", "reset")
+LOCATED_KINDS = ("signin", "reset", "signup")
 _LOCATED_RE = re.compile(r"^u1\.([A-Za-z0-9_-]{150})\Z")
 _LOCATE_INFO = b"nativeauth flow locator v1"
 _USER_PK_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -96,9 +96,9 @@ class Flow:
     # table): ``account`` hands it out once, instead of a read of its own.
     account_row: Entity | None = None
     account_read: bool = False
-    # A change to the account that rides on the flow's next write, in one transaction with it
+    # Changes to the account that ride on the flow's next write, in one transaction with it
     # when the flow lives in the account's partition (:func:`defer_account_change`).
-    account_change: "AccountChange | None" = None
+    account_changes: list["AccountChange"] = field(default_factory=list)
 
     @property
     def pk(self) -> str:
@@ -483,67 +483,156 @@ def reload(storage: Storage, flow: Flow) -> Flow:
 
 @dataclass
 class AccountChange:
-    """A read-modify-write of the account deferred to the flow's next write.
-    ``view`` is the account as it will be (the caller goes on with it; its ETag is
-    the row's as read until the change is written, then the new one); ``base`` and
-    ``compute`` redo the change on the row as it is then, if the row changed meanwhile."""
+    """A change of the account deferred to the flow's next write. ``view`` is the
+    account as it will be (the caller goes on with it; its ETag is the row's as read
+    until the change is written, then the new one). A change that must land (a
+    password attempt's take-back) is redone with ``compute`` on the row as it is then
+    if the row changed meanwhile; a ``best_effort`` one (what a finished sign-in
+    clears and records) is dropped then, as a write that lost to another change."""
     view: User
     changes: dict[str, Any]
     base: User
-    compute: Callable[[User], dict[str, Any] | None]
+    compute: Callable[[User], dict[str, Any] | None] | None
+    best_effort: bool = False
+    create: bool = False      # ``changes`` is a new account's row, inserted create-only
+    tied: bool = False        # written only together with the flow's write (never before it)
 
 
-def defer_account_change(flow: Flow, base: User, compute: Callable[[User], dict[str, Any] | None]) -> User:
-    """Change the account with the flow's next write (one transaction, when they share a
-    partition; else just before it), or by :func:`settle_account_change` if the step
-    ends without one. Returns the account as it will be."""
-    if flow.account_change is not None:
-        raise ValueError("one deferred account change per step")
-    changes = compute(base) or {}
-    view = User({**base.entity, **changes})
-    if changes:
-        flow.account_change = AccountChange(view, changes, base, compute)
+def defer_account_create(flow: Flow, entity: Entity) -> User:
+    """Create an account with the flow's next write: one transaction (the account's row
+    and the flow's, create-only and If-Match), so the account exists exactly when the
+    flow says so. If the transaction fails, the account is inserted on its own (raising
+    ``UserExists`` when its row exists), then the flow's write alone."""
+    if flow.account_changes:
+        raise ValueError("an account is created by a step that changes nothing else on it")
+    view = User(dict(entity))
+    flow.account_changes.append(AccountChange(view, dict(entity), User(dict(entity)), None, create=True, tied=True))
     return view
 
 
-def settle_account_change(storage: Storage, flow: Flow) -> None:
-    """Write a deferred account change on its own (a read-modify-write retried on races),
-    if no flow write has carried it yet."""
-    from shared.storage.directory import change_user
+def defer_account_change(flow: Flow, base: User, compute: Callable[[User], dict[str, Any] | None], *,
+                         best_effort: bool = False, tied: bool = False) -> User:
+    """Change the account with the flow's next write: one transaction when they share a
+    partition. Else a change that must land is written just before the flow's write and
+    a best-effort one just after it; one a step ends without writing the flow is written
+    by :func:`settle_account_change` (best-effort ones are dropped). Several changes in
+    one step are written together, later ones over earlier ones. Returns the account as
+    it will be (``base`` itself, changed in place, when a change is already deferred)."""
+    if tied and (flow.account_changes or flow.table != "users" or flow.pk != base.pk):
+        raise ValueError("a tied change is the step's only one, on the account whose partition holds the flow")
+    if flow.account_changes and flow.account_changes[0].tied:
+        raise ValueError("a tied change is the step's only one")
+    changes = compute(base) or {}
+    if flow.account_changes:
+        view = flow.account_changes[0].view
+        if base is not view:
+            raise ValueError("a second deferred change must be made on the account the first one returned")
+        view.entity.update(changes)
+    else:
+        view = User({**base.entity, **changes})
+    if changes:
+        flow.account_changes.append(AccountChange(view, changes, User(dict(base.entity)), compute, best_effort,
+                                                  tied=tied))
+    return view
 
-    change, flow.account_change = flow.account_change, None
-    if change is None:
-        return
-    written = change_user(storage, change.base, change.compute)
-    if written is not None:
-        change.view.entity.clear()
-        change.view.entity.update(written.entity)
+
+def _write_account_changes(storage: Storage, changes: list[AccountChange], *, best_effort: bool) -> None:
+    """Write deferred changes on their own: those that must land as a read-modify-write
+    retried on races; best-effort ones once, If-Match on the account as last seen."""
+    from shared.storage.directory import UserExists, change_user, update_user
+
+    for change in changes:
+        if change.best_effort != best_effort:
+            continue
+        if change.create:
+            try:
+                change.view.entity["_etag"] = storage.table("users").insert(change.changes)
+            except Conflict:
+                raise UserExists(change.changes.get("email", "")) from None
+            continue
+        if not best_effort:
+            written = change_user(storage, change.base, change.compute)
+            if written is None and get_user_by_key(storage, change.base.pk) is None:
+                # The account is gone (deleted meanwhile): the step cannot go on for it.
+                raise errors.InvalidGrant("The continuation_token is not valid.")
+            if written is not None:
+                kept = {k: v for c in changes if c.best_effort for k, v in c.changes.items()}
+                change.view.entity.clear()
+                change.view.entity.update({**written.entity, **kept, "_etag": written.entity["_etag"]})
+            continue
+        try:
+            written = update_user(storage, User(change.view.entity), **change.changes)
+            change.view.entity["_etag"] = written.entity["_etag"]
+        except (Modified, NotFound):
+            pass   # another change won meanwhile: nothing here is a counter that must not be lost
+
+
+def settle_account_change(storage: Storage, flow: Flow) -> None:
+    """Write the deferred changes that must land (a take-back) on their own, if no flow
+    write has carried them; best-effort ones are dropped (the step did not finish)."""
+    changes, flow.account_changes = flow.account_changes, []
+    _write_account_changes(storage, changes, best_effort=False)
 
 
 def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
-    """The flow's If-Match write, with a deferred account change in the same transaction
-    when both rows share a partition. If the transaction fails (either row changed),
-    the account's change is done on its own, then the flow's write alone."""
-    change = flow.account_change
+    """The flow's If-Match write, with the deferred account changes in the same transaction
+    when both rows share a partition.
+
+    If the transaction fails because the flow changed, a change ``tied`` to the flow's
+    write (an account made, a method saved with a code this write consumes) is not
+    written and the write is refused as a lost race (A55, A112). If the account's row
+    changed, a tied change is computed again on the row as it is now and the transaction
+    retried (a create finds the account exists: ``UserExists``). Otherwise, untied
+    changes that must land are done on their own, then the flow's write alone, then the
+    best-effort ones once."""
+    changes, flow.account_changes = flow.account_changes, []
     table = storage.table(flow.table)
-    if change is not None and flow.table == "users" and change.base.pk == flow.pk:
-        try:
-            etags = table.batch([("update", {"PartitionKey": flow.pk, "RowKey": USER_RK, **change.changes,
-                                             "_etag": change.base.entity["_etag"]}),
-                                 ("update", {"PartitionKey": flow.pk, "RowKey": flow.id, **data,
-                                             "_etag": flow.entity["_etag"]})])
-            flow.account_change = None
-            change.view.entity["_etag"] = etags[0]
-            return etags[1]
-        except (Modified, Conflict, NotFound):
-            pass       # not written: either row changed (or the account is gone)
-        except StorageError:
-            # Unknown whether it was written (an answer lost after the commit): the change is not
-            # redone, so a take-back is never applied twice (one counted attempt too many at worst).
-            flow.account_change = None
-            raise
-    settle_account_change(storage, flow)
-    return table.update({"PartitionKey": flow.pk, "RowKey": flow.id, **data}, flow.entity["_etag"])
+    row = {"PartitionKey": flow.pk, "RowKey": flow.id, **data}
+    tied = any(c.tied for c in changes)
+    if changes and flow.table == "users" and all(c.base.pk == flow.pk for c in changes):
+        base = changes[0].base
+        for _ in range(MAX_CAS_RETRIES):
+            merged = {k: v for c in changes for k, v in c.changes.items()}
+            if not merged:
+                return table.update(row, flow.entity["_etag"])
+            account = (("create", merged) if changes[0].create else
+                       ("update", {"PartitionKey": flow.pk, "RowKey": USER_RK, **merged, "_etag": base.entity["_etag"]}))
+            try:
+                etags = table.batch([("update", {**row, "_etag": flow.entity["_etag"]}), account])
+                changes[0].view.entity["_etag"] = etags[1]
+                return etags[0]
+            except (Conflict, Modified, NotFound) as exc:
+                # Only the create can conflict; otherwise the service names the failed operation (0, or no
+                # index at all, is judged as the flow's: the safe reading for a tied change).
+                account_failed = isinstance(exc, Conflict) or exc.index == 1
+                if not account_failed:
+                    if tied:
+                        raise Modified("the flow changed") from None
+                    break
+                if changes[0].create:
+                    from shared.storage.directory import UserExists
+
+                    raise UserExists(str(merged.get("email", ""))) from None
+                if not tied:
+                    break
+                fresh = get_user_by_key(storage, flow.pk)
+                if fresh is None:
+                    raise errors.InvalidGrant("The continuation_token is not valid.") from None
+                base = fresh
+                change = changes[0]     # a tied change is the step's only one (defer_account_change)
+                change.changes = change.compute(fresh) or {}
+                change.view.entity.clear()
+                change.view.entity.update({**fresh.entity, **change.changes})
+            except StorageError:
+                # Unknown whether it was written (an answer lost after the commit): the changes are not
+                # redone, so a take-back is never applied twice (one counted attempt too many at worst).
+                raise
+        else:
+            raise errors.InvalidGrant("The flow is busy; retry.")
+    _write_account_changes(storage, changes, best_effort=False)
+    etag = table.update(row, flow.entity["_etag"])
+    _write_account_changes(storage, changes, best_effort=True)
+    return etag
 
 
 class CodeRaced(errors.InvalidGrant):

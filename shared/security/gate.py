@@ -49,10 +49,10 @@ from shared.protocol import errors
 from shared.security import methods as methods_mod, policy, risk
 from shared.storage import signinlog
 from shared.tokens import issuance as tokens
-from shared.storage.directory import User, code_failures_field, update_user
+from shared.storage.directory import User, code_failures_field
 from shared.protocol.http import Form, Request, Response, current, json_field, ok, redirect_response
 from shared.settings import Settings
-from shared.storage.tables import Modified, Storage
+from shared.storage.tables import Storage
 
 # Our extension of the protocol's capabilities: a client that can follow
 # "verify an existing method (mfa_oob), then register the one the sign-in needs"
@@ -257,23 +257,26 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     record = signinlog.entry(flow, user, "success", "", list(subject.amr),
                              (current().extra.get("risk") if current() else "") or "none", decision, ip)
     rides = signinlog.fits(record)   # always, unless a field outgrew its cap: then written at once, after the end
+
+    def finished(u: User) -> dict[str, Any]:
+        changes: dict[str, Any] = {}
+        if u.entity.get("failed_logins") or u.entity.get("lockout_until"):
+            changes.update(failed_logins=0, lockout_until=0)
+        for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
+            if step in steps and u.entity.get(code_failures_field(channel)):
+                changes[code_failures_field(channel)] = 0
+        if now - int(u.entity.get("last_sign_in") or 0) >= 3600:  # shown by GET /me; at most one write an hour
+            changes["last_sign_in"] = now
+        networks = risk.remember_network(u, ip)
+        if networks:
+            changes["known_networks"] = networks
+        return changes
+
+    # What a finished sign-in clears and records on the account rides on the write that ends the flow (one
+    # transaction: the flow lives in the account's partition, A116), best effort: if the account changed
+    # meanwhile, a concurrent change won, and counters are not lost by skipping this reset.
+    flows.defer_account_change(flow, user, finished, best_effort=True)
     flows.finish(storage, flow, **({"log_entry": record} if rides else {}))
-    changes: dict[str, Any] = {}
-    if user.entity.get("failed_logins") or user.entity.get("lockout_until"):
-        changes.update(failed_logins=0, lockout_until=0)
-    for step, channel in (("otp", "email"), ("sms", "sms")):  # a correct code clears its channel's counter
-        if step in steps and user.entity.get(code_failures_field(channel)):
-            changes[code_failures_field(channel)] = 0
-    if now - int(user.entity.get("last_sign_in") or 0) >= 3600:  # shown by GET /me; at most one write an hour
-        changes["last_sign_in"] = now
-    networks = risk.remember_network(user, ip)
-    if networks:
-        changes["known_networks"] = networks
-    if changes:
-        try:
-            update_user(storage, user, **changes)
-        except Modified:
-            pass  # a concurrent change won; counters are not lost by skipping this reset
     issued = tokens.issue(storage, settings, flow["client_id"], subject, scopes)
     if rides:
         signinlog.later(storage, record)   # only once the tokens are out; else the purge writes it, marked unconfirmed

@@ -119,6 +119,24 @@ def add_method(storage: Storage, settings: Settings, flow, channel: str, target:
     if user is None:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     added: dict[str, Any] = {}
+    saved = change_user(storage, user, adding(flow, channel, target, added))
+    if added.get("new") and saved is not None:
+        _announce(storage, settings, saved, flow, "method_added", channel, target, request)
+    return added["id"]
+
+
+def announce_added(storage: Storage, settings: Settings, user: User, flow, channel: str, target: str,
+                   request=None) -> None:
+    _announce(storage, settings, user, flow, "method_added", channel, target, request)
+
+
+def adding(flow, channel: str, target: str, added: dict[str, Any]):
+    """The read-modify-write that adds a verified method to the flow's account (filling
+    ``added`` with its id, and ``new``), or finds it there; refused with ``invalid_grant``
+    when the registration rule does not hold on the account as it is then. For
+    :func:`add_method`, and for a step that saves it with the flow's write (register)."""
+
+    new_id = secrets.token_hex(8)    # one id however often the change is computed again
 
     def compute(u: User) -> dict | None:
         methods = u.methods
@@ -129,16 +147,13 @@ def add_method(storage: Storage, settings: Settings, flow, channel: str, target:
             return None
         if u.disabled or not may_register(u, flow) or predates_credential_change(u, flow):
             raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
-        method = {"id": secrets.token_hex(8), "channel": channel, "target": target, "default": not methods,
+        method = {"id": new_id, "channel": channel, "target": target, "default": not methods,
                   "created": int(time.time())}
         added.clear()
         added.update(id=method["id"], new=True)
         return {"methods": json.dumps(methods + [method])}
 
-    saved = change_user(storage, user, compute)
-    if added.get("new") and saved is not None:
-        _announce(storage, settings, saved, flow, "method_added", channel, target, request)
-    return added["id"]
+    return compute
 
 
 def remove_method(storage: Storage, settings: Settings, user: User, method_id: str, *, flow=None,

@@ -128,6 +128,22 @@ def create_user(storage: Storage, email: str, *, password: str | None = None, pa
 
     ``password_hash`` may be an imported hash (``passwords.check_importable``);
     ``migrate_password`` sets the migration marker, for a user without a password."""
+    entity = new_user_entity(email, password=password, password_hash=password_hash, display_name=display_name,
+                             attributes=attributes, methods=methods, password_reset_required=password_reset_required,
+                             migrate_password=migrate_password, extra=extra)
+    try:
+        etag = storage.table("users").insert(entity)
+    except Conflict:
+        raise UserExists(email) from None
+    entity["_etag"] = etag
+    return User(entity)
+
+
+def new_user_entity(email: str, *, password: str | None = None, password_hash: str | None = None,
+                    display_name: str = "", attributes: dict[str, Any] | None = None,
+                    methods: list[dict[str, Any]] | None = None, password_reset_required: bool = False,
+                    migrate_password: bool = False, extra: dict[str, Any] | None = None) -> Entity:
+    """The row of a new account (:func:`create_user` inserts it; a sign-up inserts it with its flow's write)."""
     if migrate_password and (password or password_hash):
         raise ValueError("the migration marker is for users without a password")
     now = int(time.time())
@@ -144,12 +160,7 @@ def create_user(storage: Storage, email: str, *, password: str | None = None, pa
         **({MIGRATE_FIELD: True} if migrate_password else {}),
         **(extra or {}),
     }
-    try:
-        etag = storage.table("users").insert(entity)
-    except Conflict:
-        raise UserExists(email) from None
-    entity["_etag"] = etag
-    return User(entity)
+    return entity
 
 
 def update_user(storage: Storage, user: User, **changes: Any) -> User:

@@ -63,7 +63,7 @@ T = TypeVar("T")
 
 
 class StorageError(Exception):
-    pass
+    index: int | None = None     # a failed transaction's operation, when the service names it (_translate)
 
 
 class StorageUnavailable(StorageError):
@@ -117,6 +117,14 @@ def check_filter(query_filter: str) -> None:
 
 
 def _translate(exc: Exception) -> Exception:
+    out = _translated(exc)
+    if isinstance(out, StorageError):
+        # In a transaction: the index of the operation that failed, when the service says (else None or 0).
+        out.index = getattr(exc, "index", None)
+    return out
+
+
+def _translated(exc: Exception) -> Exception:
     if isinstance(exc, ResourceExistsError):
         return Conflict(str(getattr(exc, "reason", "") or "conflict"))
     if isinstance(exc, ResourceModifiedError):

@@ -728,3 +728,87 @@ def test_A116_a_method_whose_account_changed_meanwhile_is_saved_on_the_account_a
     assert len(reads) == 1            # the account read again once: the transaction named the account's row
     u = directory.get_user(server.storage, ch.email)
     assert u.display_name == "edited meanwhile" and ch.target in [m["target"] for m in u.methods]
+
+
+def test_A116_a_reset_submit_whose_step_lost_saves_no_password(server, api, outbox, make_user, monkeypatch):
+    """Two submits of one verified reset, with different passwords: the one whose step wins sets its password,
+    the other one, refused, saves nothing (its password and the step are one transaction; review finding: the
+    refused submit's password had been saved over the winner's)."""
+    from shared.security import passwords
+    from shared.storage import tables as storage_mod
+
+    email, _ = make_user()
+    c = reset_challenge(api, email)
+    v = api.post("resetpassword/v1.0/continue", continuation_token=c["continuation_token"], grant_type="oob",
+                 oob=outbox.last_code(email))
+    assert v.status == 200, v.body
+    ct, other = v["continuation_token"], "yet another different passphrase 42"
+    real = storage_mod.Table.batch
+    seen, armed = {}, [True]
+
+    def the_other_submit_lands_first(self, operations):
+        operations = list(operations)
+        if armed[0] and self.name.endswith("users"):
+            armed[0] = False
+            seen["b"] = api.post("resetpassword/v1.0/submit", continuation_token=ct, new_password=other)
+        return real(self, operations)
+
+    monkeypatch.setattr(storage_mod.Table, "batch", the_other_submit_lands_first)
+    a = api.post("resetpassword/v1.0/submit", continuation_token=ct, new_password=NEW_PW)
+    monkeypatch.setattr(storage_mod.Table, "batch", real)
+    assert seen["b"].status == 200, seen["b"].body
+    assert a.status == 400 and a["error"] == "invalid_grant", a.body
+    stored = directory.get_user(server.storage, email).password_hash
+    assert passwords.verify_password(stored, other) and not passwords.verify_password(stored, NEW_PW)
+
+
+def test_A116_no_extension_hears_of_a_sign_up_before_its_code_is_consumed(server, open_challenge, monkeypatch):
+    """With an attributeCollectionStart extension, a right sign-up code is consumed by a write of its own before
+    the extension is called: a right code that loses to the attempt limit meanwhile answers like a wrong one,
+    makes no account and never reaches the extension (review finding: it had, a side effect and a timing tell)."""
+    from shared.extensions import config as extension_config, events as extension_events
+
+    ch = open_challenge("signup")
+    right = ch.code()
+    for _ in range(server.settings.code_max_attempts - 1):
+        assert ch.submit(wrong(right))["error_codes"] == [WRONG_CODE]
+    calls = []
+    real_for_event = extension_config.for_event
+    monkeypatch.setattr(extension_config, "for_event", lambda storage, event, client_id: (
+        {"name": "probe", "on_error": "fail"} if event == "attributeCollectionStart"
+        else real_for_event(storage, event, client_id)))
+    monkeypatch.setattr(extension_events, "attribute_collection_start",
+                        lambda storage, settings, client_id, email, attributes, **kw: calls.append(email) or {})
+    with a_wrong_guess_lands_first(monkeypatch) as race:
+        lost = ch.submit(right)
+    assert race["fired"] == 1
+    assert lost.status == 400 and lost["error_codes"] == [DEAD_CHALLENGE], lost.body
+    assert calls == [] and directory.get_user(server.storage, ch.email) is None
+
+
+@pytest.mark.parametrize("kind", ["signup", "register"])
+def test_A116_an_answer_lost_after_the_commit_is_a_503(server, open_challenge, monkeypatch, kind):
+    """The transaction that consumes the code and makes the account (or saves the method) commits, but its
+    answer is lost: the client gets 503 (try again), not a refusal made up from the flow having moved on (review
+    finding), and the account or the method exists once."""
+    from shared.storage import tables as storage_mod
+
+    ch = open_challenge(kind)
+    real = storage_mod.Table.batch
+    armed = [True]
+
+    def commits_then_loses_the_answer(self, operations):
+        etags = real(self, list(operations))
+        if armed[0] and self.name.endswith("users"):
+            armed[0] = False
+            raise storage_mod.StorageUnavailable("the answer was lost")
+        return etags
+
+    monkeypatch.setattr(storage_mod.Table, "batch", commits_then_loses_the_answer)
+    r = ch.submit(ch.code())
+    monkeypatch.setattr(storage_mod.Table, "batch", real)
+    assert r.status == 503, r.body
+    u = directory.get_user(server.storage, ch.email)
+    assert u is not None
+    if kind == "register":
+        assert [m["target"] for m in u.methods].count(ch.target) == 1

@@ -26,7 +26,7 @@ from shared.delivery import notify
 from shared.flows import state as flows
 from shared.protocol import errors
 from shared.security import passwords
-from shared.storage.directory import MIGRATE_FIELD, all_code_failures_cleared, get_user, user_key
+from shared.storage.directory import MIGRATE_FIELD, User, all_code_failures_cleared, change_user, get_user, user_key
 from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
 from shared.flows.signin import begin, capabilities, challenge_types, username
@@ -128,19 +128,26 @@ def submit(request: Request, settings: Settings) -> Response:
         raise _password_error(exc) from None
     new_hash = passwords.hash_password(password)
     now = int(time.time())
-    # The password is saved and the step recorded in one transaction (the flow lives in the account's
-    # partition, A116). If the account changed meanwhile, the password is saved on the account as it is
-    # then (If-Match), then the step recorded (If-Match on the flow): a failure in between leaves a saved
-    # password and a flow that a retry of the same request completes (reset_by_flow).
-    flows.defer_account_change(flow, user, lambda u: {
-        "password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
-        "previous_passwords": json.dumps([p for p in previous if p][:PREVIOUS_PASSWORDS_KEPT]),
-        "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, **all_code_failures_cleared(),
-        "reset_by_flow": flow.id, **({MIGRATE_FIELD: False} if u.entity.get(MIGRATE_FIELD) else {})})
-    try:
+
+    def saved(u: User) -> dict:
+        history = [u.password_hash] + json.loads(u.entity.get("previous_passwords") or "[]")
+        return {"password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
+                "previous_passwords": json.dumps([p for p in history if p][:PREVIOUS_PASSWORDS_KEPT]),
+                "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, **all_code_failures_cleared(),
+                "reset_by_flow": flow.id, **({MIGRATE_FIELD: False} if u.entity.get(MIGRATE_FIELD) else {})}
+
+    if flow.table == "users":
+        # Saved with the step, in one transaction (the flow lives in the account's partition, A116): never
+        # without it (a parallel submit whose step lost saves nothing), again on the account as it is now
+        # if it changed meanwhile.
+        flows.defer_account_change(flow, user, saved, tied=True)
         flow = flows.advance(storage, flow, state="reset_done")
-    finally:
-        flows.settle_account_change(storage, flow)   # nothing left unless the flow write was never reached
+    else:
+        # A reset stored before A116: the password saved first (If-Match on the user), then the step; a
+        # failure in between leaves a flow that a retry of the same request completes (reset_by_flow).
+        if change_user(storage, user, saved) is None:
+            raise errors.InvalidGrant("The continuation_token is not valid.")
+        flow = flows.advance(storage, flow, state="reset_done")
     notify.send_notice(storage, settings, to=email, purpose="password_changed", request=request)
     return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
 

@@ -65,7 +65,8 @@ from shared.extensions.caller import ExtensionFailed
 from shared.flows import attributes, state as flows
 from shared.protocol import errors
 from shared.security import passwords
-from shared.storage.directory import UserExists, get_user, get_user_by_key, new_user_entity, user_key
+from shared.storage.directory import (UserExists, create_account, get_user, get_user_by_key, new_user_entity,
+                                     user_key)
 from shared.protocol.identifiers import mask_email
 from shared.protocol.http import Request, Response, ok, redirect_response
 from shared.settings import Settings
@@ -205,7 +206,11 @@ def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow, *,
     collected = view.get("attributes")
     collected = collected if isinstance(collected, dict) else flow.json("attributes", {})
     if view.get("email_verified") and not view.get("attr_start"):
-        collected = _collection_start(storage, settings, flow, collected)
+        ext = extension_config.for_event(storage, "attributeCollectionStart", flow["client_id"])
+        if ext is not None and flow.pending:
+            # No extension hears of the address before its code is consumed (A55): a write of its own first.
+            flow = flows.advance(storage, flow, rotate=False)
+        collected = _collection_start(storage, settings, flow, collected, ext=ext)
         changes.update(attributes=collected, attr_start=1)
     if view.get("needs_password") and not view.get("password_hash"):
         flow = flows.advance(storage, flow, state="credential_required", **changes)
@@ -220,11 +225,15 @@ def _next_requirement(storage: Storage, settings: Settings, flow: flows.Flow, *,
     steps = ["otp"] + (["pwd"] if view.get("password_hash") else [])
     done = dict(state="ready_for_token", user_exists=True, steps=steps, password_hash="",
                 **{k: v for k, v in changes.items() if k not in ("password_hash", "steps")})
-    # The account and the flow's step in one transaction (the flow lives in the address's partition, A116).
-    flows.defer_account_create(flow, new_user_entity(email, password_hash=view.get("password_hash") or None,
-                                                     display_name=collected.get("displayName", ""),
-                                                     attributes=collected, extra={"created_by_flow": flow.id}))
+    account = new_user_entity(email, password_hash=view.get("password_hash") or None,
+                              display_name=collected.get("displayName", ""), attributes=collected,
+                              extra={"created_by_flow": flow.id})
     try:
+        if flow.table == "users":
+            # The account and the flow's step in one transaction (the flow lives in the address's partition, A116).
+            flows.defer_account_create(flow, account)
+        else:   # a sign-up stored before A116 (its code already consumed): the account, then the step
+            create_account(storage, account)
         flow = flows.advance(storage, flow, **done)
     except UserExists:
         existing = get_user_by_key(storage, user_key(email))
@@ -259,12 +268,14 @@ def _blocked(storage: Storage, flow: flows.Flow, message: str) -> errors.Extensi
 
 
 def _collection_start(storage: Storage, settings: Settings, flow: flows.Flow,
-                      collected: dict[str, str]) -> dict[str, str]:
-    """attributeCollectionStart: the attributes with the extension's prefill as
-    defaults (client values win), or the block page."""
+                      collected: dict[str, str], *, ext: dict | None) -> dict[str, str]:
+    """attributeCollectionStart (``ext``, the client's, or None): the attributes with the
+    extension's prefill as defaults (client values win), or the block page."""
+    if ext is None:
+        return collected
     schema = settings.signup_attributes
     answer = extension_events.attribute_collection_start(storage, settings, flow["client_id"], flow["username"],
-                                                         attributes.typed(schema, collected))
+                                                         attributes.typed(schema, collected), ext=ext)
     if "block" in answer:
         raise _blocked(storage, flow, answer["block"])
     prefill = answer.get("prefill") or {}

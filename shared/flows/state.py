@@ -483,41 +483,49 @@ def reload(storage: Storage, flow: Flow) -> Flow:
 
 @dataclass
 class AccountChange:
-    """A change of the account deferred to the flow's next write. ``view`` is the
-    account as it will be (the caller goes on with it; its ETag is the row's as read
-    until the change is written, then the new one). A change that must land (a
-    password attempt's take-back) is redone with ``compute`` on the row as it is then
-    if the row changed meanwhile; a ``best_effort`` one (what a finished sign-in
-    clears and records) is dropped then, as a write that lost to another change."""
+    """A change of the account deferred to the flow's next write (:func:`_update`).
+
+    ``view`` is the account as it will be (the caller goes on with it; its ETag is the
+    row's as read until the change is written, then the new one); ``compute`` makes the
+    change from a row, again when the row changed meanwhile. Kinds:
+
+    * must land (the default: a password attempt's take-back): if the transaction
+      cannot carry it, it is written on its own, before the flow's write;
+    * ``tied`` (an account made, a method saved, a new password: what the step exists
+      for): written only together with the flow's write, never before or without it;
+    * ``best_effort`` (what a finished sign-in clears and records): written with the
+      flow's write, or once after it from the row as last read, or dropped.
+
+    ``check`` refuses the step (raises) for an account that changed so it may no
+    longer go on (disabled, being deleted, a password reset since the flow began)."""
     view: User
     changes: dict[str, Any]
     base: User
     compute: Callable[[User], dict[str, Any] | None] | None
     best_effort: bool = False
     create: bool = False      # ``changes`` is a new account's row, inserted create-only
-    tied: bool = False        # written only together with the flow's write (never before it)
+    tied: bool = False
+    check: Callable[[User], None] | None = None
 
 
 def defer_account_create(flow: Flow, entity: Entity) -> User:
     """Create an account with the flow's next write: one transaction (the account's row
-    and the flow's, create-only and If-Match), so the account exists exactly when the
-    flow says so. If the transaction fails, the account is inserted on its own (raising
-    ``UserExists`` when its row exists), then the flow's write alone."""
-    if flow.account_changes:
-        raise ValueError("an account is created by a step that changes nothing else on it")
+    create-only and the flow's If-Match), so the account exists exactly when the flow
+    says so. ``UserExists`` from that write when the account's row exists."""
+    if flow.account_changes or flow.table != "users" or flow.pk != entity["PartitionKey"]:
+        raise ValueError("an account is created with a write of a flow in its partition, and nothing else")
     view = User(dict(entity))
     flow.account_changes.append(AccountChange(view, dict(entity), User(dict(entity)), None, create=True, tied=True))
     return view
 
 
 def defer_account_change(flow: Flow, base: User, compute: Callable[[User], dict[str, Any] | None], *,
-                         best_effort: bool = False, tied: bool = False) -> User:
-    """Change the account with the flow's next write: one transaction when they share a
-    partition. Else a change that must land is written just before the flow's write and
-    a best-effort one just after it; one a step ends without writing the flow is written
-    by :func:`settle_account_change` (best-effort ones are dropped). Several changes in
-    one step are written together, later ones over earlier ones. Returns the account as
-    it will be (``base`` itself, changed in place, when a change is already deferred)."""
+                         best_effort: bool = False, tied: bool = False,
+                         check: Callable[[User], None] | None = None) -> User:
+    """Change the account with the flow's next write (see :class:`AccountChange`). Several
+    changes in one step are written together, later ones over earlier ones. Returns the
+    account as it will be (``base`` itself, changed in place, when a change is already
+    deferred)."""
     if tied and (flow.account_changes or flow.table != "users" or flow.pk != base.pk):
         raise ValueError("a tied change is the step's only one, on the account whose partition holds the flow")
     if flow.account_changes and flow.account_changes[0].tied:
@@ -530,73 +538,97 @@ def defer_account_change(flow: Flow, base: User, compute: Callable[[User], dict[
         view.entity.update(changes)
     else:
         view = User({**base.entity, **changes})
-    if changes:
+    if changes or check is not None:
         flow.account_changes.append(AccountChange(view, changes, User(dict(base.entity)), compute, best_effort,
-                                                  tied=tied))
+                                                  tied=tied, check=check))
     return view
 
 
-def _write_account_changes(storage: Storage, changes: list[AccountChange], *, best_effort: bool) -> None:
-    """Write deferred changes on their own: those that must land as a read-modify-write
-    retried on races; best-effort ones once, If-Match on the account as last seen."""
-    from shared.storage.directory import UserExists, change_user, update_user
+def _recompute(changes: list[AccountChange], fresh: User) -> None:
+    """Every change computed again, in order, on the account's row as it is now."""
+    entity = dict(fresh.entity)
+    for change in changes:
+        if change.create:
+            continue
+        change.base = User(dict(entity))
+        change.changes = (change.compute(change.base) or {}) if change.compute is not None else {}
+        entity.update(change.changes)
+    view = changes[0].view
+    view.entity.clear()
+    view.entity.update(entity)
+
+
+def _write_must_land(storage: Storage, changes: list[AccountChange]) -> None:
+    """The changes that must land, on their own: a read-modify-write retried on races."""
+    from shared.storage.directory import change_user
 
     for change in changes:
-        if change.best_effort != best_effort:
+        if change.best_effort or change.tied or change.compute is None:
             continue
-        if change.create:
-            try:
-                change.view.entity["_etag"] = storage.table("users").insert(change.changes)
-            except Conflict:
-                raise UserExists(change.changes.get("email", "")) from None
+        written = change_user(storage, change.base, change.compute)
+        if written is None and get_user_by_key(storage, change.base.pk) is None:
+            # The account is gone (deleted meanwhile): the step cannot go on for it.
+            raise errors.InvalidGrant("The continuation_token is not valid.")
+        if written is not None:
+            change.view.entity.clear()
+            change.view.entity.update(written.entity)
+
+
+def _write_best_effort(storage: Storage, changes: list[AccountChange]) -> None:
+    """The best-effort changes once, computed on the account as last read, If-Match on it:
+    another change since wins (nothing here is a counter that must not be lost)."""
+    import logging
+
+    from shared.storage.directory import update_user
+
+    for change in changes:
+        if not change.best_effort or change.compute is None:
             continue
-        if not best_effort:
-            written = change_user(storage, change.base, change.compute)
-            if written is None and get_user_by_key(storage, change.base.pk) is None:
-                # The account is gone (deleted meanwhile): the step cannot go on for it.
-                raise errors.InvalidGrant("The continuation_token is not valid.")
-            if written is not None:
-                kept = {k: v for c in changes if c.best_effort for k, v in c.changes.items()}
-                change.view.entity.clear()
-                change.view.entity.update({**written.entity, **kept, "_etag": written.entity["_etag"]})
+        current = User(dict(change.view.entity))
+        wanted = change.compute(current) or {}
+        if not wanted:
             continue
         try:
-            written = update_user(storage, User(change.view.entity), **change.changes)
-            change.view.entity["_etag"] = written.entity["_etag"]
+            written = update_user(storage, current, **wanted)
+            change.view.entity.update(written.entity)
         except (Modified, NotFound):
-            pass   # another change won meanwhile: nothing here is a counter that must not be lost
+            pass
+        except StorageError as exc:   # the flow is already written: the step has succeeded
+            logging.getLogger("nativeauth.flows").warning("a finished step's account record was not written: %s",
+                                                          type(exc).__name__)
 
 
 def settle_account_change(storage: Storage, flow: Flow) -> None:
     """Write the deferred changes that must land (a take-back) on their own, if no flow
-    write has carried them; best-effort ones are dropped (the step did not finish)."""
+    write has carried them; tied and best-effort ones are dropped (the step did not happen)."""
     changes, flow.account_changes = flow.account_changes, []
-    _write_account_changes(storage, changes, best_effort=False)
+    _write_must_land(storage, changes)
 
 
 def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
     """The flow's If-Match write, with the deferred account changes in the same transaction
     when both rows share a partition.
 
-    If the transaction fails because the flow changed, a change ``tied`` to the flow's
-    write (an account made, a method saved with a code this write consumes) is not
-    written and the write is refused as a lost race (A55, A112). If the account's row
-    changed, a tied change is computed again on the row as it is now and the transaction
-    retried (a create finds the account exists: ``UserExists``). Otherwise, untied
-    changes that must land are done on their own, then the flow's write alone, then the
-    best-effort ones once."""
+    If the transaction fails because the flow changed, a ``tied`` change is not written
+    and the write is refused as a lost race (A55, A112). If it failed on the account's
+    row (the service names the failed operation), the account is read again, the step
+    refused if it may no longer go on (``check``; what must land is written first), and
+    every change computed again on the row as it is now and the transaction retried (a
+    create finds the account exists: ``UserExists``). Otherwise (the flows table, or the
+    flow changed), what must land is written on its own, then the flow's write alone
+    (which fails when the flow changed), then the best-effort changes once."""
     changes, flow.account_changes = flow.account_changes, []
     table = storage.table(flow.table)
     row = {"PartitionKey": flow.pk, "RowKey": flow.id, **data}
     tied = any(c.tied for c in changes)
     if changes and flow.table == "users" and all(c.base.pk == flow.pk for c in changes):
-        base = changes[0].base
         for _ in range(MAX_CAS_RETRIES):
             merged = {k: v for c in changes for k, v in c.changes.items()}
             if not merged:
                 return table.update(row, flow.entity["_etag"])
             account = (("create", merged) if changes[0].create else
-                       ("update", {"PartitionKey": flow.pk, "RowKey": USER_RK, **merged, "_etag": base.entity["_etag"]}))
+                       ("update", {"PartitionKey": flow.pk, "RowKey": USER_RK, **merged,
+                                   "_etag": changes[0].base.entity["_etag"]}))
             try:
                 etags = table.batch([("update", {**row, "_etag": flow.entity["_etag"]}), account])
                 changes[0].view.entity["_etag"] = etags[1]
@@ -604,8 +636,7 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
             except (Conflict, Modified, NotFound) as exc:
                 # Only the create can conflict; otherwise the service names the failed operation (0, or no
                 # index at all, is judged as the flow's: the safe reading for a tied change).
-                account_failed = isinstance(exc, Conflict) or exc.index == 1
-                if not account_failed:
+                if not (isinstance(exc, Conflict) or exc.index == 1):
                     if tied:
                         raise Modified("the flow changed") from None
                     break
@@ -613,25 +644,28 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
                     from shared.storage.directory import UserExists
 
                     raise UserExists(str(merged.get("email", ""))) from None
-                if not tied:
-                    break
                 fresh = get_user_by_key(storage, flow.pk)
                 if fresh is None:
                     raise errors.InvalidGrant("The continuation_token is not valid.") from None
-                base = fresh
-                change = changes[0]     # a tied change is the step's only one (defer_account_change)
-                change.changes = change.compute(fresh) or {}
-                change.view.entity.clear()
-                change.view.entity.update({**fresh.entity, **change.changes})
+                try:
+                    for change in changes:
+                        if change.check is not None:
+                            change.check(fresh)
+                except errors.AuthError:
+                    for change in changes:
+                        change.base = fresh
+                    _write_must_land(storage, changes)
+                    raise
+                _recompute(changes, fresh)
             except StorageError:
                 # Unknown whether it was written (an answer lost after the commit): the changes are not
                 # redone, so a take-back is never applied twice (one counted attempt too many at worst).
                 raise
         else:
             raise errors.InvalidGrant("The flow is busy; retry.")
-    _write_account_changes(storage, changes, best_effort=False)
+    _write_must_land(storage, changes)
     etag = table.update(row, flow.entity["_etag"])
-    _write_account_changes(storage, changes, best_effort=True)
+    _write_best_effort(storage, changes)
     return etag
 
 
@@ -652,7 +686,7 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
     data = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
             for k, v in {**flow.pending, **changes}.items()}
     if not flow.entity.get("_etag"):
-        settle_account_change(storage, flow)
+        settle_account_change(storage, flow)     # a start's first write carries no account change
         flow, inserted = _store(storage, flow, data, rotate)
         if inserted:
             return flow
@@ -887,6 +921,11 @@ def redeem_code_then(storage: Storage, settings: Settings, flow: Flow, purpose: 
     except CodeRaced:
         fresh = reload(storage, flow)
         return then(redeem_code(storage, settings, fresh, purpose, code, user, ident=ident))
+    except StorageError:
+        # Unknown whether the step's write happened (an answer lost after the commit): the code is not judged
+        # again here, where the flow may have moved on (its refusal would replace the 503 the client must
+        # see); an unwritten code stays waiting for the retry.
+        raise
     except Exception:
         if deferred.pending:
             redeem_code(storage, settings, flow, purpose, code, user, ident=ident)

@@ -272,10 +272,16 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
             changes["known_networks"] = networks
         return changes
 
+    def still_allowed(u: User) -> None:
+        if u.disabled or methods_mod.predates_credential_change(u, flow):
+            raise errors.InvalidGrant("This sign-in can no longer continue. Start again.")
+
     # What a finished sign-in clears and records on the account rides on the write that ends the flow (one
-    # transaction: the flow lives in the account's partition, A116), best effort: if the account changed
-    # meanwhile, a concurrent change won, and counters are not lost by skipping this reset.
-    flows.defer_account_change(flow, user, finished, best_effort=True)
+    # transaction: the flow lives in the account's partition, A116). If the account changed since it was
+    # read, it is read again: the sign-in ends for an account disabled, being deleted or whose password was
+    # reset meanwhile, and what it records is computed on the account as it is now (never written over
+    # another change). Best effort where the flow is in the flows table: dropped if the account changed.
+    flows.defer_account_change(flow, user, finished, best_effort=True, check=still_allowed)
     flows.finish(storage, flow, **({"log_entry": record} if rides else {}))
     issued = tokens.issue(storage, settings, flow["client_id"], subject, scopes)
     if rides:

@@ -128,13 +128,19 @@ def create_user(storage: Storage, email: str, *, password: str | None = None, pa
 
     ``password_hash`` may be an imported hash (``passwords.check_importable``);
     ``migrate_password`` sets the migration marker, for a user without a password."""
-    entity = new_user_entity(email, password=password, password_hash=password_hash, display_name=display_name,
-                             attributes=attributes, methods=methods, password_reset_required=password_reset_required,
-                             migrate_password=migrate_password, extra=extra)
+    return create_account(storage, new_user_entity(
+        email, password=password, password_hash=password_hash, display_name=display_name, attributes=attributes,
+        methods=methods, password_reset_required=password_reset_required, migrate_password=migrate_password,
+        extra=extra))
+
+
+def create_account(storage: Storage, entity: Entity) -> User:
+    """Insert a new account's row (:func:`new_user_entity`); ``UserExists`` if the address has one."""
+    entity = dict(entity)
     try:
         etag = storage.table("users").insert(entity)
     except Conflict:
-        raise UserExists(email) from None
+        raise UserExists(entity.get("email", "")) from None
     entity["_etag"] = etag
     return User(entity)
 

@@ -435,7 +435,7 @@ def _multipart_body(original, http_request, content_index: int = 0) -> int:
         return 0
     requests_, boundary = info[0], info[2]
     start = content_index
-    if not boundary or not _BOUNDARY_RE.match(boundary):
+    if not requests_ or not boundary or not _BOUNDARY_RE.match(boundary):
         return original(http_request, start)
     delimiter = b"--" + boundary.encode("ascii")
     body = []
@@ -452,8 +452,8 @@ def _multipart_body(original, http_request, content_index: int = 0) -> int:
             payload = req.serialize()
             content_index += 1
         bare = payload.replace(b"\r\n", b"")
-        if b"\r" in bare or b"\n" in bare or delimiter in payload:
-            return original(http_request, start)     # email would rewrite such a payload: its own bytes
+        if b"\r" in bare or b"\n" in bare or delimiter in payload or not payload.isascii():
+            return original(http_request, start)     # email would rewrite (or refuse) such a payload: its own way
         body.append(delimiter + b"\r\n" + head + payload + b"\r\n")
     body.append(delimiter + b"--\r\n")
     http_request.set_bytes_body(b"".join(body))
@@ -480,26 +480,27 @@ class _Part:
 def _split_multipart(content_type: str, body: bytes) -> "_Part | None":
     """A multipart/mixed body as the email parser would give it to azure-core (application/http
     parts and nested multipart/mixed ones), or None for anything else (azure-core parses it then)."""
-    m = re.match(r"^multipart/mixed\s*;\s*boundary=\"?([A-Za-z0-9_-]{1,70})\"?\s*\Z", content_type, re.IGNORECASE)
+    m = re.match(r"^multipart/mixed\s*;\s*boundary=(\"?)([A-Za-z0-9_-]{1,70})\1\s*\Z", content_type, re.IGNORECASE)
     if not m:
         return None
-    delimiter = b"--" + m.group(1).encode("ascii")
+    delimiter = b"--" + m.group(2).encode("ascii")
     if not body.startswith(delimiter + b"\r\n"):
         return None
     end = body.find(b"\r\n" + delimiter + b"--")
-    if end < 0:
+    if end < 0 or body[end + len(delimiter) + 4:].lstrip(b" \t")[:2] not in (b"\r\n", b""):
         return None
     parts = []
     for chunk in body[len(delimiter) + 2:end].split(b"\r\n" + delimiter + b"\r\n"):
         head, sep, payload = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            return None
+        if not sep or delimiter in chunk:
+            return None     # a delimiter written another way (padding, a bare LF): the email parser's reading
         headers = {}
         for line in head.split(b"\r\n"):
             name, colon, value = line.partition(b":")
-            if not colon:
+            name = name.lower()
+            if not colon or not re.fullmatch(rb"[a-z0-9-]+", name) or name in headers:
                 return None
-            headers[name.strip().lower()] = value.strip().decode("latin-1")
+            headers[name] = value.strip().decode("latin-1")
         kind = headers.get(b"content-type", "").split(";")[0].strip().lower()
         if kind == "application/http":
             if headers.get(b"content-transfer-encoding", "binary").lower() not in ("binary", "8bit", "7bit"):

@@ -945,3 +945,108 @@ def test_A116_a_failed_record_after_the_flow_ended_does_not_fail_the_sign_in(ser
     monkeypatch.setattr(storage_mod.Table, "update", records_fail)
     r = password_grant(api, f"{entity['PartitionKey']}.{'C' * 22}.{'D' * 43}", PW)
     assert r.status == 200 and "access_token" in r.body, r.body
+
+
+_CHANGED_ACCOUNT = {"disabled": lambda: {"disabled": True}, "being deleted": lambda: {"deleting_at": time.time()},
+                    "password reset": lambda: {"rt_not_before": time.time() + 1}}
+
+
+def _account_changes_during_the_step(monkeypatch, email: str, change) -> None:
+    from shared.extensions import events as extension_events
+
+    real, hits = extension_events.token_claims, []
+
+    def changed(storage, settings, client_id, user, **kwargs):
+        if not hits:
+            hits.append(1)
+            directory.update_user(storage, directory.get_user(storage, email), **change())
+        return real(storage, settings, client_id, user, **kwargs)
+
+    monkeypatch.setattr(extension_events, "token_claims", changed)
+
+
+@pytest.mark.parametrize("what", list(_CHANGED_ACCOUNT))
+def test_A116_a_finishing_step_that_records_nothing_still_checks_the_account(server, api, outbox, make_user,
+                                                                             monkeypatch, what):
+    """A sign-in that finishes with nothing to record on the account (a second email-code sign-in within the hour
+    from a known network) still puts the account's row in its last transaction (If-Match, no property), so an
+    account disabled, being deleted or reset meanwhile gets no tokens (review finding: the check was skipped)."""
+    email, _ = make_user()
+    first = email_first_factor(api, outbox, email)
+    assert first.status == 200 and "access_token" in first.body, first.body
+    _account_changes_during_the_step(monkeypatch, email, _CHANGED_ACCOUNT[what])
+    r = email_first_factor(api, outbox, email)
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert_no_tokens(r)
+
+
+@pytest.mark.parametrize("what", list(_CHANGED_ACCOUNT))
+def test_A116_a_flow_from_before_the_change_checks_the_account_before_it_ends(server, api, make_user, monkeypatch,
+                                                                              what):
+    """A sign-in stored before this layout (flows table) reads the account again before its last write: one
+    disabled, being deleted or reset meanwhile gets no tokens, and the right password's attempt is taken back."""
+    import secrets as secrets_
+
+    from shared.flows import state
+
+    email, _ = make_user()
+    flow_id = secrets_.token_urlsafe(16)
+    entity = state._fresh("signin", DEV_CLIENT, flow_id, "E" * 43, time.time(), int(time.time()) + 600,
+                          {"ident": directory.user_key(email), "user_exists": True, "username": email,
+                           "challenge_types": ["password", "redirect"], "capabilities": CAPS.split(),
+                           "has_password": True}, located=False)
+    entity["state"] = "password_challenge"
+    server.storage.table("flows").insert(entity)
+    _account_changes_during_the_step(monkeypatch, email, _CHANGED_ACCOUNT[what])
+    r = password_grant(api, f"{entity['PartitionKey']}.{flow_id}.{'E' * 43}", PW)
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert_no_tokens(r)
+    assert int(directory.get_user(server.storage, email).entity.get("failed_logins") or 0) == 0
+
+
+def test_A116_a_step_that_gives_up_on_a_busy_account_still_takes_the_attempt_back(server, api, make_user,
+                                                                                monkeypatch):
+    """When the account's row keeps changing under the finishing transaction until the step gives up ("the flow
+    is busy"), the right password's counted attempt is still taken back (review finding: it stayed counted, so
+    a stream of wrong guesses could turn the owner's right password into a failure)."""
+    from shared.storage import tables as storage_mod
+
+    email, _ = make_user()
+    ct = password_challenge_ct(api, email)
+
+    def the_account_always_moved(self, operations):
+        exc = storage_mod.Modified("the account changed")
+        exc.index = 1
+        raise exc
+
+    monkeypatch.setattr(storage_mod.Table, "batch", the_account_always_moved)
+    r = password_grant(api, ct, PW)
+    monkeypatch.undo()
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert int(directory.get_user(server.storage, email).entity.get("failed_logins") or 0) == 0
+
+
+@pytest.mark.parametrize("what", ["the flow", "the flow and the account"])
+def test_A116_a_flow_row_gone_before_the_last_write_is_invalid_grant(server, api, outbox, make_user, monkeypatch,
+                                                                     what):
+    """The flow's row (and the account's) deleted between the step's read and its write, as an account deletion
+    or the purge does: the answer is invalid_grant, never a 500 (review finding)."""
+    from shared.extensions import events as extension_events
+
+    email, _ = make_user()
+    c = email_code_challenge(api, email)
+    code = outbox.last_code(email)
+    real = extension_events.token_claims
+
+    def gone(storage, settings, client_id, user, **kwargs):
+        pk = directory.user_key(email)
+        for row in storage.table("users").query("PartitionKey eq @p", {"p": pk}):
+            if row["RowKey"] != "user" or what == "the flow and the account":
+                storage.table("users").delete(pk, row["RowKey"])
+        return real(storage, settings, client_id, user, **kwargs)
+
+    monkeypatch.setattr(extension_events, "token_claims", gone)
+    r = api.post("oauth2/v2.0/token", continuation_token=c["continuation_token"], grant_type="oob", oob=code,
+                 scope=SCOPE, client_info="1")
+    assert r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert_no_tokens(r)

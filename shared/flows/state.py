@@ -27,6 +27,7 @@ import functools
 import hashlib
 import hmac
 import json
+import random
 import re
 import secrets
 import time
@@ -621,11 +622,15 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
     table = storage.table(flow.table)
     row = {"PartitionKey": flow.pk, "RowKey": flow.id, **data}
     tied = any(c.tied for c in changes)
+    checked = any(c.check is not None for c in changes)
     if changes and flow.table == "users" and all(c.base.pk == flow.pk for c in changes):
-        for _ in range(MAX_CAS_RETRIES):
+        for attempt in range(MAX_CAS_RETRIES):
             merged = {k: v for c in changes for k, v in c.changes.items()}
-            if not merged:
+            if not merged and not checked:
                 return table.update(row, flow.entity["_etag"])
+            # With nothing to change but a ``check``, the account's row is still in the transaction (an
+            # If-Match merge of no property): the step goes through only on the account it checked (review
+            # finding: a sign-in recording nothing skipped the check).
             account = (("create", merged) if changes[0].create else
                        ("update", {"PartitionKey": flow.pk, "RowKey": USER_RK, **merged,
                                    "_etag": changes[0].base.entity["_etag"]}))
@@ -657,12 +662,26 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
                     _write_must_land(storage, changes)
                     raise
                 _recompute(changes, fresh)
+                time.sleep(random.uniform(0.002, 0.01 * (attempt + 1)))   # let the other writer finish
             except StorageError:
                 # Unknown whether it was written (an answer lost after the commit): the changes are not
                 # redone, so a take-back is never applied twice (one counted attempt too many at worst).
                 raise
         else:
+            _write_must_land(storage, changes)     # a take-back lands even when the step gives up (review finding)
             raise errors.InvalidGrant("The flow is busy; retry.")
+    if checked and flow.table != "users":
+        # A flow stored before A116 (flows table): the account is read again before the step's write.
+        fresh = get_user_by_key(storage, changes[0].base.pk)
+        try:
+            if fresh is None:
+                raise errors.InvalidGrant("The continuation_token is not valid.")
+            for change in changes:
+                if change.check is not None:
+                    change.check(fresh)
+        except errors.AuthError:
+            _write_must_land(storage, changes)
+            raise
     _write_must_land(storage, changes)
     etag = table.update(row, flow.entity["_etag"])
     _write_best_effort(storage, changes)
@@ -700,6 +719,8 @@ def advance(storage: Storage, flow: Flow, *, rotate: bool = True, **changes: Any
         if flow.pending:
             raise CodeRaced("The continuation_token was already used.") from None
         raise errors.InvalidGrant("The continuation_token was already used.") from None
+    except NotFound:   # the flow's row is gone (an account deletion, the purge): like any dead token
+        raise errors.InvalidGrant("The continuation_token is not valid.") from None
     entity = {**flow.entity, **data, "_etag": etag}
     if flow.pending:
         _credit(storage, flow)

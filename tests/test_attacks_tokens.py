@@ -776,17 +776,25 @@ def test_A116_a_deleted_accounts_open_flows_are_closed(server, api, make_user):
 def test_A116_a_sign_in_started_before_the_change_finishes_in_the_flows_table(server, api, make_user):
     """A sign-in stored by the code before this layout (flows table, ``<partition>.<id>.<secret>`` token) still
     finishes after a deployment: its token says where its record is."""
+    email, _ = make_user()
+    r = password_grant(api, _legacy_password_step(server, email), PW)
+    assert r.status == 200 and "access_token" in r.body, r.body
+
+
+def _legacy_password_step(server, email: str) -> str:
+    """A sign-in at its password step as the code before A116 stored it (flows table), and its token."""
+    import secrets as secrets_
+
     from shared.flows import state
 
-    email, _ = make_user()
-    entity = state._fresh("signin", DEV_CLIENT, "A" * 22, "B" * 43, time.time(), int(time.time()) + 600,
+    flow_id, secret = secrets_.token_urlsafe(16), secrets_.token_urlsafe(32)
+    entity = state._fresh("signin", DEV_CLIENT, flow_id, secret, time.time(), int(time.time()) + 600,
                           {"ident": directory.user_key(email), "user_exists": True, "username": email,
                            "challenge_types": ["password", "redirect"], "capabilities": CAPS.split(),
-                           "has_password": True})
-    entity.update(PartitionKey=state._partition(time.time(), "A" * 22), state="password_challenge")
+                           "has_password": True}, located=False)
+    entity["state"] = "password_challenge"
     server.storage.table("flows").insert(entity)
-    r = password_grant(api, f"{entity['PartitionKey']}.{'A' * 22}.{'B' * 43}", PW)
-    assert r.status == 200 and "access_token" in r.body, r.body
+    return f"{entity['PartitionKey']}.{flow_id}.{secret}"
 
 
 def test_A116_a_start_token_from_before_the_change_stays_single_use(server, api, make_user):
@@ -925,16 +933,10 @@ def test_A116_a_failed_record_after_the_flow_ended_does_not_fail_the_sign_in(ser
     """A sign-in stored before this layout (flows table) ends with the flow's write, then records on the account
     once (best effort): storage failing for that record does not turn the finished sign-in into a 503 (review
     finding)."""
-    from shared.flows import state
     from shared.storage import tables as storage_mod
 
     email, _ = make_user()
-    entity = state._fresh("signin", DEV_CLIENT, "C" * 22, "D" * 43, time.time(), int(time.time()) + 600,
-                          {"ident": directory.user_key(email), "user_exists": True, "username": email,
-                           "challenge_types": ["password", "redirect"], "capabilities": CAPS.split(),
-                           "has_password": True}, located=False)
-    entity["state"] = "password_challenge"
-    server.storage.table("flows").insert(entity)
+    token = _legacy_password_step(server, email)
     real = storage_mod.Table.update
 
     def records_fail(self, entity, etag=None, **kwargs):
@@ -943,7 +945,7 @@ def test_A116_a_failed_record_after_the_flow_ended_does_not_fail_the_sign_in(ser
         return real(self, entity, etag, **kwargs)
 
     monkeypatch.setattr(storage_mod.Table, "update", records_fail)
-    r = password_grant(api, f"{entity['PartitionKey']}.{'C' * 22}.{'D' * 43}", PW)
+    r = password_grant(api, token, PW)
     assert r.status == 200 and "access_token" in r.body, r.body
 
 
@@ -985,20 +987,10 @@ def test_A116_a_flow_from_before_the_change_checks_the_account_before_it_ends(se
                                                                               what):
     """A sign-in stored before this layout (flows table) reads the account again before its last write: one
     disabled, being deleted or reset meanwhile gets no tokens, and the right password's attempt is taken back."""
-    import secrets as secrets_
-
-    from shared.flows import state
-
     email, _ = make_user()
-    flow_id = secrets_.token_urlsafe(16)
-    entity = state._fresh("signin", DEV_CLIENT, flow_id, "E" * 43, time.time(), int(time.time()) + 600,
-                          {"ident": directory.user_key(email), "user_exists": True, "username": email,
-                           "challenge_types": ["password", "redirect"], "capabilities": CAPS.split(),
-                           "has_password": True}, located=False)
-    entity["state"] = "password_challenge"
-    server.storage.table("flows").insert(entity)
+    token = _legacy_password_step(server, email)
     _account_changes_during_the_step(monkeypatch, email, _CHANGED_ACCOUNT[what])
-    r = password_grant(api, f"{entity['PartitionKey']}.{flow_id}.{'E' * 43}", PW)
+    r = password_grant(api, token, PW)
     assert r.status == 400 and r["error"] == "invalid_grant", r.body
     assert_no_tokens(r)
     assert int(directory.get_user(server.storage, email).entity.get("failed_logins") or 0) == 0

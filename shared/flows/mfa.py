@@ -45,8 +45,7 @@ def challenge(storage: Storage, settings: Settings, flow: flows.Flow, method_id:
     # The account as it is now: no code to a method removed since the offer, to a
     # disabled account, or for a sign-in that started before a password reset.
     user = flows.account(storage, flow)
-    if user is None or user.disabled or method_id not in {m["id"] for m in user.methods} \
-            or methods_mod.predates_credential_change(user, flow):
+    if not methods_mod.may_go_on(user, flow) or method_id not in {m["id"] for m in user.methods}:
         raise errors.InvalidGrant("This sign-in can no longer continue. Start again.")
     return send_code(storage, settings, flow, request, method["channel"], method["target"], "mfa_code",
                      state="mfa_challenge", mfa_method=method_id)

@@ -97,8 +97,7 @@ def challenge(request: Request, settings: Settings) -> Response:
     if (form.get("challenge_type") or "oob").split()[0] != "oob":
         raise errors.UnsupportedChallengeType()
     user = flows.account(storage, flow)
-    if user is None or user.disabled or not methods.may_register(user, flow) \
-            or methods.predates_credential_change(user, flow):
+    if not methods.may_go_on(user, flow) or not methods.may_register(user, flow):
         raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
     raw_target = form.get("challenge_target")
     if not raw_target:

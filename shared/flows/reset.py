@@ -119,7 +119,7 @@ def submit(request: Request, settings: Settings) -> Response:
         flow = flows.advance(storage, flow, state="reset_done")
         return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
     flow = flows.count_password_try(storage, flow)
-    previous = tuple([user.password_hash] + json.loads(user.entity.get("previous_passwords") or "[]"))
+    previous = tuple(_password_history(user))
     context = (email.split("@")[0], email.split("@")[1].split(".")[0], settings.app_name.lower().replace(" ", ""))
     try:
         passwords.check_policy(password, min_length=settings.password_min_length, context=context,
@@ -130,9 +130,8 @@ def submit(request: Request, settings: Settings) -> Response:
     now = int(time.time())
 
     def saved(u: User) -> dict:
-        history = [u.password_hash] + json.loads(u.entity.get("previous_passwords") or "[]")
         return {"password_hash": new_hash, "password_changed_at": now, "password_reset_required": False,
-                "previous_passwords": json.dumps([p for p in history if p][:PREVIOUS_PASSWORDS_KEPT]),
+                "previous_passwords": json.dumps([p for p in _password_history(u) if p][:PREVIOUS_PASSWORDS_KEPT]),
                 "rt_not_before": time.time(), "failed_logins": 0, "lockout_until": 0, **all_code_failures_cleared(),
                 "reset_by_flow": flow.id, **({MIGRATE_FIELD: False} if u.entity.get(MIGRATE_FIELD) else {})}
 
@@ -150,6 +149,11 @@ def submit(request: Request, settings: Settings) -> Response:
         flow = flows.advance(storage, flow, state="reset_done")
     notify.send_notice(storage, settings, to=email, purpose="password_changed", request=request)
     return ok({"continuation_token": flow.token, "poll_interval": POLL_INTERVAL})
+
+
+def _password_history(user: User) -> list[str]:
+    """The account's password and the ones before it (what a new password must not repeat)."""
+    return [user.password_hash] + json.loads(user.entity.get("previous_passwords") or "[]")
 
 
 def poll_completion(request: Request, settings: Settings) -> Response:

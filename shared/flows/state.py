@@ -37,7 +37,8 @@ from typing import Any, Callable, TypeVar
 from shared.protocol import errors
 from shared.security import otp
 from shared.settings import MAX_FLOW_TTL_SECONDS, Settings
-from shared.storage.directory import USER_RK, User, get_user_by_key, user_key
+from shared.storage.directory import (USER_RK, User, UserExists, change_user, code_failures_field, get_user_by_key,
+                                     update_user, user_key)
 from shared.storage.tables import Conflict, Entity, Modified, NotFound, Storage, StorageError
 
 # \Z, not $: "$" also matches before a final newline, which would give a token a second spelling.
@@ -162,7 +163,13 @@ def _token(settings: Settings, pk: str, flow_id: str, secret: str) -> str:
 
 
 def _locator_key(key: bytes, salt: bytes) -> bytes:
-    return hmac.new(hmac.new(key, _LOCATE_INFO, hashlib.sha256).digest(), salt, hashlib.sha256).digest()
+    return hmac.new(_locator_root(key), salt, hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _locator_root(key: bytes) -> bytes:
+    """The locators' key under one code hash key (derived once per key, not per token)."""
+    return hmac.new(key, _LOCATE_INFO, hashlib.sha256).digest()
 
 
 def _open_locator(settings: Settings, token: str) -> tuple[str, str, str] | None:
@@ -229,7 +236,7 @@ def _seal(settings: Settings, entity: Entity, secret: str) -> str:
     plain = json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
     nonce = secrets.token_bytes(12)
     sealed = _seal_key(settings.code_hash_key).encrypt(nonce, plain, _SEAL_AAD)
-    return _SEAL_PREFIX + base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
+    return _SEAL_PREFIX + _b64(nonce + sealed)
 
 
 def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
@@ -241,14 +248,10 @@ def _unseal(settings: Settings, token: str) -> tuple[Entity, str] | None:
     if not m:
         return None
     aad, located = _SEAL_LAYOUTS[m.group(1)]
-    raw = m.group(2)
-    try:
-        blob = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-    except ValueError:
-        return None
     # Only the one spelling this deployment wrote: base64's spare low bits in the last
     # character would otherwise give each token several spellings.
-    if len(blob) < 12 + 16 or base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii") != raw:
+    blob = _unb64(m.group(2))
+    if blob is None or len(blob) < 12 + 16:
         return None
     for key in (settings.code_hash_key, *settings.code_hash_keys_accepted):
         try:
@@ -561,8 +564,6 @@ def _recompute(changes: list[AccountChange], fresh: User) -> None:
 
 def _write_must_land(storage: Storage, changes: list[AccountChange]) -> None:
     """The changes that must land, on their own: a read-modify-write retried on races."""
-    from shared.storage.directory import change_user
-
     for change in changes:
         if change.best_effort or change.tied or change.compute is None:
             continue
@@ -580,8 +581,6 @@ def _write_best_effort(storage: Storage, changes: list[AccountChange]) -> None:
     another change since wins (nothing here is a counter that must not be lost)."""
     import logging
 
-    from shared.storage.directory import update_user
-
     for change in changes:
         if not change.best_effort or change.compute is None:
             continue
@@ -597,6 +596,22 @@ def _write_best_effort(storage: Storage, changes: list[AccountChange]) -> None:
         except StorageError as exc:   # the flow is already written: the step has succeeded
             logging.getLogger("nativeauth.flows").warning("a finished step's account record was not written: %s",
                                                           type(exc).__name__)
+
+
+def _refuse_unless_allowed(storage: Storage, changes: list[AccountChange], fresh: User | None) -> None:
+    """Run the changes' checks on the account as read again (gone: refused too); a step
+    refused so still writes what must land (a take-back) on that account, then raises."""
+    try:
+        if fresh is None:
+            raise errors.InvalidGrant("The continuation_token is not valid.")
+        for change in changes:
+            if change.check is not None:
+                change.check(fresh)
+    except errors.AuthError:
+        for change in changes:
+            change.base = fresh or change.base
+        _write_must_land(storage, changes)
+        raise
 
 
 def settle_account_change(storage: Storage, flow: Flow) -> None:
@@ -646,42 +661,22 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
                         raise Modified("the flow changed") from None
                     break
                 if changes[0].create:
-                    from shared.storage.directory import UserExists
-
                     raise UserExists(str(merged.get("email", ""))) from None
                 fresh = get_user_by_key(storage, flow.pk)
                 if fresh is None:
                     raise errors.InvalidGrant("The continuation_token is not valid.") from None
-                try:
-                    for change in changes:
-                        if change.check is not None:
-                            change.check(fresh)
-                except errors.AuthError:
-                    for change in changes:
-                        change.base = fresh
-                    _write_must_land(storage, changes)
-                    raise
+                _refuse_unless_allowed(storage, changes, fresh)
                 _recompute(changes, fresh)
                 time.sleep(random.uniform(0.002, 0.01 * (attempt + 1)))   # let the other writer finish
-            except StorageError:
-                # Unknown whether it was written (an answer lost after the commit): the changes are not
-                # redone, so a take-back is never applied twice (one counted attempt too many at worst).
-                raise
+            # Any other StorageError goes up as it is: unknown whether it was written (an answer lost after the
+            # commit), so the changes are not redone and a take-back is never applied twice (one counted
+            # attempt too many at worst).
         else:
             _write_must_land(storage, changes)     # a take-back lands even when the step gives up (review finding)
             raise errors.InvalidGrant("The flow is busy; retry.")
     if checked and flow.table != "users":
         # A flow stored before A116 (flows table): the account is read again before the step's write.
-        fresh = get_user_by_key(storage, changes[0].base.pk)
-        try:
-            if fresh is None:
-                raise errors.InvalidGrant("The continuation_token is not valid.")
-            for change in changes:
-                if change.check is not None:
-                    change.check(fresh)
-        except errors.AuthError:
-            _write_must_land(storage, changes)
-            raise
+        _refuse_unless_allowed(storage, changes, get_user_by_key(storage, changes[0].base.pk))
     _write_must_land(storage, changes)
     etag = table.update(row, flow.entity["_etag"])
     _write_best_effort(storage, changes)
@@ -879,8 +874,6 @@ def redeem_code(storage: Storage, settings: Settings, flow: Flow, purpose: str, 
       conditional write (the step's own), one round trip instead of two.
 
     Returns the flow (with its new ETag) when the code is right."""
-    from shared.storage.directory import change_user, code_failures_field
-
     if not code:
         raise errors.InvalidRequest("The request body must contain the 'oob' parameter.")
     field = code_failures_field(flow.get("code_channel") or "email")

@@ -273,7 +273,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
         return changes
 
     def still_allowed(u: User) -> None:
-        if u.disabled or methods_mod.predates_credential_change(u, flow):
+        if not methods_mod.may_go_on(u, flow):
             raise errors.InvalidGrant("This sign-in can no longer continue. Start again.")
 
     # What a finished sign-in clears and records on the account rides on the write that ends the flow (one

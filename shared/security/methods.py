@@ -93,6 +93,12 @@ def may_register(user: User, flow) -> bool:
     return not independent_methods(user) and "otp" in flow.steps
 
 
+def may_go_on(user: User | None, flow) -> bool:
+    """The account may still take this flow further: it exists, is enabled (and not
+    being deleted), and its password was not reset after the flow began."""
+    return user is not None and not user.disabled and not predates_credential_change(user, flow)
+
+
 def predates_credential_change(user: User, flow) -> bool:
     """A flow started before the account's password was reset (or its sessions
     revoked) must not finish: what its first factor proved is void. The reset
@@ -145,7 +151,7 @@ def adding(flow, channel: str, target: str, added: dict[str, Any]):
             added.clear()
             added["id"] = existing["id"]
             return None
-        if u.disabled or not may_register(u, flow) or predates_credential_change(u, flow):
+        if not may_go_on(u, flow) or not may_register(u, flow):
             raise errors.InvalidGrant("This account already has a sign-in method: verify it before adding another.")
         method = {"id": new_id, "channel": channel, "target": target, "default": not methods,
                   "created": int(time.time())}

@@ -571,13 +571,13 @@ def test_A115_the_transport_leaves_the_environment_alone(server, monkeypatch):
     import os
 
     from conftest import clear_proxy_env
-    from shared.storage import tables
+    from shared.storage import transport as transports
 
     clear_proxy_env(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("NO_PROXY", ".core.windows.net")
     before = dict(os.environ)
-    transport = tables._Urllib3Transport(connection_timeout=1, read_timeout=1)
+    transport = transports.DirectTransport(connection_timeout=1, read_timeout=1)
     assert transport._proxy("https://acct.table.core.windows.net/t") is None
     assert transport._proxy("https://elsewhere.example.net/t") == "http://127.0.0.1:9"
     assert dict(os.environ) == before

@@ -10,6 +10,7 @@ import pytest
 
 from shared.protocol import http as protocol
 from shared.storage import tables as storage
+from shared.storage import transport
 from shared.settings import Settings
 
 from conftest import clear_proxy_env
@@ -249,14 +250,14 @@ def _round_trip(s: storage.Storage) -> None:
     assert t.get(pk, "r")["n"] == 2 and len(t.query("PartitionKey eq @p", {"p": pk})) == 4
 
 
-def test_the_transport_is_urllib3_with_the_pinned_azure_core(server):
+def test_the_transport_is_the_direct_one_with_the_pinned_azure_core(server):
     import azure.core
 
     transport = server.storage._service._client._client._pipeline._transport
     while hasattr(transport, "_transport"):   # azure-core may wrap it
         transport = transport._transport
     if azure.core.__version__ == storage.PATCHED_AZURE_CORE:
-        assert type(transport).__name__ == "Urllib3Transport"
+        assert type(transport).__name__ == "DirectTransport"
     else:
         assert type(transport).__name__ == "RequestsTransport"
 
@@ -376,7 +377,8 @@ def test_storage_goes_through_the_environments_proxy_unless_no_proxy_says_otherw
         proxy.close()
 
 
-def test_a_storage_that_accepts_but_never_answers_is_unavailable_after_the_read_timeout():
+@pytest.mark.parametrize("kind", ["DirectTransport", "Urllib3Transport"])
+def test_a_storage_that_accepts_but_never_answers_is_unavailable_after_the_read_timeout(kind):
     """A hung endpoint (accepts the connection, never answers) ends in StorageUnavailable when the
     read timeout passes, not in a hung request."""
     import socket
@@ -395,7 +397,7 @@ def test_a_storage_that_accepts_but_never_answers_is_unavailable_after_the_read_
             f"TableEndpoint=http://127.0.0.1:{listener.getsockname()[1]}/{ACCOUNT};")
     try:
         service = TableServiceClient.from_connection_string(
-            conn, retry_total=0, transport=storage._Urllib3Transport(connection_timeout=1, read_timeout=0.5))
+            conn, retry_total=0, transport=getattr(transport, kind)(connection_timeout=1, read_timeout=0.5))
         t = storage.Table(service.get_table_client("hung"), "hung")
         started = time.monotonic()
         with pytest.raises(storage.StorageUnavailable):
@@ -445,15 +447,16 @@ def test_no_proxy_ranges_and_ports_bypass_the_proxy(server, monkeypatch, entry):
     _round_trip(storage.Storage(_settings_for(conn)))
 
 
-def test_a_request_the_transport_cannot_build_is_an_azure_error():
+@pytest.mark.parametrize("kind", ["DirectTransport", "Urllib3Transport"])
+def test_a_request_the_transport_cannot_build_is_an_azure_error(kind):
     """A header value with a line break (which no SDK call makes) is refused as azure-core's
     ServiceRequestError, like the requests transport does, never a raw ValueError."""
     from azure.core.exceptions import ServiceRequestError
     from azure.core.rest import HttpRequest
 
-    transport = storage._Urllib3Transport(connection_timeout=1, read_timeout=1)
+    sender = getattr(transport, kind)(connection_timeout=1, read_timeout=1)
     with pytest.raises(ServiceRequestError):
-        transport.send(HttpRequest("GET", "http://127.0.0.1:9/x", headers={"x-test": "a\r\nInjected: 1"}))
+        sender.send(HttpRequest("GET", "http://127.0.0.1:9/x", headers={"x-test": "a\r\nInjected: 1"}))
 
 
 def _batch_request(entities_ops):

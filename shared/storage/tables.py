@@ -40,6 +40,8 @@ from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.protocol import context
 from shared.settings import Settings
+from shared.storage import transport
+from shared.storage.transport import PATCHED_AZURE_CORE
 
 # The Azure SDKs log every request and response (headers included) at INFO, and
 # the Functions host ships INFO: that is a log line per storage operation and a
@@ -361,9 +363,10 @@ class InstanceCache:
 # Later (issue "Performance", fourth pass): the requests layer itself (preparing, merging settings,
 # cookies and hooks for every request) was 0.28-0.35 ms of CPU per operation, a quarter of the SDK's
 # client-side cost. With the pinned azure-core the transport is urllib3's pools directly
-# (_Urllib3Transport: the same certificate checks, proxies, timeouts and azure-core errors).
+# (the same certificate checks, proxies, timeouts and azure-core errors). Sixth pass: urllib3 only for
+# what http.client connections kept per origin do not send themselves, and the header blocks of the
+# answers built without the email package (shared/storage/transport.py).
 
-PATCHED_AZURE_CORE = "1.41.0"   # requirements.txt pins it; another version is left as it is
 _patched = False
 
 
@@ -525,156 +528,6 @@ def _raw_parts(original, response, http_response_type):
     return response._decode_parts(message, http_response_type, requests_)  # noqa: SLF001 - as azure-core does
 
 
-def _ca_bundle() -> str | None:
-    """The CA bundle the environment names, as requests reads it (REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE)."""
-    import os
-
-    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
-
-
-def _transport():
-    """The HTTP transport under the Table SDK: urllib3 directly with the pinned
-    azure-core (:class:`_Urllib3Transport`), else azure-core's requests transport
-    with the environment read once."""
-    import azure.core
-
-    if azure.core.__version__ == PATCHED_AZURE_CORE:
-        return _Urllib3Transport(connection_timeout=5, read_timeout=10)
-    from urllib.request import getproxies
-
-    import requests
-    from azure.core.pipeline.transport import RequestsTransport
-
-    session = requests.Session()
-    session.trust_env = False      # no ~/.netrc lookup per request; the environment is read once here
-    session.proxies.update(getproxies())
-    session.verify = _ca_bundle() or True
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return RequestsTransport(session=session, session_owner=False)
-
-
-@functools.lru_cache(maxsize=1)
-def _urllib3_transport_class():
-    """Built on first use (once), so importing this module loads neither urllib3 nor azure-core's transports."""
-    import os
-
-    import urllib3
-    from azure.core.exceptions import (
-        ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError, ServiceResponseTimeoutError,
-    )
-    from azure.core.pipeline.transport import HttpTransport
-    from azure.core.rest._http_response_impl import HttpResponseImpl
-    from azure.core.rest._requests_basic import _CaseInsensitiveDict
-    from requests.utils import get_auth_from_url, get_environ_proxies, prepend_scheme_if_needed, select_proxy
-
-    class Urllib3Transport(HttpTransport):
-        """azure-core's transport contract on urllib3's pools, without the requests
-        layer between them: measured at about 0.3 ms of CPU per Table operation
-        (a quarter of the SDK's client-side cost, bench/RESULTS.md). The same
-        guarantees as the requests transport it replaces, decided by requests' own
-        rules where it has them: certificates verified (``REQUESTS_CA_BUNDLE`` /
-        ``CURL_CA_BUNDLE``, a file or a directory, else certifi's bundle); the
-        environment's proxies (``HTTP(S)_PROXY``, ``ALL_PROXY``, credentials in the
-        proxy URL, a proxy without a scheme) and ``NO_PROXY`` (hosts, ports,
-        suffixes, CIDR ranges), decided once per origin and cached; no redirects followed; no
-        retries of its own (the SDK's retry policy decides); the connect and read
-        timeouts the pipeline passes; and every urllib3, OS or request-building
-        error raised as the azure-core error the retry policy and
-        :func:`_translate` expect."""
-
-        def __init__(self, *, connection_timeout: float, read_timeout: float) -> None:
-            import certifi
-
-            self._timeouts = (connection_timeout, read_timeout)
-            ca = _ca_bundle() or certifi.where()
-            self._tls = {"ca_cert_dir": ca} if os.path.isdir(ca) else {"ca_certs": ca}
-            self._proxy_of: dict[str, str | None] = {}     # scheme://host[:port] -> proxy URL or None
-            self._pools: dict[str, urllib3.PoolManager] = {}
-            self._lock = threading.Lock()
-
-        def _proxy(self, url: str) -> str | None:
-            origin = "/".join(url.split("/", 3)[:3])
-            if origin not in self._proxy_of:
-                with self._lock:
-                    if origin not in self._proxy_of:
-                        # requests reads NO_PROXY itself here (given one, it would set and unset it in
-                        # os.environ, under other threads' feet): once per origin, then cached.
-                        proxy = select_proxy(url, get_environ_proxies(url))
-                        self._proxy_of[origin] = prepend_scheme_if_needed(proxy, "http") if proxy else None
-            return self._proxy_of[origin]
-
-        def _pool(self, url: str) -> urllib3.PoolManager:
-            proxy = self._proxy(url)
-            key = proxy or ""
-            pool = self._pools.get(key)
-            if pool is None:
-                with self._lock:
-                    pool = self._pools.get(key)
-                    if pool is None:
-                        options = dict(num_pools=4, maxsize=64, block=False, cert_reqs="CERT_REQUIRED", **self._tls)
-                        if proxy:
-                            user, password = get_auth_from_url(proxy)
-                            headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else {}
-                            pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
-                        else:
-                            pool = urllib3.PoolManager(**options)
-                        self._pools[key] = pool
-            return pool
-
-        def send(self, request, **kwargs):
-            if getattr(request, "files", None):
-                raise ServiceRequestError("multipart form uploads are not supported by this transport")
-            connect = kwargs.pop("connection_timeout", self._timeouts[0])
-            read = kwargs.pop("read_timeout", self._timeouts[1])
-            if isinstance(connect, tuple):      # azure-core's older (connect, read) form
-                connect, read = connect
-            try:
-                raw = self._pool(request.url).urlopen(
-                    request.method, request.url, body=request.data, headers=dict(request.headers),
-                    retries=False, redirect=False, timeout=urllib3.Timeout(connect=connect, read=read),
-                    preload_content=True, decode_content=True)
-            except urllib3.exceptions.NewConnectionError as err:      # (a ConnectTimeoutError subclass)
-                raise ServiceRequestError(err, error=err) from err
-            except urllib3.exceptions.ConnectTimeoutError as err:
-                raise ServiceRequestTimeoutError(err, error=err) from err
-            except urllib3.exceptions.ReadTimeoutError as err:
-                raise ServiceResponseTimeoutError(err, error=err) from err
-            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as err:
-                raise ServiceResponseError(err, error=err) from err
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as err:
-                # connection refused, TLS, proxy, name resolution; a request that cannot be sent as built
-                raise ServiceRequestError(err, error=err) from err
-            headers = _CaseInsensitiveDict(raw.headers)
-            response = HttpResponseImpl(
-                request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
-                headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
-            response._content = raw.data   # noqa: SLF001 - read whole (preload_content), as the SDK reads it
-            return response
-
-        def open(self) -> None:
-            pass
-
-        def close(self) -> None:
-            with self._lock:
-                pools, self._pools = list(self._pools.values()), {}
-            for pool in pools:
-                pool.clear()
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *args) -> None:
-            self.close()
-
-    return Urllib3Transport
-
-
-def _Urllib3Transport(**kwargs):  # noqa: N802 - a class, built lazily
-    return _urllib3_transport_class()(**kwargs)
-
-
 class Storage:
     """The app's tables. Connection string locally; endpoint + managed identity in Azure."""
 
@@ -682,7 +535,7 @@ class Storage:
         self.settings = settings
         _inline_multipart()
         kwargs = dict(retry_total=1, retry_backoff_factor=0.2, connection_timeout=5, read_timeout=10,
-                      transport=_transport())
+                      transport=transport.make(connection_timeout=5, read_timeout=10))
         if settings.storage_connection_string:
             self._service = TableServiceClient.from_connection_string(settings.storage_connection_string, **kwargs)
         else:

@@ -1,0 +1,496 @@
+"""The HTTP transport under the Table SDK, and the standard library's header parsing made cheap.
+
+Every Table operation is one HTTP request through azure-core's pipeline and a transport. Measured with
+py-spy under load (bench/RESULTS.md), the storage SDK is most of the host's Python time, and a good
+part of it is not Table work at all but generic HTTP plumbing:
+
+* requests (per-request setup, ~/.netrc lookups): replaced in the fourth pass by urllib3's pools
+  (:func:`Urllib3Transport`);
+* urllib3 itself (parsing and percent-encoding every URL twice, character by character, its response
+  wrapper and header dict): for the common case, an origin without a proxy, :class:`DirectTransport`
+  keeps its own pool of ``http.client`` connections and hands anything unusual to urllib3;
+* ``http.client.parse_headers``, which runs every response's header block through the email
+  package's feed parser, and for a transaction's answer (``multipart/mixed`` with a boundary that is
+  new each time) compiles a new regular expression per response: :func:`install_fast_headers`
+  builds the same message directly for the common shape of header block, and leaves every other
+  shape to the email package.
+
+The same guarantees as the requests transport the SDK would use, decided by requests' own rules
+where it has them: certificates verified (``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``, a file or a
+directory, else certifi's bundle); the environment's proxies and ``NO_PROXY``, decided once per
+origin; no redirects followed; no retries of its own (the SDK's retry policy decides); the connect
+and read timeouts the pipeline passes; every failure raised as the azure-core error the retry policy
+and ``tables._translate`` expect, ``ServiceRequestError`` only when nothing was sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import threading
+from typing import Any
+
+PATCHED_AZURE_CORE = "1.41.0"   # requirements.txt pins it; another version gets azure-core's requests transport
+PATCHED_PYTHON = (3, 11)        # the Functions runtime infra/ deploys; another Python keeps its own header parser
+
+
+def ca_bundle() -> str | None:
+    """The CA bundle the environment names, as requests reads it (REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE)."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
+def make(*, connection_timeout: float = 5, read_timeout: float = 10) -> Any:
+    """The transport for a Table service client: :class:`DirectTransport` with the pinned azure-core
+    (urllib3 for what it does not handle), else azure-core's requests transport with the environment
+    read once."""
+    import azure.core
+
+    if azure.core.__version__ == PATCHED_AZURE_CORE:
+        install_fast_headers()
+        return DirectTransport(connection_timeout=connection_timeout, read_timeout=read_timeout)
+    from urllib.request import getproxies
+
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    session = requests.Session()
+    session.trust_env = False      # no ~/.netrc lookup per request; the environment is read once here
+    session.proxies.update(getproxies())
+    session.verify = ca_bundle() or True
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=False)
+
+
+# ------------------------------------------------------------------ header blocks
+
+
+@functools.lru_cache(maxsize=1)
+def _header_line():
+    import re
+
+    # A field name of the characters the email parser accepts (printable ASCII but ':'), then the value,
+    # then CRLF, and no other CR or LF: the email parser splits lines on either of them alone.
+    return re.compile(r"[!-9;-~]+:[^\r\n]*\r\n\Z")
+
+
+def fast_message(lines: list[bytes], message_class: Any) -> Any:
+    """The message ``email.parser.Parser(_class=message_class).parsestr(b"".join(lines).decode("iso-8859-1"))``
+    returns for ``lines`` as ``http.client._read_headers`` reads them, built directly; or None when the
+    block has any other shape (a folded line, a bare LF, a line without a name, a ``message/*`` type, a
+    multipart type without a boundary or with another transfer encoding, a class that takes no policy),
+    which the email parser then reads as it always did.
+
+    Equal by construction to what the parser does with the common shape, and compared with it
+    attribute by attribute on real answers, hand-made blocks and generated ones
+    (tests/test_storage_transport.py):
+
+    * each line ``name: value`` becomes the raw pair ``(name, value without leading blanks)``, as the
+      compat32 policy's ``header_source_parse`` makes it;
+    * the body after the blank line is empty (``http.client`` reads the body itself), so the payload
+      is ``""``;
+    * a multipart type with a boundary and nothing after its headers gets the two defects the parser
+      records for that (the start boundary never found, then no parts), and an empty epilogue.
+    """
+    if not lines or lines[-1] != b"\r\n":
+        return None
+    from email import errors, policy
+
+    try:
+        message = message_class(policy=policy.compat32)
+    except TypeError:
+        return None
+    match = _header_line().match
+    pairs = message._headers            # noqa: SLF001 - what Message.set_raw appends to
+    for line in lines[:-1]:
+        text = line.decode("iso-8859-1")
+        if not match(text):
+            return None
+        name, _, value = text.partition(":")
+        pairs.append((name, value[:-2].lstrip(" \t")))
+    kind = message.get_content_maintype()
+    if kind == "message":
+        return None
+    message.set_payload("")
+    if kind == "multipart":
+        if message.get_boundary() is None or str(message.get("content-transfer-encoding", "8bit")).lower() \
+                not in ("7bit", "8bit", "binary"):
+            return None
+        message.defects.append(errors.StartBoundaryNotFoundDefect())
+        message.epilogue = ""
+        message.defects.append(errors.MultipartInvariantViolationDefect())
+    return message
+
+
+_installed = False
+
+
+def install_fast_headers() -> None:
+    """Replace ``http.client.parse_headers`` (used by every ``http.client`` response, so by urllib3 and
+    by ``http.server``) with one that builds the common header block directly (:func:`fast_message`)
+    and reads every other one as before. Only on the Python it was compared on, and only over the
+    standard library's own function."""
+    global _installed
+    import http.client
+
+    if _installed or sys.version_info[:2] != PATCHED_PYTHON:
+        return
+    original = http.client.parse_headers
+    if getattr(original, "__module__", None) != "http.client":
+        return
+    read_headers = http.client._read_headers    # noqa: SLF001 - the same reading, the same limits
+
+    def parse_headers(fp, _class=http.client.HTTPMessage):
+        lines = read_headers(fp)
+        message = fast_message(lines, _class)
+        if message is None:
+            import email.parser
+
+            message = email.parser.Parser(_class=_class).parsestr(b"".join(lines).decode("iso-8859-1"))
+        return message
+
+    parse_headers.original = original
+    http.client.parse_headers = parse_headers
+    _installed = True
+
+
+# ------------------------------------------------------------------ proxies
+
+
+class _Proxies:
+    """Which proxy, if any, an origin goes through: requests' rules, decided once per origin."""
+
+    def __init__(self) -> None:
+        self._of: dict[str, str | None] = {}     # scheme://host[:port] -> proxy URL or None
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str) -> str | None:
+        origin = "/".join(url.split("/", 3)[:3])
+        if origin not in self._of:
+            from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
+
+            with self._lock:
+                if origin not in self._of:
+                    # requests reads NO_PROXY itself here (given one, it would set and unset it in
+                    # os.environ, under other threads' feet): once per origin, then cached.
+                    proxy = select_proxy(url, get_environ_proxies(url))
+                    self._of[origin] = prepend_scheme_if_needed(proxy, "http") if proxy else None
+        return self._of[origin]
+
+
+# ------------------------------------------------------------------ the direct transport
+
+
+@functools.lru_cache(maxsize=1)
+def _direct_transport_class():
+    """Built on first use (once), so importing this module loads none of azure-core's transports."""
+    import http.client
+    import re
+    import select
+    import ssl
+    import zlib
+    from urllib.parse import urlsplit
+
+    from azure.core.exceptions import (
+        ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError, ServiceResponseTimeoutError,
+    )
+    from azure.core.pipeline.transport import HttpTransport
+    from azure.core.rest._http_response_impl import HttpResponseImpl
+    from azure.core.rest._requests_basic import _CaseInsensitiveDict
+
+    plain_target = re.compile(r"/[!-~]*\Z")    # printable ASCII, nothing urllib3 would percent-encode or refuse
+    obsolete_fold = re.compile(r"(?:(?<![ \t])[ \t]+)?\r\n[ \t]+")      # urllib3's own
+    decoders = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+    class DirectTransport(HttpTransport):
+        """azure-core's transport contract on ``http.client`` connections kept per origin, for an
+        origin without a proxy, an ``http``/``https`` URL whose path and query are printable ASCII,
+        and a body of bytes or text (all the Table SDK sends). Anything else (a proxied origin, a URL
+        urllib3 would percent-encode, another kind of body) goes to :func:`Urllib3Transport`, built on
+        first need. A kept connection the server has closed (or written to unasked) is dropped before
+        it is reused, as urllib3 does."""
+
+        def __init__(self, *, connection_timeout: float, read_timeout: float, max_idle: int = 64) -> None:
+            self._timeouts = (connection_timeout, read_timeout)
+            self._max_idle = max_idle
+            self._proxy = _Proxies()
+            self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+            self._lock = threading.Lock()
+            self._tls: ssl.SSLContext | None = None
+            self._fallback: Any = None
+
+        def _urllib3(self):
+            if self._fallback is None:
+                with self._lock:
+                    if self._fallback is None:
+                        self._fallback = Urllib3Transport(connection_timeout=self._timeouts[0],
+                                                          read_timeout=self._timeouts[1], proxies=self._proxy)
+            return self._fallback
+
+        def _context(self) -> ssl.SSLContext:
+            if self._tls is None:
+                import certifi
+
+                ca = ca_bundle() or certifi.where()
+                context = (ssl.create_default_context(capath=ca) if os.path.isdir(ca)
+                           else ssl.create_default_context(cafile=ca))
+                self._tls = context      # verifies the chain and the host name; TLS 1.2 at least
+            return self._tls
+
+        def _take(self, origin: tuple[str, str, int]) -> http.client.HTTPConnection | None:
+            while True:
+                with self._lock:
+                    idle = self._idle.get(origin)
+                    conn = idle.pop() if idle else None
+                if conn is None:
+                    return None
+                sock = conn.sock
+                if sock is not None and not _readable(sock):
+                    return conn
+                conn.close()      # closed by the server (or it wrote unasked): not reused
+
+        def _give_back(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+            with self._lock:
+                idle = self._idle.setdefault(origin, [])
+                if len(idle) < self._max_idle:
+                    idle.append(conn)
+                    return
+            conn.close()
+
+        def send(self, request, **kwargs):
+            connect = kwargs.pop("connection_timeout", self._timeouts[0])
+            read = kwargs.pop("read_timeout", self._timeouts[1])
+            if isinstance(connect, tuple):      # azure-core's older (connect, read) form
+                connect, read = connect
+            url = request.url
+            body = request.data
+            try:
+                parts = urlsplit(url)
+                scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+            except ValueError:
+                scheme = host = port = None
+            target = (parts.path or "/") + ("?" + parts.query if parts.query else "") if host else ""
+            if (scheme not in ("http", "https") or not host or getattr(request, "files", None)
+                    or not plain_target.match(target) or not (body is None or isinstance(body, (bytes, str)))
+                    or self._proxy(url)):
+                return self._urllib3().send(request, connection_timeout=connect, read_timeout=read)
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            origin = (scheme, host, port or (443 if scheme == "https" else 80))
+            conn = self._take(origin)
+            if conn is None:
+                if scheme == "https":
+                    conn = http.client.HTTPSConnection(host, origin[2], timeout=connect, context=self._context())
+                else:
+                    conn = http.client.HTTPConnection(host, origin[2], timeout=connect)
+                try:
+                    conn.connect()
+                except TimeoutError as err:      # socket.timeout is TimeoutError
+                    conn.close()
+                    raise ServiceRequestTimeoutError(err, error=err) from err
+                except (OSError, http.client.HTTPException, ValueError) as err:
+                    # refused, unreachable, name resolution, TLS (a certificate not trusted)
+                    conn.close()
+                    raise ServiceRequestError(err, error=err) from err
+            conn.sock.settimeout(read)
+            try:
+                # http.client writes nothing before the whole head is built: a header it refuses (a line
+                # break in a value) or a method or target it cannot write raises before any byte is sent
+                conn.putrequest(request.method, target, **_skips(request.headers))
+                for name, value in request.headers.items():
+                    conn.putheader(name, value)
+                if not any(k.lower() in ("content-length", "transfer-encoding") for k in request.headers):
+                    if body is not None:
+                        conn.putheader("Content-Length", str(len(body)))
+                    elif request.method.upper() in ("POST", "PUT", "PATCH"):
+                        conn.putheader("Content-Length", "0")      # as http.client's request() and urllib3 do
+            except (ValueError, TypeError, UnicodeError, http.client.HTTPException) as err:
+                conn.close()
+                raise ServiceRequestError(err, error=err) from err
+            try:
+                conn.endheaders(body)
+                raw = conn.getresponse()
+                data = raw.read()
+            except TimeoutError as err:      # socket.timeout is TimeoutError
+                conn.close()
+                raise ServiceResponseTimeoutError(err, error=err) from err
+            except (OSError, http.client.HTTPException) as err:
+                # the connection broke or the answer is not HTTP: the request may have been sent
+                conn.close()
+                raise ServiceResponseError(err, error=err) from err
+            if raw.will_close:
+                conn.close()
+            else:
+                self._give_back(origin, conn)
+            combined: dict[str, str] = {}
+            spelling: dict[str, str] = {}
+            for name, value in raw.msg.items():       # repeated headers joined as urllib3 joins them
+                if "\r\n" in value:
+                    value = obsolete_fold.sub(" ", value)    # a folded value unfolded as urllib3 unfolds it
+                low = name.lower()
+                if low in combined:
+                    combined[low] += ", " + value
+                else:
+                    combined[low], spelling[low] = value, name
+            headers = _CaseInsensitiveDict({spelling[k]: v for k, v in combined.items()})
+            encoding = headers.get("content-encoding", "").strip().lower()
+            if encoding in decoders and data:
+                try:
+                    data = _inflate(data, decoders[encoding], encoding)
+                except zlib.error as err:
+                    raise ServiceResponseError(err, error=err) from err
+            response = HttpResponseImpl(
+                request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
+                headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
+            response._content = data   # noqa: SLF001 - read whole, as the SDK reads it
+            return response
+
+        def open(self) -> None:
+            pass
+
+        def close(self) -> None:
+            with self._lock:
+                kept, self._idle = [c for idle in self._idle.values() for c in idle], {}
+                fallback = self._fallback
+            for conn in kept:
+                conn.close()
+            if fallback is not None:
+                fallback.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args) -> None:
+            self.close()
+
+    def _skips(headers) -> dict[str, bool]:
+        names = {k.lower() for k in headers}
+        return {"skip_host": "host" in names, "skip_accept_encoding": "accept-encoding" in names}
+
+    def _readable(sock) -> bool:
+        """Whether a kept connection has something to read: the server closed it (or wrote unasked)."""
+        try:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        except (AttributeError, OSError, ValueError):
+            return True
+
+    def _inflate(data: bytes, wbits: int, encoding: str) -> bytes:
+        try:
+            return zlib.decompress(data, wbits)
+        except zlib.error:
+            if encoding != "deflate":
+                raise
+            return zlib.decompress(data, -zlib.MAX_WBITS)     # raw deflate, as urllib3 accepts it
+
+    return DirectTransport
+
+
+def DirectTransport(**kwargs):  # noqa: N802 - a class, built lazily
+    return _direct_transport_class()(**kwargs)
+
+
+# ------------------------------------------------------------------ urllib3, for everything else
+
+
+@functools.lru_cache(maxsize=1)
+def _urllib3_transport_class():
+    """Built on first use (once), so importing this module loads neither urllib3 nor azure-core's transports."""
+    import urllib3
+    from azure.core.exceptions import (
+        ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError, ServiceResponseTimeoutError,
+    )
+    from azure.core.pipeline.transport import HttpTransport
+    from azure.core.rest._http_response_impl import HttpResponseImpl
+    from azure.core.rest._requests_basic import _CaseInsensitiveDict
+    from requests.utils import get_auth_from_url
+
+    class Urllib3Transport(HttpTransport):
+        """azure-core's transport contract on urllib3's pools, without the requests
+        layer between them (a quarter of the SDK's client-side cost, bench/RESULTS.md,
+        fourth pass): for proxied origins and anything :class:`DirectTransport` does
+        not send itself, with the guarantees the module's docstring lists (proxies:
+        ``HTTP(S)_PROXY``, ``ALL_PROXY``, credentials in the proxy URL, a proxy
+        without a scheme, ``NO_PROXY`` hosts, ports, suffixes and CIDR ranges)."""
+
+        def __init__(self, *, connection_timeout: float, read_timeout: float, proxies: _Proxies | None = None) -> None:
+            import certifi
+
+            self._timeouts = (connection_timeout, read_timeout)
+            ca = ca_bundle() or certifi.where()
+            self._tls = {"ca_cert_dir": ca} if os.path.isdir(ca) else {"ca_certs": ca}
+            self._proxy = proxies or _Proxies()
+            self._pools: dict[str, urllib3.PoolManager] = {}
+            self._lock = threading.Lock()
+
+        def _pool(self, url: str) -> urllib3.PoolManager:
+            proxy = self._proxy(url)
+            key = proxy or ""
+            pool = self._pools.get(key)
+            if pool is None:
+                with self._lock:
+                    pool = self._pools.get(key)
+                    if pool is None:
+                        options = dict(num_pools=4, maxsize=64, block=False, cert_reqs="CERT_REQUIRED", **self._tls)
+                        if proxy:
+                            user, password = get_auth_from_url(proxy)
+                            headers = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}") if user else {}
+                            pool = urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
+                        else:
+                            pool = urllib3.PoolManager(**options)
+                        self._pools[key] = pool
+            return pool
+
+        def send(self, request, **kwargs):
+            if getattr(request, "files", None):
+                raise ServiceRequestError("multipart form uploads are not supported by this transport")
+            connect = kwargs.pop("connection_timeout", self._timeouts[0])
+            read = kwargs.pop("read_timeout", self._timeouts[1])
+            if isinstance(connect, tuple):      # azure-core's older (connect, read) form
+                connect, read = connect
+            try:
+                raw = self._pool(request.url).urlopen(
+                    request.method, request.url, body=request.data, headers=dict(request.headers),
+                    retries=False, redirect=False, timeout=urllib3.Timeout(connect=connect, read=read),
+                    preload_content=True, decode_content=True)
+            except urllib3.exceptions.NewConnectionError as err:      # (a ConnectTimeoutError subclass)
+                raise ServiceRequestError(err, error=err) from err
+            except urllib3.exceptions.ConnectTimeoutError as err:
+                raise ServiceRequestTimeoutError(err, error=err) from err
+            except urllib3.exceptions.ReadTimeoutError as err:
+                raise ServiceResponseTimeoutError(err, error=err) from err
+            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as err:
+                raise ServiceResponseError(err, error=err) from err
+            except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as err:
+                # connection refused, TLS, proxy, name resolution; a request that cannot be sent as built
+                raise ServiceRequestError(err, error=err) from err
+            headers = _CaseInsensitiveDict(raw.headers)
+            response = HttpResponseImpl(
+                request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
+                headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
+            response._content = raw.data   # noqa: SLF001 - read whole (preload_content), as the SDK reads it
+            return response
+
+        def open(self) -> None:
+            pass
+
+        def close(self) -> None:
+            with self._lock:
+                pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
+                pool.clear()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args) -> None:
+            self.close()
+
+    return Urllib3Transport
+
+
+def Urllib3Transport(**kwargs):  # noqa: N802 - a class, built lazily
+    return _urllib3_transport_class()(**kwargs)

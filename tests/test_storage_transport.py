@@ -1,0 +1,503 @@
+"""The HTTP transport under the Table SDK (shared/storage/transport.py): the direct ``http.client``
+transport against urllib3's on the same answers, its connection handling, and the fast header
+parsing against the email package's, attribute by attribute."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import io
+import random
+import socket
+import threading
+import time
+import uuid
+import zlib
+
+import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.rest import HttpRequest
+
+from shared.settings import Settings
+from shared.storage import tables as storage
+from shared.storage import transport
+
+from conftest import clear_proxy_env
+
+KINDS = ["DirectTransport", "Urllib3Transport"]
+
+
+# ------------------------------------------------------------------ header blocks
+
+
+def _state(message) -> dict:
+    """Everything a parsed header block holds, in comparable form."""
+    out = {k: v for k, v in vars(message).items() if k not in ("policy", "defects")}
+    out["defects"] = [(type(d).__name__, str(d)) for d in message.defects]
+    out["policy"] = message.policy
+    out["class"] = type(message)
+    out["items"] = message.items()
+    out["multipart"] = message.is_multipart()
+    return out
+
+
+def _original(lines: list[bytes]):
+    import email.parser
+
+    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+
+
+def _lines(block: bytes) -> list[bytes]:
+    return http.client._read_headers(io.BytesIO(block))     # noqa: SLF001 - exactly what parse_headers reads
+
+
+def _compare(block: bytes) -> bool:
+    """The fast message equals the email parser's; returns whether the fast path took it."""
+    lines = _lines(block)
+    fast = transport.fast_message(lines, http.client.HTTPMessage)
+    if fast is not None:
+        assert _state(fast) == _state(_original(lines)), block
+    return fast is not None
+
+
+HAND_MADE = [
+    b"Content-Type: application/json;odata=nometadata\r\nContent-Length: 2\r\nETag: W/\"datetime'2026'\"\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=batchresponse_" + uuid.uuid4().hex.encode() + b"\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=\"quoted boundary\"\r\nX:  spaced value \t\r\n\r\n",
+    b"Content-Type: multipart/mixed\r\n\r\n",                               # no boundary: the parser's path
+    b"Content-Type: multipart/mixed; boundary=x\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    b"Content-Type: message/rfc822\r\n\r\n",
+    b"Content-Type: message/delivery-status\r\n\r\n",
+    b"Content-Type: text/plain\r\nX-Folded: a\r\n b\r\n\r\n",              # a folded line
+    b"X-Bare-LF: a\n\r\n",
+    b"X-CR: a\rb\r\n\r\n",
+    b": no name\r\n\r\n",
+    b"From nobody\r\nX: y\r\n\r\n",
+    b"No colon here\r\nX: y\r\n\r\n",
+    b"X-Space : before colon\r\n\r\n",
+    b"X-Empty:\r\nX-Blank:   \r\n\r\n",
+    b"X-Latin: caf\xe9 \xff\r\n\r\n",
+    b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nset-cookie: c=3\r\n\r\n",
+    b"Content-Type: TEXT/HTML; charset=utf-8\r\nCONTENT-TYPE: multipart/mixed; boundary=b\r\n\r\n",
+    b"Content-Type: nonsense\r\n\r\n",
+    b"Content-Type: multipart/\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary=\r\n\r\n",
+    b"Content-Type: multipart/mixed; boundary*=utf-8''%41%42\r\n\r\n",
+    b"X: a:b:c\r\n\r\n",
+    b"\r\n",
+    b"",
+    b"X: unterminated\r\n",
+]
+
+
+def test_fast_header_blocks_equal_the_email_parsers_on_hand_made_blocks():
+    taken = [_compare(block) for block in HAND_MADE]
+    assert taken[0] and taken[1] and taken[2] and taken[-3]     # the common shapes do take the fast path
+    assert not any(taken[3:13])                                   # the unusual ones do not
+
+
+def test_fast_header_blocks_equal_the_email_parsers_on_generated_blocks():
+    rng = random.Random(20261130)
+    pieces = ["Content-Type", "X-Ms-Version", "ETag", "From", "from ", "X", "", " ", "\t", ":", "::", "a b",
+              "multipart/mixed", "message/rfc822", "text/plain", "; boundary=", "batch_1", '"q q"', "base64",
+              "Content-Transfer-Encoding", "\xe9", "\x7f", "\r", "\n", "\r\n", "=", ";", "W/\"x\""]
+    fast = 0
+    for _ in range(6000):
+        lines = []
+        for _ in range(rng.randint(0, 6)):
+            line = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+            if rng.random() < 0.7:
+                line = rng.choice(["Content-Type", "X-A", "Content-Transfer-Encoding", "From"]) + ": " + line
+            lines.append(line.replace("\r\n", "") + rng.choice(["\r\n"] * 8 + ["\n"]))
+        block = "".join(lines).encode("latin-1") + b"\r\n"
+        fast += _compare(block)
+    assert fast > 1000, fast        # the generator reaches the fast path often, and the other one too
+
+
+def test_fast_header_blocks_equal_the_email_parsers_on_real_answers(server):
+    """Every kind of answer the Table service gives (Azurite's): read, query, insert, conflict,
+    precondition failed, a transaction committed and refused, a missing table."""
+    conn = server.settings.storage_connection_string
+    port = int(conn.split("127.0.0.1:")[1].split("/")[0])
+    # Read the raw header blocks off the wire through a forwarder that records what Azurite answers.
+    forwarder = _Forwarder(port, record=True)
+    try:
+        s = storage.Storage(Settings.from_env({
+            "AUTH_ENVIRONMENT": "local", "AUTH_TABLE_PREFIX": "tr" + uuid.uuid4().hex[:8],
+            "AUTH_STORAGE_CONNECTION_STRING": conn.replace(f"127.0.0.1:{port}", f"127.0.0.1:{forwarder.port}")}))
+        _every_kind_of_answer(s)
+    finally:
+        forwarder.close()
+    heads = [chunk.split(b"\r\n", 1)[1].split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+             for chunk in forwarder.answers if chunk.startswith(b"HTTP/1.1 ")]
+    assert len(heads) >= 10, len(heads)
+    assert all(_compare(head) for head in heads)       # every one of them is the common shape
+    assert any(b"multipart/mixed" in head for head in heads)
+
+
+def test_the_fast_header_parsing_is_installed_over_the_standard_librarys_only():
+    import sys
+
+    import azure.core
+
+    transport.make()
+    installed = http.client.parse_headers
+    if sys.version_info[:2] == transport.PATCHED_PYTHON and azure.core.__version__ == transport.PATCHED_AZURE_CORE:
+        assert installed.original.__module__ == "http.client"
+        transport.install_fast_headers()
+        assert http.client.parse_headers is installed          # not wrapped twice
+        message = installed(io.BytesIO(b"X-A: 1\r\nX-B: 2\r\n\r\nbody"))
+        assert message.items() == [("X-A", "1"), ("X-B", "2")]
+        folded = installed(io.BytesIO(b"X-A: 1\r\n  more\r\n\r\n"))      # the email parser's reading
+        assert folded["X-A"] == "1\r\n  more"
+        with pytest.raises(http.client.HTTPException):                     # the same limits
+            installed(io.BytesIO(b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n"))
+    else:
+        assert installed.__module__ == "http.client"
+
+
+# ------------------------------------------------------------------ a test server and a TCP forwarder
+
+
+class _Canned:
+    """An HTTP/1.1 server answering each path with a canned raw answer (status line, headers, body)."""
+
+    def __init__(self, answers: dict[str, bytes]):
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(32)
+        self.port = self.listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                length, chunked = 0, False
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                    if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                        chunked = True
+                if chunked:
+                    body = b""
+                    while True:
+                        while b"\r\n" not in buf:
+                            buf += sock.recv(65536)
+                        size_line, buf = buf.split(b"\r\n", 1)
+                        size = int(size_line.split(b";")[0], 16)
+                        while len(buf) < size + 2:
+                            buf += sock.recv(65536)
+                        body, buf = body + buf[:size], buf[size + 2:]
+                        if size == 0:
+                            break
+                else:
+                    while len(buf) < length:
+                        buf += sock.recv(65536)
+                    body, buf = buf[:length], buf[length:]
+                self.requests.append(head + b"\r\n\r\n" + body)
+                path = head.split(b" ")[1].decode("latin-1")
+                answer = self.answers.get(path.split("?")[0], self.answers.get("*"))
+                if answer is None:
+                    return          # close without answering
+                if answer == b"hang":
+                    time.sleep(30)
+                    return
+                sock.sendall(answer)
+                if b"Connection: close" in answer.split(b"\r\n\r\n")[0]:
+                    return
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+    def close_idle(self):
+        for sock in self._open:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        self.close_idle()
+
+
+class _Forwarder:
+    """A TCP forwarder to 127.0.0.1:port that counts connections and can drop them (a server closing
+    kept connections), optionally recording what the server answers."""
+
+    def __init__(self, port: int, record: bool = False):
+        self.target = port
+        self.record = record
+        self.answers: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._pairs.append((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, answers):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if answers and self.record:
+                    self.answers.append(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def drop_all(self):
+        for client, upstream in self._pairs:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        time.sleep(0.2)
+
+    def close(self):
+        self.listener.close()
+        self.drop_all()
+
+
+def _every_kind_of_answer(s: storage.Storage) -> None:
+    s.ensure_tables()
+    t = s.table("limits")
+    pk = uuid.uuid4().hex
+    t.insert({"PartitionKey": pk, "RowKey": "r", "n": 1, "text": "ü€😀 \"quoted\" \\ / ünïcödé"})
+    with pytest.raises(storage.Conflict):
+        t.insert({"PartitionKey": pk, "RowKey": "r", "n": 1})
+    row = t.get(pk, "r")
+    assert row["text"] == "ü€😀 \"quoted\" \\ / ünïcödé"
+    t.update({**row, "n": 2})
+    with pytest.raises(storage.Modified):
+        t.update({**row, "n": 3})
+    t.batch([("create", {"PartitionKey": pk, "RowKey": str(i), "v": "ä" * i}) for i in range(3)])
+    with pytest.raises(storage.StorageError):
+        t.batch([("create", {"PartitionKey": pk, "RowKey": "9"}), ("create", {"PartitionKey": pk, "RowKey": "0"})])
+    assert t.get(pk, "missing") is None
+    assert len(t.query("PartitionKey eq @p", {"p": pk})) == 4
+    t.delete(pk, "0")
+    assert t.get(pk, "r")["n"] == 2
+
+
+def _settings(conn: str) -> Settings:
+    return Settings.from_env({"AUTH_ENVIRONMENT": "local", "AUTH_STORAGE_CONNECTION_STRING": conn,
+                              "AUTH_TABLE_PREFIX": "tr" + uuid.uuid4().hex[:8]})
+
+
+def _via(server, forwarder: _Forwarder) -> str:
+    conn = server.settings.storage_connection_string
+    port = conn.split("127.0.0.1:")[1].split("/")[0]
+    return conn.replace(f"127.0.0.1:{port}", f"127.0.0.1:{forwarder.port}")
+
+
+# ------------------------------------------------------------------ the direct transport
+
+
+def test_every_kind_of_operation_works_over_one_kept_connection(server, monkeypatch):
+    """Inserts, conflicts, reads, If-Match updates and refusals, transactions committed and refused,
+    queries, deletes, with text that is not ASCII: all over one kept connection, sequentially."""
+    clear_proxy_env(monkeypatch)
+    conn = server.settings.storage_connection_string
+    forwarder = _Forwarder(int(conn.split("127.0.0.1:")[1].split("/")[0]))
+    try:
+        s = storage.Storage(_settings(_via(server, forwarder)))
+        _every_kind_of_answer(s)
+        assert forwarder.connections == 1, forwarder.connections
+    finally:
+        forwarder.close()
+
+
+def test_a_kept_connection_the_server_closed_is_not_reused(server, monkeypatch):
+    """Azure and Azurite close idle kept connections: the next operation opens a new one instead of
+    failing on the dead one (the SDK's retry is off here, so it is not the retry that saves it)."""
+    from azure.data.tables import TableServiceClient
+
+    clear_proxy_env(monkeypatch)
+    conn = server.settings.storage_connection_string
+    forwarder = _Forwarder(int(conn.split("127.0.0.1:")[1].split("/")[0]))
+    try:
+        service = TableServiceClient.from_connection_string(
+            _via(server, forwarder), retry_total=0, transport=transport.DirectTransport(connection_timeout=2,
+                                                                                         read_timeout=5))
+        name = "tr" + uuid.uuid4().hex[:8] + "kept"
+        service.create_table(name)
+        t = storage.Table(service.get_table_client(name), name)
+        for round_ in range(3):
+            t.insert({"PartitionKey": "p", "RowKey": str(round_)})
+            forwarder.drop_all()
+            assert t.get("p", str(round_)) is not None
+        assert forwarder.connections == 4, forwarder.connections
+    finally:
+        forwarder.close()
+
+
+def test_fifty_parallel_operations_share_the_kept_connections(server, monkeypatch):
+    clear_proxy_env(monkeypatch)
+    conn = server.settings.storage_connection_string
+    forwarder = _Forwarder(int(conn.split("127.0.0.1:")[1].split("/")[0]))
+    try:
+        s = storage.Storage(_settings(_via(server, forwarder)))
+        s.ensure_tables()
+        t = s.table("limits")
+        pk = uuid.uuid4().hex
+        errors: list[BaseException] = []
+
+        def one(i):
+            try:
+                t.insert({"PartitionKey": pk, "RowKey": str(i), "v": "ö" * i})
+                assert t.get(pk, str(i))["v"] == "ö" * i
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        for _ in range(2):
+            threads = [threading.Thread(target=one, args=(i + 100 * _,)) for i in range(50)]
+            [th.start() for th in threads]
+            [th.join() for th in threads]
+        assert not errors, errors[:3]
+        assert len(t.query("PartitionKey eq @p", {"p": pk})) == 100
+        opened = forwarder.connections
+        assert opened <= 60, opened         # the second burst reused the first one's connections
+    finally:
+        forwarder.close()
+
+
+RAW = {
+    "/json": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"a\": \"\xc3\xbc\"}",
+    "/dup": b"HTTP/1.1 200 OK\r\nX-Dup: a\r\nx-dup: b\r\nSet-Cookie: c=1\r\nContent-Length: 0\r\n\r\n",
+    "/chunked": b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n",
+    "/gzip": (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+              % len(gzip.compress(b"zipped"))) + gzip.compress(b"zipped"),
+    "/deflate": (b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: %d\r\n\r\n"
+                 % len(zlib.compress(b"deflated"))) + zlib.compress(b"deflated"),
+    "/nocontent": b"HTTP/1.1 204 No Content\r\nETag: W/\"x\"\r\n\r\n",
+    "/close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    "/redirect": b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n",
+    "/error": (b"HTTP/1.1 412 Precondition Failed\r\nContent-Type: application/json;odata=minimalmetadata\r\n"
+               b"Content-Length: 2\r\n\r\n{}"),
+    "/folded": b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("path", sorted(RAW))
+def test_the_direct_transport_answers_what_urllib3_answers(monkeypatch, path):
+    """The same request to the same answer through both transports: the same status, reason, headers
+    (repeated ones joined the same way), content type and (decoded) body; no redirect followed."""
+    clear_proxy_env(monkeypatch)
+    canned = _Canned(RAW)
+    try:
+        seen = []
+        for kind in KINDS:
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            body = {"key": "välue"} if path == "/json" else None
+            request = HttpRequest("POST" if body else "GET", f"http://127.0.0.1:{canned.port}{path}?q=1", json=body,
+                                  headers={"User-Agent": "azsdk-python-data-tables"})     # as the SDK always sends
+            r = sender.send(request)
+            seen.append((r.status_code, r.reason, {k.lower(): v for k, v in r.headers.items()}, r.content_type,
+                         r.body()))
+            sender.close()
+        assert seen[0] == seen[1], seen
+        assert len(canned.requests) == 2
+        first, second = (req.split(b"\r\n\r\n", 1) for req in canned.requests)
+        assert first[1] == second[1]                      # the same body bytes (UTF-8 JSON)
+        heads = [sorted(h.lower() for h in head.split(b"\r\n")[1:]) for head in (first[0], second[0])]
+        assert heads[0] == heads[1], heads               # the same header lines
+    finally:
+        canned.close()
+
+
+def test_a_connection_the_server_closes_is_not_kept_and_an_unanswered_request_is_a_response_error(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"/close": RAW["/close"], "/json": RAW["/json"]})
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/close")).body() == b"ok"
+        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/json")).status_code == 200
+        assert canned.connections == 2
+        with pytest.raises(ServiceResponseError):     # the server read it and closed: it may have acted on it
+            sender.send(HttpRequest("DELETE", f"http://127.0.0.1:{canned.port}/unanswered"))
+        with pytest.raises(ServiceRequestError):      # nothing listens: nothing was sent
+            sender.send(HttpRequest("GET", "http://127.0.0.1:9/x"))
+    finally:
+        canned.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_that_cannot_be_written_sends_nothing(monkeypatch, kind):
+    """A header value with a line break is refused before a byte leaves: ServiceRequestError (safe to retry)."""
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+        sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/warm"))
+        with pytest.raises(ServiceRequestError):
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x", headers={"x-a": "1\r\nInjected: 1"}))
+        with pytest.raises(ServiceRequestError):
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x", headers={"x-a": "\u20ac"}))
+        time.sleep(0.2)
+        assert len(canned.requests) == 1, canned.requests
+        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/after")).status_code == 200
+    finally:
+        canned.close()
+
+
+def test_what_the_direct_transport_does_not_send_itself_goes_to_urllib3(monkeypatch):
+    """A target with characters urllib3 percent-encodes, and a body that is not bytes or text, are sent by
+    urllib3 exactly as it sends them; so is everything for an origin behind a proxy."""
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        for kind in KINDS:
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a b/ü?x=ä ö"))
+            sender.send(HttpRequest("PUT", f"http://127.0.0.1:{canned.port}/iter", content=iter([b"ab", b"cd"])))
+        targets = [req.split(b" ")[1] for req in canned.requests]
+        assert targets[0] == targets[2] and targets[1] == targets[3], targets
+        assert canned.requests[1].endswith(b"abcd") and canned.requests[3].endswith(b"abcd")
+    finally:
+        canned.close()

@@ -41,22 +41,22 @@ def _state(message) -> dict:
     return out
 
 
-def _original(lines: list[bytes]):
+def _original(lines: list[bytes], message_class=http.client.HTTPMessage):
     import email.parser
 
-    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+    return email.parser.Parser(_class=message_class).parsestr(b"".join(lines).decode("iso-8859-1"))
 
 
 def _lines(block: bytes) -> list[bytes]:
     return http.client._read_headers(io.BytesIO(block))     # noqa: SLF001 - exactly what parse_headers reads
 
 
-def _compare(block: bytes) -> bool:
+def _compare(block: bytes, message_class=http.client.HTTPMessage) -> bool:
     """The fast message equals the email parser's; returns whether the fast path took it."""
     lines = _lines(block)
-    fast = transport.fast_message(lines, http.client.HTTPMessage)
+    fast = transport.fast_message(lines, message_class)
     if fast is not None:
-        assert _state(fast) == _state(_original(lines)), block
+        assert _state(fast) == _state(_original(lines, message_class)), block
     return fast is not None
 
 
@@ -94,6 +94,10 @@ def test_fast_header_blocks_equal_the_email_parsers_on_hand_made_blocks():
     taken = [_compare(block) for block in HAND_MADE]
     assert taken[0] and taken[1] and taken[2] and taken[-3]     # the common shapes do take the fast path
     assert not any(taken[3:13])                                   # the unusual ones do not
+    # A message class whose own default policy is not compat32 gets compat32, as from the parser.
+    from email.message import EmailMessage
+
+    assert [_compare(block, EmailMessage) for block in HAND_MADE] == taken
 
 
 def test_fast_header_blocks_equal_the_email_parsers_on_generated_blocks():

@@ -68,12 +68,13 @@ def make(*, connection_timeout: float = 5, read_timeout: float = 10) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _header_line():
+def _header_block():
     import re
 
-    # A field name of the characters the email parser accepts (printable ASCII but ':'), then the value,
-    # then CRLF, and no other CR or LF: the email parser splits lines on either of them alone.
-    return re.compile(r"[!-9;-~]+:[^\r\n]*\r\n\Z")
+    # Lines of a field name of the characters the email parser accepts (printable ASCII but ':'), then the
+    # value, then CRLF, with no other CR or LF (the email parser splits lines on either of them alone); then
+    # the blank line.
+    return re.compile(r"(?:[!-9;-~]+:[^\r\n]*\r\n)*\r\n")
 
 
 def fast_message(lines: list[bytes], message_class: Any) -> Any:
@@ -94,22 +95,20 @@ def fast_message(lines: list[bytes], message_class: Any) -> Any:
     * a multipart type with a boundary and nothing after its headers gets the two defects the parser
       records for that (the start boundary never found, then no parts), and an empty epilogue.
     """
-    if not lines or lines[-1] != b"\r\n":
+    text = b"".join(lines).decode("iso-8859-1")
+    if not _header_block().fullmatch(text):
         return None
-    from email import errors, policy
+    from email._policybase import compat32
 
     try:
-        message = message_class(policy=policy.compat32)
+        message = message_class(policy=compat32)     # as the parser makes it
     except TypeError:
         return None
-    match = _header_line().match
     pairs = message._headers            # noqa: SLF001 - what Message.set_raw appends to
-    for line in lines[:-1]:
-        text = line.decode("iso-8859-1")
-        if not match(text):
-            return None
-        name, _, value = text.partition(":")
-        pairs.append((name, value[:-2].lstrip(" \t")))
+    if len(text) > 2:
+        for line in text[:-4].split("\r\n"):
+            name, _, value = line.partition(":")
+            pairs.append((name, value.lstrip(" \t")))
     kind = message.get_content_maintype()
     if kind == "message":
         return None
@@ -118,6 +117,8 @@ def fast_message(lines: list[bytes], message_class: Any) -> Any:
         if message.get_boundary() is None or str(message.get("content-transfer-encoding", "8bit")).lower() \
                 not in ("7bit", "8bit", "binary"):
             return None
+        from email import errors
+
         message.defects.append(errors.StartBoundaryNotFoundDefect())
         message.epilogue = ""
         message.defects.append(errors.MultipartInvariantViolationDefect())

@@ -425,6 +425,9 @@ RAW = {
     "/error": (b"HTTP/1.1 412 Precondition Failed\r\nContent-Type: application/json;odata=minimalmetadata\r\n"
                b"Content-Length: 2\r\n\r\n{}"),
     "/folded": b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    "/twice": (b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate, gzip\r\nContent-Length: %d\r\n\r\n"
+               % len(gzip.compress(zlib.compress(b"twice")))) + gzip.compress(zlib.compress(b"twice")),
+    "/merge": b"HTTP/1.1 204 No Content\r\n\r\n",
 }
 
 
@@ -439,7 +442,8 @@ def test_the_direct_transport_answers_what_urllib3_answers(monkeypatch, path):
         for kind in KINDS:
             sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
             body = {"key": "välue"} if path == "/json" else None
-            request = HttpRequest("POST" if body else "GET", f"http://127.0.0.1:{canned.port}{path}?q=1", json=body,
+            method = "POST" if body else "MERGE" if path == "/merge" else "GET"
+            request = HttpRequest(method, f"http://127.0.0.1:{canned.port}{path}?q=1", json=body,
                                   headers={"User-Agent": "azsdk-python-data-tables"})     # as the SDK always sends
             r = sender.send(request)
             seen.append((r.status_code, r.reason, {k.lower(): v for k, v in r.headers.items()}, r.content_type,
@@ -500,8 +504,133 @@ def test_what_the_direct_transport_does_not_send_itself_goes_to_urllib3(monkeypa
             sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a b/ü?x=ä ö"))
             sender.send(HttpRequest("PUT", f"http://127.0.0.1:{canned.port}/iter", content=iter([b"ab", b"cd"])))
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a\"b|c{{d}}^`"))
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/%2f%zz%41?q=%e9"))
+        n = len(canned.requests) // 2
         targets = [req.split(b" ")[1] for req in canned.requests]
-        assert targets[0] == targets[2] and targets[1] == targets[3], targets
-        assert canned.requests[1].endswith(b"abcd") and canned.requests[3].endswith(b"abcd")
+        assert targets[:n] == targets[n:], targets
+        assert b"/a%22b%7Cc%7Bd%7D%5E%60" in targets[:n], targets      # urllib3's encoding, not the raw characters
+        assert canned.requests[1].endswith(b"abcd") and canned.requests[n + 1].endswith(b"abcd")
+    finally:
+        canned.close()
+
+
+# ------------------------------------------------------------------ the first review's findings
+
+
+def _early_answer_server(answer: bytes) -> socket.socket:
+    """A server that answers after the request's head, without reading its body, and closes (the unread
+    body makes the kernel reset the connection under the client's send)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += sock.recv(65536)
+            sock.sendall(answer)
+            time.sleep(0.05)
+            sock.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_answer_sent_before_the_body_was_read_is_read(monkeypatch, kind):
+    """A refusal (413) the server sends before reading an 8 MiB body, then closes: the answer, not a broken
+    connection (review finding: the direct transport lost it to the reset)."""
+    clear_proxy_env(monkeypatch)
+    answer = (b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
+              b"Content-Length: 25\r\n\r\n{\"odata.error\": \"large\"}\n")
+    listener = _early_answer_server(answer)
+    try:
+        sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+        r = sender.send(HttpRequest("POST", f"http://127.0.0.1:{listener.getsockname()[1]}/t",
+                                    content=b"x" * (8 << 20)))
+        assert r.status_code == 413 and b"large" in r.body()
+    finally:
+        listener.close()
+
+
+def test_an_answer_whose_head_the_parser_cannot_read_is_a_response_error_and_closes_the_connection(monkeypatch):
+    """A Content-Type whose parameters make the email package raise TypeError (review finding: a raw TypeError
+    reached the app and the connection stayed open): ServiceResponseError, through the app StorageUnavailable."""
+    from azure.data.tables import TableServiceClient
+
+    from devhost.azurite import ACCOUNT, KEY
+
+    clear_proxy_env(monkeypatch)
+    bad = (b"HTTP/1.1 200 OK\r\nContent-Type: multipart/mixed; boundary*=a; boundary*0=b\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    canned = _Canned({"*": bad})
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        with pytest.raises(ServiceResponseError):
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x"))
+        assert not sender._idle.get(("http", "127.0.0.1", canned.port))
+        conn = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+                f"TableEndpoint=http://127.0.0.1:{canned.port}/{ACCOUNT};")
+        service = TableServiceClient.from_connection_string(conn, retry_total=0, transport=sender)
+        with pytest.raises(storage.StorageUnavailable):
+            storage.Table(service.get_table_client("t"), "t").get("a", "b")
+    finally:
+        canned.close()
+
+
+@pytest.mark.parametrize("url,content", [("http://a b/x", None), ("http://a\x00b/x", None),
+                                         ("http://127.0.0.1:9/x", "\ud800")])
+def test_a_host_or_body_that_cannot_be_written_is_a_request_error(monkeypatch, url, content):
+    clear_proxy_env(monkeypatch)
+    for kind in KINDS:
+        sender = getattr(transport, kind)(connection_timeout=1, read_timeout=1)
+        with pytest.raises(ServiceRequestError):
+            sender.send(HttpRequest("POST", url, content=content))
+
+
+def test_a_content_length_that_is_not_the_bodys_is_refused_before_sending(monkeypatch):
+    """azure-core counts a text body's characters for Content-Length; sent as UTF-8 the body is longer, and the
+    bytes past the stated length would be read by the server as the next request on the kept connection."""
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        with pytest.raises(ServiceRequestError):
+            sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/x", content="é"))
+        assert sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/y", content=b"\xc3\xa9")).status_code \
+            == 200
+        assert len(canned.requests) == 1 and canned.requests[0].endswith(b"\r\n\r\n\xc3\xa9")
+    finally:
+        canned.close()
+
+
+def test_connections_in_flight_when_the_transport_closes_are_not_kept(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    slow = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    canned = _Canned({"*": slow})
+    original = canned._serve
+
+    def delayed(sock):
+        time.sleep(0.3)
+        original(sock)
+
+    canned._serve = delayed
+    try:
+        sender = transport.DirectTransport(connection_timeout=5, read_timeout=5)
+        threads = [threading.Thread(target=sender.send, args=(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/s"),))
+                   for _ in range(5)]
+        [t.start() for t in threads]
+        time.sleep(0.1)
+        sender.close()
+        [t.join() for t in threads]
+        assert sum(len(v) for v in sender._idle.values()) == 0
+        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/after")).status_code == 200
+        assert sum(len(v) for v in sender._idle.values()) == 1        # a transport used again keeps again
     finally:
         canned.close()

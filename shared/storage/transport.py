@@ -201,7 +201,9 @@ def _direct_transport_class():
     from azure.core.rest._http_response_impl import HttpResponseImpl
     from azure.core.rest._requests_basic import _CaseInsensitiveDict
 
-    plain_target = re.compile(r"/[!-~]*\Z")    # printable ASCII, nothing urllib3 would percent-encode or refuse
+    # A target urllib3 sends as it is (it percent-encodes anything else, and a '%' not followed by two hex
+    # digits; it writes hex digits in upper case): the SDK's own, whose keys and values are already encoded.
+    plain_target = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-F]{2})*\Z")
     obsolete_fold = re.compile(r"(?:(?<![ \t])[ \t]+)?\r\n[ \t]+")      # urllib3's own
     decoders = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -221,6 +223,7 @@ def _direct_transport_class():
             self._lock = threading.Lock()
             self._tls: ssl.SSLContext | None = None
             self._fallback: Any = None
+            self._generation = 0      # close() starts a new one: connections in flight then are not kept
 
         def _urllib3(self):
             if self._fallback is None:
@@ -252,13 +255,13 @@ def _direct_transport_class():
                     return conn
                 conn.close()      # closed by the server (or it wrote unasked): not reused
 
-        def _give_back(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection) -> None:
+        def _give_back(self, origin: tuple[str, str, int], conn: http.client.HTTPConnection, generation: int) -> None:
             with self._lock:
                 idle = self._idle.setdefault(origin, [])
-                if len(idle) < self._max_idle:
+                if len(idle) < self._max_idle and generation == self._generation:
                     idle.append(conn)
                     return
-            conn.close()
+            conn.close()      # more than the pool keeps, or taken before a close(): not kept
 
         def send(self, request, **kwargs):
             connect = kwargs.pop("connection_timeout", self._timeouts[0])
@@ -277,54 +280,71 @@ def _direct_transport_class():
                     or not plain_target.match(target) or not (body is None or isinstance(body, (bytes, str)))
                     or self._proxy(url)):
                 return self._urllib3().send(request, connection_timeout=connect, read_timeout=read)
-            if isinstance(body, str):
-                body = body.encode("utf-8")
             origin = (scheme, host, port or (443 if scheme == "https" else 80))
+            try:
+                if isinstance(body, str):
+                    body = body.encode("utf-8")
+                head = _head(request, target, body)
+            except (ValueError, TypeError, UnicodeError, http.client.HTTPException) as err:
+                # a request that cannot be written as built (a line break in a header value, a length that is
+                # not the body's): refused before a connection is even taken
+                raise ServiceRequestError(err, error=err) from err
+            generation = self._generation
             conn = self._take(origin)
             if conn is None:
-                if scheme == "https":
-                    conn = http.client.HTTPSConnection(host, origin[2], timeout=connect, context=self._context())
-                else:
-                    conn = http.client.HTTPConnection(host, origin[2], timeout=connect)
                 try:
+                    if scheme == "https":
+                        conn = http.client.HTTPSConnection(host, origin[2], timeout=connect, context=self._context())
+                    else:
+                        conn = http.client.HTTPConnection(host, origin[2], timeout=connect)
                     conn.connect()
                 except TimeoutError as err:      # socket.timeout is TimeoutError
-                    conn.close()
+                    _close(conn)
                     raise ServiceRequestTimeoutError(err, error=err) from err
                 except (OSError, http.client.HTTPException, ValueError) as err:
-                    # refused, unreachable, name resolution, TLS (a certificate not trusted)
-                    conn.close()
+                    # refused, unreachable, name resolution, a host http.client cannot write, TLS (a
+                    # certificate not trusted)
+                    _close(conn)
                     raise ServiceRequestError(err, error=err) from err
-            conn.sock.settimeout(read)
             try:
-                # http.client writes nothing before the whole head is built: a header it refuses (a line
-                # break in a value) or a method or target it cannot write raises before any byte is sent
-                conn.putrequest(request.method, target, **_skips(request.headers))
-                for name, value in request.headers.items():
+                conn.sock.settimeout(read)
+                conn.putrequest(request.method, target, **head.skips)
+                for name, value in head.headers:
                     conn.putheader(name, value)
-                if not any(k.lower() in ("content-length", "transfer-encoding") for k in request.headers):
-                    if body is not None:
-                        conn.putheader("Content-Length", str(len(body)))
-                    elif request.method.upper() in ("POST", "PUT", "PATCH"):
-                        conn.putheader("Content-Length", "0")      # as http.client's request() and urllib3 do
-            except (ValueError, TypeError, UnicodeError, http.client.HTTPException) as err:
+            except (ValueError, TypeError, UnicodeError, http.client.HTTPException, OSError) as err:
+                # http.client writes nothing before the head is complete (checked above already)
                 conn.close()
                 raise ServiceRequestError(err, error=err) from err
+            except BaseException:
+                conn.close()
+                raise
             try:
-                conn.endheaders(body)
-                raw = conn.getresponse()
+                try:
+                    conn.endheaders(body)
+                except (BrokenPipeError, ConnectionResetError) as sent:
+                    # The server may have answered (a 413, a refusal) and closed before reading the whole
+                    # body: read its answer, as urllib3 does; the error stands only if there is none.
+                    try:
+                        raw = conn.getresponse()
+                    except Exception:  # noqa: BLE001 - no answer: the send's own error is the one to report
+                        raise sent from None
+                else:
+                    raw = conn.getresponse()
                 data = raw.read()
             except TimeoutError as err:      # socket.timeout is TimeoutError
                 conn.close()
                 raise ServiceResponseTimeoutError(err, error=err) from err
-            except (OSError, http.client.HTTPException) as err:
-                # the connection broke or the answer is not HTTP: the request may have been sent
+            except Exception as err:  # noqa: BLE001 - the request may have been sent: never ServiceRequestError
+                # the connection broke, the answer is not HTTP, or its head could not be read
                 conn.close()
                 raise ServiceResponseError(err, error=err) from err
+            except BaseException:
+                conn.close()
+                raise
             if raw.will_close:
                 conn.close()
             else:
-                self._give_back(origin, conn)
+                self._give_back(origin, conn, generation)
             combined: dict[str, str] = {}
             spelling: dict[str, str] = {}
             for name, value in raw.msg.items():       # repeated headers joined as urllib3 joins them
@@ -336,10 +356,13 @@ def _direct_transport_class():
                 else:
                     combined[low], spelling[low] = value, name
             headers = _CaseInsensitiveDict({spelling[k]: v for k, v in combined.items()})
-            encoding = headers.get("content-encoding", "").strip().lower()
-            if encoding in decoders and data:
+            # Never asked for (http.client sends Accept-Encoding: identity), decoded anyway as urllib3 decodes
+            # it: gzip and deflate, several in the order applied; an encoding it does not know is left as is.
+            codings = [c.strip() for c in headers.get("content-encoding", "").lower().split(",") if c.strip()]
+            if data and codings and all(c in decoders for c in codings):
                 try:
-                    data = _inflate(data, decoders[encoding], encoding)
+                    for coding in reversed(codings):
+                        data = _inflate(data, decoders[coding], coding)
                 except zlib.error as err:
                     raise ServiceResponseError(err, error=err) from err
             response = HttpResponseImpl(
@@ -354,6 +377,7 @@ def _direct_transport_class():
         def close(self) -> None:
             with self._lock:
                 kept, self._idle = [c for idle in self._idle.values() for c in idle], {}
+                self._generation += 1
                 fallback = self._fallback
             for conn in kept:
                 conn.close()
@@ -366,9 +390,39 @@ def _direct_transport_class():
         def __exit__(self, *args) -> None:
             self.close()
 
-    def _skips(headers) -> dict[str, bool]:
-        names = {k.lower() for k in headers}
-        return {"skip_host": "host" in names, "skip_accept_encoding": "accept-encoding" in names}
+    class _Head:
+        __slots__ = ("headers", "skips")
+
+    def _head(request, target: str, body: bytes | None) -> _Head:
+        """The request's head as http.client will write it, checked first: every name and value http.client
+        accepts (a line break, a character outside Latin-1), and a Content-Length, when the request sets
+        one, that is the body's (a wrong one would leave bytes on the kept connection that the server reads
+        as the next request). The length, when missing, as urllib3 sets it."""
+        head = _Head()
+        headers = [(str(k), str(v)) for k, v in request.headers.items()]
+        names = {k.lower() for k, _ in headers}
+        for name, value in headers:
+            if not _legal_name(name.encode("ascii")) or _illegal_value(value.encode("latin-1")):
+                raise ValueError(f"invalid header {name!r}")
+        if "content-length" in names:
+            stated = [v for k, v in headers if k.lower() == "content-length"]
+            if len(stated) != 1 or stated[0].strip() != str(len(body or b"")):
+                raise ValueError("the request's Content-Length is not its body's length")
+        elif "transfer-encoding" not in names:
+            if body is not None:
+                headers.append(("Content-Length", str(len(body))))
+            elif request.method.upper() not in ("GET", "HEAD", "DELETE", "TRACE", "OPTIONS", "CONNECT"):
+                headers.append(("Content-Length", "0"))      # as urllib3 does
+        head.headers = headers
+        head.skips = {"skip_host": "host" in names, "skip_accept_encoding": "accept-encoding" in names}
+        return head
+
+    _legal_name = http.client._is_legal_header_name         # noqa: SLF001 - http.client's own checks
+    _illegal_value = http.client._is_illegal_header_value   # noqa: SLF001
+
+    def _close(conn) -> None:
+        if conn is not None:
+            conn.close()
 
     def _readable(sock) -> bool:
         """Whether a kept connection has something to read: the server closed it (or wrote unasked)."""

@@ -428,6 +428,8 @@ RAW = {
     "/twice": (b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate, gzip\r\nContent-Length: %d\r\n\r\n"
                % len(gzip.compress(zlib.compress(b"twice")))) + gzip.compress(zlib.compress(b"twice")),
     "/merge": b"HTTP/1.1 204 No Content\r\n\r\n",
+    "/members": (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+                 % len(gzip.compress(b"hello ") + gzip.compress(b"world"))) + gzip.compress(b"hello ") + gzip.compress(b"world"),
 }
 
 
@@ -506,10 +508,21 @@ def test_what_the_direct_transport_does_not_send_itself_goes_to_urllib3(monkeypa
             sender.send(HttpRequest("PUT", f"http://127.0.0.1:{canned.port}/iter", content=iter([b"ab", b"cd"])))
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a\"b|c{{d}}^`"))
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/%2f%zz%41?q=%e9"))
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/acct/t/../x/./y"))
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a?"))
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a\tb"))
+            chunks = HttpRequest("PUT", f"http://127.0.0.1:{canned.port}/chunks", content=b"hello")
+            del chunks.headers["Content-Length"]
+            chunks.headers["Transfer-Encoding"] = "chunked"      # framed by urllib3, not sent raw
+            sender.send(chunks)
         n = len(canned.requests) // 2
         targets = [req.split(b" ")[1] for req in canned.requests]
         assert targets[:n] == targets[n:], targets
         assert b"/a%22b%7Cc%7Bd%7D%5E%60" in targets[:n], targets      # urllib3's encoding, not the raw characters
+        assert b"/acct/x/y" in targets[:n] and b"/a?" in targets[:n] and b"/a%09b" in targets[:n], targets
+        chunked = [req for req in canned.requests if req.startswith(b"PUT /chunks")]
+        assert len(chunked) == 2 and chunked[0] == chunked[1] and chunked[0].endswith(b"\r\n\r\nhello"), chunked
+        assert b"transfer-encoding: chunked" in chunked[0].lower()
         assert canned.requests[1].endswith(b"abcd") and canned.requests[n + 1].endswith(b"abcd")
     finally:
         canned.close()
@@ -634,3 +647,150 @@ def test_connections_in_flight_when_the_transport_closes_are_not_kept(monkeypatc
         assert sum(len(v) for v in sender._idle.values()) == 1        # a transport used again keeps again
     finally:
         canned.close()
+
+
+# ------------------------------------------------------------------ the second review's findings
+
+
+def _hinting_server() -> socket.socket:
+    """Answers /hint with a 103 interim answer and, a moment later, the final one; anything else at once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve(sock):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1]
+                if path == b"/hint":
+                    sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+                    time.sleep(0.3)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+        except OSError:
+            return
+        finally:
+            sock.close()
+
+    def accept():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener
+
+
+def test_an_interim_answer_is_not_taken_for_the_final_one(monkeypatch):
+    """http.client skips only 100 Continue: a 103 taken as the answer would leave the real one on the kept
+    connection for the next request (second review). Refused, and the next request reads its own answer."""
+    clear_proxy_env(monkeypatch)
+    listener = _hinting_server()
+    port = listener.getsockname()[1]
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        with pytest.raises(ServiceResponseError):
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/hint"))
+        time.sleep(0.5)
+        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/second")).body() == b"/second"
+    finally:
+        listener.close()
+
+
+def test_conflicting_content_lengths_in_an_answer_are_refused(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"})
+    try:
+        for kind in KINDS:
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            with pytest.raises(ServiceResponseError):
+                sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x"))
+    finally:
+        canned.close()
+
+
+def test_after_sending_every_failure_is_a_response_error_on_both_transports(monkeypatch):
+    """An answer whose head the email package cannot read came back as "nothing sent" from the urllib3
+    transport (second review): the request had been sent, so ServiceResponseError on both."""
+    clear_proxy_env(monkeypatch)
+    bad = (b"HTTP/1.1 200 OK\r\nContent-Type: multipart/mixed; boundary*=a; boundary*0=b\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    canned = _Canned({"*": bad})
+    try:
+        for kind in KINDS:
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            with pytest.raises(ServiceResponseError):
+                sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/x", content=b"{}"))
+        assert len(canned.requests) == 2
+    finally:
+        canned.close()
+
+
+@pytest.mark.parametrize("value", [None, b"raw", True, "a\r\nInjected: 1"])
+def test_a_header_value_that_is_not_text_is_refused_before_sending(monkeypatch, value):
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        for kind in KINDS:
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            request = HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x")
+            request.headers["x-odd"] = value
+            with pytest.raises(ServiceRequestError):
+                sender.send(request)
+        assert canned.requests == []
+    finally:
+        canned.close()
+
+
+def test_a_connection_whose_send_broke_is_not_kept_even_with_an_answer(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    answer = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 5\r\n\r\nlarge"      # no Connection: close
+    listener = _early_answer_server(answer)
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        r = sender.send(HttpRequest("POST", f"http://127.0.0.1:{listener.getsockname()[1]}/t",
+                                    content=b"x" * (8 << 20)))
+        assert r.status_code == 413
+        assert sum(len(v) for v in sender._idle.values()) == 0
+    finally:
+        listener.close()
+
+
+def test_without_poll_kept_connections_are_still_reused(monkeypatch):
+    """On a system without select.poll (Windows) the liveness check falls back to select, as urllib3's does
+    (second review: every request opened a new connection)."""
+    import select
+
+    clear_proxy_env(monkeypatch)
+    monkeypatch.delattr(select, "poll")
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        for _ in range(3):
+            assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x")).status_code == 200
+        assert canned.connections == 1
+    finally:
+        canned.close()
+
+
+def test_a_class_with_its_own_set_raw_gets_the_email_parser():
+    import email.message
+
+    class Lowering(http.client.HTTPMessage):
+        def set_raw(self, name, value):
+            super().set_raw(name.lower(), value)
+
+    lines = _lines(b"X-A: 1\r\n\r\n")
+    assert transport.fast_message(lines, Lowering) is None
+    assert transport.fast_message(lines, email.message.EmailMessage) is not None
+    transport.install_fast_headers()
+    assert http.client.parse_headers(io.BytesIO(b"X-A: 1\r\n\r\n"), _class=Lowering).items() == [("x-a", "1")]

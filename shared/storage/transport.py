@@ -81,7 +81,8 @@ def fast_message(lines: list[bytes], message_class: Any) -> Any:
     """The message ``email.parser.Parser(_class=message_class).parsestr(b"".join(lines).decode("iso-8859-1"))``
     returns for ``lines`` as ``http.client._read_headers`` reads them, built directly; or None when the
     block has any other shape (a folded line, a bare LF, a line without a name, a ``message/*`` type, a
-    multipart type without a boundary or with another transfer encoding, a class that takes no policy),
+    multipart type without a boundary or with another transfer encoding, a class that takes no policy or
+    has its own ``set_raw``),
     which the email parser then reads as it always did.
 
     Equal by construction to what the parser does with the common shape, and compared with it
@@ -99,7 +100,10 @@ def fast_message(lines: list[bytes], message_class: Any) -> Any:
     if not _header_block().fullmatch(text):
         return None
     from email._policybase import compat32
+    from email.message import Message
 
+    if getattr(message_class, "set_raw", None) is not Message.set_raw:
+        return None            # a class with its own set_raw gets the parser, which calls it
     try:
         message = message_class(policy=compat32)     # as the parser makes it
     except TypeError:
@@ -179,6 +183,21 @@ class _Proxies:
                     proxy = select_proxy(url, get_environ_proxies(url))
                     self._of[origin] = prepend_scheme_if_needed(proxy, "http") if proxy else None
         return self._of[origin]
+
+
+def check_head(headers) -> None:
+    """Raise ValueError (or UnicodeError) for a header http.client would refuse to write: a name that is not
+    a token, a value with a line break, a character outside Latin-1. Checked before a request is handed
+    to a connection, so that such a request is refused with nothing sent."""
+    import http.client
+
+    legal_name = http.client._is_legal_header_name        # noqa: SLF001 - http.client's own checks
+    illegal_value = http.client._is_illegal_header_value  # noqa: SLF001
+    for name, value in (headers.items() if hasattr(headers, "items") else headers):
+        if not isinstance(name, str) or not legal_name(name.encode("ascii")):
+            raise ValueError(f"invalid header name {name!r}")
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or illegal_value(str(value).encode("latin-1")):
+            raise ValueError(f"invalid value for header {name!r}")
 
 
 # ------------------------------------------------------------------ the direct transport
@@ -275,10 +294,11 @@ def _direct_transport_class():
                 scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
             except ValueError:
                 scheme = host = port = None
-            target = (parts.path or "/") + ("?" + parts.query if parts.query else "") if host else ""
-            if (scheme not in ("http", "https") or not host or getattr(request, "files", None)
-                    or not plain_target.match(target) or not (body is None or isinstance(body, (bytes, str)))
+            target = _target(url) if host else None
+            if (scheme not in ("http", "https") or not host or target is None or getattr(request, "files", None)
+                    or not (body is None or isinstance(body, (bytes, str))) or not _plain_headers(request.headers)
                     or self._proxy(url)):
+                # anything else as urllib3 sends it: a proxy, a target it would rewrite, a body in chunks
                 return self._urllib3().send(request, connection_timeout=connect, read_timeout=read)
             origin = (scheme, host, port or (443 if scheme == "https" else 80))
             try:
@@ -318,18 +338,27 @@ def _direct_transport_class():
             except BaseException:
                 conn.close()
                 raise
+            broken = False
             try:
                 try:
                     conn.endheaders(body)
                 except (BrokenPipeError, ConnectionResetError) as sent:
                     # The server may have answered (a 413, a refusal) and closed before reading the whole
                     # body: read its answer, as urllib3 does; the error stands only if there is none.
+                    broken = True
                     try:
                         raw = conn.getresponse()
                     except Exception:  # noqa: BLE001 - no answer: the send's own error is the one to report
                         raise sent from None
                 else:
                     raw = conn.getresponse()
+                if 100 <= raw.status < 200:
+                    # http.client skips only 100 Continue; any other interim answer (103) would leave the final
+                    # one on the connection for the next request to read
+                    raise http.client.HTTPException(f"interim answer {raw.status} as the final one")
+                lengths = {v.strip() for v in raw.msg.get_all("content-length") or ()}
+                if len(lengths) > 1:
+                    raise http.client.HTTPException("conflicting Content-Length headers")
                 data = raw.read()
             except TimeoutError as err:      # socket.timeout is TimeoutError
                 conn.close()
@@ -341,8 +370,8 @@ def _direct_transport_class():
             except BaseException:
                 conn.close()
                 raise
-            if raw.will_close:
-                conn.close()
+            if raw.will_close or broken:
+                conn.close()       # a connection whose send broke is not kept, answer or not
             else:
                 self._give_back(origin, conn, generation)
             combined: dict[str, str] = {}
@@ -390,6 +419,29 @@ def _direct_transport_class():
         def __exit__(self, *args) -> None:
             self.close()
 
+    def _target(url: str) -> str | None:
+        """The request target as it is written in the URL (path and query, not re-spelled by urlsplit), when
+        urllib3 would send it unchanged: only the characters it leaves alone, no dot segment (which it
+        removes); else None."""
+        start = url.find("/", url.find("://") + 3)
+        target = url[start:] if start >= 0 else "/"
+        if not plain_target.match(target):
+            return None
+        path = target.split("?", 1)[0]
+        if any(segment in (".", "..") for segment in path.split("/")):
+            return None
+        return target
+
+    def _plain_headers(headers) -> bool:
+        """Header names and values of text (or numbers) and no Transfer-Encoding (a body in chunks): urllib3
+        frames and checks anything else its own way."""
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, (str, int)) or isinstance(value, bool):
+                return False
+            if name.lower() == "transfer-encoding":
+                return False
+        return True
+
     class _Head:
         __slots__ = ("headers", "skips")
 
@@ -401,9 +453,7 @@ def _direct_transport_class():
         head = _Head()
         headers = [(str(k), str(v)) for k, v in request.headers.items()]
         names = {k.lower() for k, _ in headers}
-        for name, value in headers:
-            if not _legal_name(name.encode("ascii")) or _illegal_value(value.encode("latin-1")):
-                raise ValueError(f"invalid header {name!r}")
+        check_head(headers)
         if "content-length" in names:
             stated = [v for k, v in headers if k.lower() == "content-length"]
             if len(stated) != 1 or stated[0].strip() != str(len(body or b"")):
@@ -417,9 +467,6 @@ def _direct_transport_class():
         head.skips = {"skip_host": "host" in names, "skip_accept_encoding": "accept-encoding" in names}
         return head
 
-    _legal_name = http.client._is_legal_header_name         # noqa: SLF001 - http.client's own checks
-    _illegal_value = http.client._is_illegal_header_value   # noqa: SLF001
-
     def _close(conn) -> None:
         if conn is not None:
             conn.close()
@@ -427,19 +474,28 @@ def _direct_transport_class():
     def _readable(sock) -> bool:
         """Whether a kept connection has something to read: the server closed it (or wrote unasked)."""
         try:
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        except (AttributeError, OSError, ValueError):
+            if hasattr(select, "poll"):
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                return bool(poller.poll(0))
+            return bool(select.select([sock], [], [], 0)[0])     # no poll (Windows): as urllib3 falls back
+        except (OSError, ValueError):
             return True
 
     def _inflate(data: bytes, wbits: int, encoding: str) -> bytes:
-        try:
-            return zlib.decompress(data, wbits)
-        except zlib.error:
-            if encoding != "deflate":
-                raise
-            return zlib.decompress(data, -zlib.MAX_WBITS)     # raw deflate, as urllib3 accepts it
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(data, wbits)
+            except zlib.error:
+                return zlib.decompress(data, -zlib.MAX_WBITS)     # raw deflate, as urllib3 accepts it
+        out = []
+        while data:            # a gzip body may hold several members, one after the other
+            member = zlib.decompressobj(wbits)
+            out.append(member.decompress(data))
+            if not member.eof:
+                raise zlib.error("truncated gzip member")
+            data = member.unused_data
+        return b"".join(out)
 
     return DirectTransport
 
@@ -507,6 +563,12 @@ def _urllib3_transport_class():
             if isinstance(connect, tuple):      # azure-core's older (connect, read) form
                 connect, read = connect
             try:
+                check_head(request.headers)
+                if isinstance(request.data, str):
+                    request.data.encode("utf-8")       # as urllib3 will encode it
+            except (ValueError, UnicodeError) as err:
+                raise ServiceRequestError(err, error=err) from err      # nothing sent
+            try:
                 raw = self._pool(request.url).urlopen(
                     request.method, request.url, body=request.data, headers=dict(request.headers),
                     retries=False, redirect=False, timeout=urllib3.Timeout(connect=connect, read=read),
@@ -515,13 +577,15 @@ def _urllib3_transport_class():
                 raise ServiceRequestError(err, error=err) from err
             except urllib3.exceptions.ConnectTimeoutError as err:
                 raise ServiceRequestTimeoutError(err, error=err) from err
+            except (urllib3.exceptions.LocationValueError, urllib3.exceptions.ProxyError) as err:
+                # a URL it cannot use, a proxy it could not reach: the request did not leave
+                raise ServiceRequestError(err, error=err) from err
             except urllib3.exceptions.ReadTimeoutError as err:
                 raise ServiceResponseTimeoutError(err, error=err) from err
-            except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as err:
+            except Exception as err:  # noqa: BLE001 - past the connection, the request may have been sent
+                # broken connections, answers that are not HTTP or whose head cannot be read, TLS errors
+                # (at the handshake or later: which one is not said), anything urllib3 raises midway
                 raise ServiceResponseError(err, error=err) from err
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, TypeError) as err:
-                # connection refused, TLS, proxy, name resolution; a request that cannot be sent as built
-                raise ServiceRequestError(err, error=err) from err
             headers = _CaseInsensitiveDict(raw.headers)
             response = HttpResponseImpl(
                 request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",

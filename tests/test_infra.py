@@ -1531,7 +1531,7 @@ YAML_MUTATIONS = [
     ("pwsh swallows the exit status", "; exit $LASTEXITCODE }", " }"),
     ("posix swallows the exit status", '"$PY" infra/hooks/postdeploy.py\n', '"$PY" infra/hooks/postdeploy.py || true\n'),
     ("posix without set -e", "        set -e\n", ""),
-    ("posix wrong shell", "      shell: sh\n", "      shell: pwsh\n"),
+    ("posix wrong shell", "    posix:\n      shell: sh\n", "    posix:\n      shell: pwsh\n"),
     ("not interactive", "      shell: sh\n      interactive: true", "      shell: sh\n      interactive: false"),
     ("hook runs something else", '"$PY" infra/hooks/postdeploy.py', '"$PY" -c pass'),
     ("predeploy instead of postdeploy", "  postdeploy:", "  predeploy:"),

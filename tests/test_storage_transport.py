@@ -163,18 +163,15 @@ def test_the_fast_header_parsing_is_installed_over_the_standard_librarys_only():
 # ------------------------------------------------------------------ a test server and a TCP forwarder
 
 
-class _Canned:
-    """An HTTP/1.1 server answering each path with a canned raw answer (status line, headers, body)."""
+class _Listener:
+    """A TCP listener on 127.0.0.1 that hands each connection to ``on_connection`` in a thread of its own."""
 
-    def __init__(self, answers: dict[str, bytes]):
-        self.answers = answers
-        self.requests: list[bytes] = []
+    def __init__(self, backlog: int = 32):
         self.connections = 0
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(32)
+        self.listener.listen(backlog)
         self.port = self.listener.getsockname()[1]
-        self._open: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -184,8 +181,27 @@ class _Canned:
             except OSError:
                 return
             self.connections += 1
-            self._open.append(sock)
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+            threading.Thread(target=self.on_connection, args=(sock,), daemon=True).start()
+
+    def on_connection(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self):
+        self.listener.close()
+
+
+class _Canned(_Listener):
+    """An HTTP/1.1 server answering each path with a canned raw answer (status line, headers, body)."""
+
+    def __init__(self, answers: dict[str, bytes]):
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self._open: list[socket.socket] = []
+        super().__init__()
+
+    def on_connection(self, sock):
+        self._open.append(sock)
+        self._serve(sock)
 
     def _serve(self, sock):
         buf = b""
@@ -221,20 +237,23 @@ class _Canned:
                         buf += sock.recv(65536)
                     body, buf = buf[:length], buf[length:]
                 self.requests.append(head + b"\r\n\r\n" + body)
-                path = head.split(b" ")[1].decode("latin-1")
-                answer = self.answers.get(path.split("?")[0], self.answers.get("*"))
-                if answer is None:
-                    return          # close without answering
-                if answer == b"hang":
-                    time.sleep(30)
-                    return
-                sock.sendall(answer)
-                if b"Connection: close" in answer.split(b"\r\n\r\n")[0]:
+                if not self.respond(sock, head.split(b" ")[1].decode("latin-1")):
                     return
         except OSError:
             return
         finally:
             sock.close()
+
+    def respond(self, sock, path: str) -> bool:
+        """Answer one request; False closes the connection."""
+        answer = self.answers.get(path.split("?")[0], self.answers.get("*"))
+        if answer is None:
+            return False          # close without answering
+        if answer == b"hang":
+            time.sleep(30)
+            return False
+        sock.sendall(answer)
+        return b"Connection: close" not in answer.split(b"\r\n\r\n")[0]
 
     def close_idle(self):
         for sock in self._open:
@@ -244,11 +263,11 @@ class _Canned:
                 pass
 
     def close(self):
-        self.listener.close()
+        super().close()
         self.close_idle()
 
 
-class _Forwarder:
+class _Forwarder(_Listener):
     """A TCP forwarder to 127.0.0.1:port that counts connections and can drop them (a server closing
     kept connections), optionally recording what the server answers."""
 
@@ -256,25 +275,14 @@ class _Forwarder:
         self.target = port
         self.record = record
         self.answers: list[bytes] = []
-        self.connections = 0
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(backlog=64)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self._pairs.append((client, upstream))
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+    def on_connection(self, client):
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        self._pairs.append((client, upstream))
+        threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+        self._pipe(upstream, client, True)
 
     def _pipe(self, src, dst, answers):
         try:
@@ -304,7 +312,7 @@ class _Forwarder:
         time.sleep(0.2)
 
     def close(self):
-        self.listener.close()
+        super().close()
         self.drop_all()
 
 
@@ -531,28 +539,21 @@ def test_what_the_direct_transport_does_not_send_itself_goes_to_urllib3(monkeypa
 # ------------------------------------------------------------------ the first review's findings
 
 
-def _early_answer_server(answer: bytes) -> socket.socket:
+class _EarlyAnswer(_Listener):
     """A server that answers after the request's head, without reading its body, and closes (the unread
     body makes the kernel reset the connection under the client's send)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
 
-    def serve():
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                buf += sock.recv(65536)
-            sock.sendall(answer)
-            time.sleep(0.05)
-            sock.close()
+    def __init__(self, answer: bytes):
+        self.answer = answer
+        super().__init__(backlog=8)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener
+    def on_connection(self, sock):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536)
+        sock.sendall(self.answer)
+        time.sleep(0.05)
+        sock.close()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -562,10 +563,10 @@ def test_an_answer_sent_before_the_body_was_read_is_read(monkeypatch, kind):
     clear_proxy_env(monkeypatch)
     answer = (b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\nConnection: close\r\n"
               b"Content-Length: 25\r\n\r\n{\"odata.error\": \"large\"}\n")
-    listener = _early_answer_server(answer)
+    listener = _EarlyAnswer(answer)
     try:
         sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
-        r = sender.send(HttpRequest("POST", f"http://127.0.0.1:{listener.getsockname()[1]}/t",
+        r = sender.send(HttpRequest("POST", f"http://127.0.0.1:{listener.port}/t",
                                     content=b"x" * (8 << 20)))
         assert r.status_code == 413 and b"large" in r.body()
     finally:
@@ -652,50 +653,26 @@ def test_connections_in_flight_when_the_transport_closes_are_not_kept(monkeypatc
 # ------------------------------------------------------------------ the second review's findings
 
 
-def _hinting_server() -> socket.socket:
+class _Hinting(_Canned):
     """Answers /hint with a 103 interim answer and, a moment later, the final one; anything else at once."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
 
-    def serve(sock):
-        buf = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                path = head.split(b" ")[1]
-                if path == b"/hint":
-                    sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
-                    time.sleep(0.3)
-                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
-        except OSError:
-            return
-        finally:
-            sock.close()
+    def __init__(self):
+        super().__init__({})
 
-    def accept():
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(sock,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return listener
+    def respond(self, sock, path):
+        if path == "/hint":
+            sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+            time.sleep(0.3)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path.encode()))
+        return True
 
 
 def test_an_interim_answer_is_not_taken_for_the_final_one(monkeypatch):
     """http.client skips only 100 Continue: a 103 taken as the answer would leave the real one on the kept
     connection for the next request (second review). Refused, and the next request reads its own answer."""
     clear_proxy_env(monkeypatch)
-    listener = _hinting_server()
-    port = listener.getsockname()[1]
+    listener = _Hinting()
+    port = listener.port
     try:
         sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
         with pytest.raises(ServiceResponseError):
@@ -754,10 +731,10 @@ def test_a_header_value_that_is_not_text_is_refused_before_sending(monkeypatch, 
 def test_a_connection_whose_send_broke_is_not_kept_even_with_an_answer(monkeypatch):
     clear_proxy_env(monkeypatch)
     answer = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 5\r\n\r\nlarge"      # no Connection: close
-    listener = _early_answer_server(answer)
+    listener = _EarlyAnswer(answer)
     try:
         sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
-        r = sender.send(HttpRequest("POST", f"http://127.0.0.1:{listener.getsockname()[1]}/t",
+        r = sender.send(HttpRequest("POST", f"http://127.0.0.1:{listener.port}/t",
                                     content=b"x" * (8 << 20)))
         assert r.status_code == 413
         assert sum(len(v) for v in sender._idle.values()) == 0

@@ -518,6 +518,7 @@ def test_what_the_direct_transport_does_not_send_itself_goes_to_urllib3(monkeypa
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/%2f%zz%41?q=%e9"))
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/acct/t/../x/./y"))
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a?"))
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}?comp=properties"))
             sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/a\tb"))
             chunks = HttpRequest("PUT", f"http://127.0.0.1:{canned.port}/chunks", content=b"hello")
             del chunks.headers["Content-Length"]
@@ -528,6 +529,7 @@ def test_what_the_direct_transport_does_not_send_itself_goes_to_urllib3(monkeypa
         assert targets[:n] == targets[n:], targets
         assert b"/a%22b%7Cc%7Bd%7D%5E%60" in targets[:n], targets      # urllib3's encoding, not the raw characters
         assert b"/acct/x/y" in targets[:n] and b"/a?" in targets[:n] and b"/a%09b" in targets[:n], targets
+        assert b"/?comp=properties" in targets[:n], targets      # a query right after the host keeps its query
         chunked = [req for req in canned.requests if req.startswith(b"PUT /chunks")]
         assert len(chunked) == 2 and chunked[0] == chunked[1] and chunked[0].endswith(b"\r\n\r\nhello"), chunked
         assert b"transfer-encoding: chunked" in chunked[0].lower()
@@ -614,12 +616,13 @@ def test_a_content_length_that_is_not_the_bodys_is_refused_before_sending(monkey
     clear_proxy_env(monkeypatch)
     canned = _Canned({"*": RAW["/json"]})
     try:
-        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
-        with pytest.raises(ServiceRequestError):
-            sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/x", content="é"))
-        assert sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/y", content=b"\xc3\xa9")).status_code \
-            == 200
-        assert len(canned.requests) == 1 and canned.requests[0].endswith(b"\r\n\r\n\xc3\xa9")
+        for kind in KINDS:        # urllib3 too (third review)
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            with pytest.raises(ServiceRequestError):
+                sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/x", content="é"))
+            assert sender.send(HttpRequest("POST", f"http://127.0.0.1:{canned.port}/y",
+                                           content=b"\xc3\xa9")).status_code == 200
+        assert len(canned.requests) == 2 and all(r.endswith(b"\r\n\r\n\xc3\xa9") for r in canned.requests)
     finally:
         canned.close()
 
@@ -674,23 +677,28 @@ def test_an_interim_answer_is_not_taken_for_the_final_one(monkeypatch):
     listener = _Hinting()
     port = listener.port
     try:
-        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
-        with pytest.raises(ServiceResponseError):
-            sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/hint"))
-        time.sleep(0.5)
-        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/second")).body() == b"/second"
+        for kind in KINDS:        # urllib3 too (third review: it pooled the connection with the answer on it)
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            with pytest.raises(ServiceResponseError):
+                sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/hint"))
+            assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/second")).body() == b"/second"
+            assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}/third")).body() == b"/third"
     finally:
         listener.close()
 
 
 def test_conflicting_content_lengths_in_an_answer_are_refused(monkeypatch):
     clear_proxy_env(monkeypatch)
-    canned = _Canned({"*": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"})
+    canned = _Canned({"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+                      "/list": b"HTTP/1.1 200 OK\r\nContent-Length: 3, 5\r\n\r\nabcde",
+                      "/same": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 03\r\n\r\nabc"})
     try:
         for kind in KINDS:
             sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
-            with pytest.raises(ServiceResponseError):
-                sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/x"))
+            for path in ("/two", "/list"):
+                with pytest.raises(ServiceResponseError):
+                    sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}{path}"))
+            assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/same")).body() == b"abc"
     finally:
         canned.close()
 
@@ -771,3 +779,89 @@ def test_a_class_with_its_own_set_raw_gets_the_email_parser():
     assert transport.fast_message(lines, email.message.EmailMessage) is not None
     transport.install_fast_headers()
     assert http.client.parse_headers(io.BytesIO(b"X-A: 1\r\n\r\n"), _class=Lowering).items() == [("x-a", "1")]
+
+
+# ------------------------------------------------------------------ the third review's findings
+
+
+def test_an_answer_sent_before_the_body_was_read_is_read_over_tls(monkeypatch):
+    """Over TLS the early answer's close shows as an SSL EOF, not a reset (third review: the 413 was lost)."""
+    import ssl
+
+    from fakeacs import _make_certs
+
+    ca, cert, private = _make_certs()
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    answer = (b"HTTP/1.1 413 Request Entity Too Large\r\nConnection: close\r\nContent-Length: 5\r\n\r\nlarge")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, private)
+
+    class Tls(_EarlyAnswer):
+        def on_connection(self, sock):
+            super().on_connection(context.wrap_socket(sock, server_side=True))
+
+    listener = Tls(answer)
+    try:
+        for _ in range(3):
+            sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+            r = sender.send(HttpRequest("POST", f"https://localhost:{listener.port}/t", content=b"x" * (8 << 20)))
+            assert r.status_code == 413 and r.body() == b"large"
+    finally:
+        listener.close()
+
+
+def test_a_compressed_answer_is_decoded_within_bounds(monkeypatch):
+    """Never asked for (Accept-Encoding: identity), decoded anyway, but a small answer must not inflate without
+    bound, nor through more codings than urllib3 allows (third review)."""
+    clear_proxy_env(monkeypatch)
+    monkeypatch.setattr(transport, "MAX_DECODED_BYTES", 1 << 20)
+    bomb = gzip.compress(b"\0" * (2 << 20))
+    stacked = b"x"
+    for _ in range(7):
+        stacked = gzip.compress(stacked)
+    canned = _Canned({
+        "/bomb": b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb) + bomb,
+        "/stacked": (b"HTTP/1.1 200 OK\r\nContent-Encoding: " + b", ".join([b"gzip"] * 7)
+                     + b"\r\nContent-Length: %d\r\n\r\n" % len(stacked) + stacked),
+        "/identity": (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip, identity\r\nContent-Length: %d\r\n\r\n"
+                      % len(gzip.compress(b"plain")) + gzip.compress(b"plain")),
+    })
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        for path in ("/bomb", "/stacked"):
+            with pytest.raises(ServiceResponseError):
+                sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}{path}"))
+        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/identity")).body() == b"plain"
+    finally:
+        canned.close()
+
+
+def test_a_method_that_is_not_a_token_is_refused_before_sending(monkeypatch):
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        for kind in KINDS:
+            sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
+            with pytest.raises(ServiceRequestError):
+                sender.send(HttpRequest("GE T", f"http://127.0.0.1:{canned.port}/x"))
+        assert canned.requests == []
+    finally:
+        canned.close()
+
+
+@pytest.mark.parametrize("authority", ["user:pw@127.0.0.1:{port}", "127.0.0.1:{port}\\@."])
+def test_an_authority_urlsplit_and_urllib3_may_read_differently_goes_to_urllib3(monkeypatch, authority):
+    """A user in the URL, a backslash: the host and port are whatever urllib3 makes of them, never urlsplit's
+    reading (third review: `host:8080\\@./` went to host '.' port 80)."""
+    clear_proxy_env(monkeypatch)
+    canned = _Canned({"*": RAW["/json"]})
+    try:
+        sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
+        try:
+            sender.send(HttpRequest("GET", f"http://{authority.format(port=canned.port)}/x"))
+        except (ServiceRequestError, ServiceResponseError):
+            pass             # urllib3's own answer to it; what matters is who sent it
+        assert sender._fallback is not None and not sender._idle
+    finally:
+        canned.close()

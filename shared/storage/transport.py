@@ -172,7 +172,10 @@ class _Proxies:
         self._lock = threading.Lock()
 
     def __call__(self, url: str) -> str | None:
-        origin = "/".join(url.split("/", 3)[:3])
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
         if origin not in self._of:
             from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
 
@@ -185,10 +188,34 @@ class _Proxies:
         return self._of[origin]
 
 
+MAX_DECODED_BYTES = 256 * 1024 * 1024   # an answer's body once decoded (never asked for compressed: a bound)
+MAX_CODINGS = 5                          # stacked content codings, as urllib3 allows
+
+
+def check_request(method: str, headers, body: bytes | str | None) -> bytes | str | None:
+    """Raise ValueError (or UnicodeError) for a request that cannot be written as built, before it is
+    handed to a connection, so that it is refused with nothing sent: a method that is not a token, a header
+    http.client would refuse (:func:`check_head`), a Content-Length that is not the body's length once text
+    is encoded as UTF-8 (azure-core counts a text body's characters; the bytes past the stated length
+    would be read by the server as the next request on a kept connection). Returns the body as sent."""
+    import re
+
+    if not isinstance(method, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", method):
+        raise ValueError(f"invalid method {method!r}")
+    check_head(headers)
+    encoded = body.encode("utf-8") if isinstance(body, str) else body
+    stated = [v for k, v in headers.items() if k.lower() == "content-length"]
+    if stated and isinstance(encoded, (bytes, bytearray)):
+        if len(stated) != 1 or str(stated[0]).strip() != str(len(encoded)):
+            raise ValueError("the request's Content-Length is not its body's length")
+    return encoded
+
+
 def check_head(headers) -> None:
-    """Raise ValueError (or UnicodeError) for a header http.client would refuse to write: a name that is not
-    a token, a value with a line break, a character outside Latin-1. Checked before a request is handed
-    to a connection, so that such a request is refused with nothing sent."""
+    """Raise ValueError (or UnicodeError) for a header http.client would refuse to write (its own rules, as
+    urllib3 applies them: a name with a colon or a line break, a value with a line break not followed by a
+    blank, a character outside Latin-1), or whose value is not text or a number. Checked before a request
+    is handed to a connection, so that such a request is refused with nothing sent."""
     import http.client
 
     legal_name = http.client._is_legal_header_name        # noqa: SLF001 - http.client's own checks
@@ -223,6 +250,8 @@ def _direct_transport_class():
     # A target urllib3 sends as it is (it percent-encodes anything else, and a '%' not followed by two hex
     # digits; it writes hex digits in upper case): the SDK's own, whose keys and values are already encoded.
     plain_target = re.compile(r"/(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-F]{2})*\Z")
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    plain_authority = re.compile(rf"(?:{label}(?:\.{label})*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{{1,5}}))?")
     obsolete_fold = re.compile(r"(?:(?<![ \t])[ \t]+)?\r\n[ \t]+")      # urllib3's own
     decoders = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -294,7 +323,7 @@ def _direct_transport_class():
                 scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
             except ValueError:
                 scheme = host = port = None
-            target = _target(url) if host else None
+            target = _target(url) if host and _plain_authority(url) else None
             if (scheme not in ("http", "https") or not host or target is None or getattr(request, "files", None)
                     or not (body is None or isinstance(body, (bytes, str))) or not _plain_headers(request.headers)
                     or self._proxy(url)):
@@ -302,8 +331,7 @@ def _direct_transport_class():
                 return self._urllib3().send(request, connection_timeout=connect, read_timeout=read)
             origin = (scheme, host, port or (443 if scheme == "https" else 80))
             try:
-                if isinstance(body, str):
-                    body = body.encode("utf-8")
+                body = check_request(request.method, request.headers, body)
                 head = _head(request, target, body)
             except (ValueError, TypeError, UnicodeError, http.client.HTTPException) as err:
                 # a request that cannot be written as built (a line break in a header value, a length that is
@@ -342,7 +370,7 @@ def _direct_transport_class():
             try:
                 try:
                     conn.endheaders(body)
-                except (BrokenPipeError, ConnectionResetError) as sent:
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as sent:
                     # The server may have answered (a 413, a refusal) and closed before reading the whole
                     # body: read its answer, as urllib3 does; the error stands only if there is none.
                     broken = True
@@ -356,8 +384,7 @@ def _direct_transport_class():
                     # http.client skips only 100 Continue; any other interim answer (103) would leave the final
                     # one on the connection for the next request to read
                     raise http.client.HTTPException(f"interim answer {raw.status} as the final one")
-                lengths = {v.strip() for v in raw.msg.get_all("content-length") or ()}
-                if len(lengths) > 1:
+                if len(_lengths(raw.msg.get_all("content-length") or ())) > 1:
                     raise http.client.HTTPException("conflicting Content-Length headers")
                 data = raw.read()
             except TimeoutError as err:      # socket.timeout is TimeoutError
@@ -387,12 +414,15 @@ def _direct_transport_class():
             headers = _CaseInsensitiveDict({spelling[k]: v for k, v in combined.items()})
             # Never asked for (http.client sends Accept-Encoding: identity), decoded anyway as urllib3 decodes
             # it: gzip and deflate, several in the order applied; an encoding it does not know is left as is.
-            codings = [c.strip() for c in headers.get("content-encoding", "").lower().split(",") if c.strip()]
+            codings = [c.strip() for c in headers.get("content-encoding", "").lower().split(",")
+                       if c.strip() and c.strip() != "identity"]
             if data and codings and all(c in decoders for c in codings):
                 try:
+                    if len(codings) > MAX_CODINGS:
+                        raise zlib.error(f"{len(codings)} content codings stacked (at most {MAX_CODINGS})")
                     for coding in reversed(codings):
                         data = _inflate(data, decoders[coding], coding)
-                except zlib.error as err:
+                except (zlib.error, MemoryError) as err:
                     raise ServiceResponseError(err, error=err) from err
             response = HttpResponseImpl(
                 request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
@@ -421,16 +451,28 @@ def _direct_transport_class():
 
     def _target(url: str) -> str | None:
         """The request target as it is written in the URL (path and query, not re-spelled by urlsplit), when
-        urllib3 would send it unchanged: only the characters it leaves alone, no dot segment (which it
-        removes); else None."""
-        start = url.find("/", url.find("://") + 3)
-        target = url[start:] if start >= 0 else "/"
+        urllib3 would send it unchanged: a path right after the authority, only the characters urllib3 leaves
+        alone, no dot segment (which it removes); else None."""
+        after = url.find("://") + 3
+        ends = [i for i in (url.find(c, after) for c in "/?#") if i >= 0]
+        start = min(ends) if ends else -1
+        if start < 0 or url[start] != "/":
+            return None        # no path, or a query or fragment right after the host: urllib3's reading
+        target = url[start:]
         if not plain_target.match(target):
             return None
         path = target.split("?", 1)[0]
         if any(segment in (".", "..") for segment in path.split("/")):
             return None
         return target
+
+    def _plain_authority(url: str) -> bool:
+        """A host name or a bracketed IPv6 address and an optional port from 1 to 65535, nothing else (no
+        user, no percent-encoding, no backslash): what urlsplit and urllib3 read the same way."""
+        after = url.find("://") + 3
+        ends = [i for i in (url.find(c, after) for c in "/?#") if i >= 0]
+        m = plain_authority.fullmatch(url[after:min(ends) if ends else len(url)])
+        return bool(m) and (m.group(1) is None or 1 <= int(m.group(1)) <= 65535)
 
     def _plain_headers(headers) -> bool:
         """Header names and values of text (or numbers) and no Transfer-Encoding (a body in chunks): urllib3
@@ -446,19 +488,12 @@ def _direct_transport_class():
         __slots__ = ("headers", "skips")
 
     def _head(request, target: str, body: bytes | None) -> _Head:
-        """The request's head as http.client will write it, checked first: every name and value http.client
-        accepts (a line break, a character outside Latin-1), and a Content-Length, when the request sets
-        one, that is the body's (a wrong one would leave bytes on the kept connection that the server reads
-        as the next request). The length, when missing, as urllib3 sets it."""
+        """The request's head as http.client will write it (check_request has checked it), with the length,
+        when missing, as urllib3 sets it."""
         head = _Head()
         headers = [(str(k), str(v)) for k, v in request.headers.items()]
         names = {k.lower() for k, _ in headers}
-        check_head(headers)
-        if "content-length" in names:
-            stated = [v for k, v in headers if k.lower() == "content-length"]
-            if len(stated) != 1 or stated[0].strip() != str(len(body or b"")):
-                raise ValueError("the request's Content-Length is not its body's length")
-        elif "transfer-encoding" not in names:
+        if "content-length" not in names and "transfer-encoding" not in names:
             if body is not None:
                 headers.append(("Content-Length", str(len(body))))
             elif request.method.upper() not in ("GET", "HEAD", "DELETE", "TRACE", "OPTIONS", "CONNECT"):
@@ -483,19 +518,37 @@ def _direct_transport_class():
             return True
 
     def _inflate(data: bytes, wbits: int, encoding: str) -> bytes:
+        """One content coding undone, at most MAX_DECODED_BYTES of output (a small answer can inflate to
+        gigabytes); a truncated stream is an error, not a shorter body."""
         if encoding == "deflate":
             try:
-                return zlib.decompress(data, wbits)
+                return _bounded(zlib.decompressobj(wbits), data)[0]
             except zlib.error:
-                return zlib.decompress(data, -zlib.MAX_WBITS)     # raw deflate, as urllib3 accepts it
-        out = []
+                return _bounded(zlib.decompressobj(-zlib.MAX_WBITS), data)[0]   # raw deflate, as urllib3 takes it
+        out, size = [], 0
         while data:            # a gzip body may hold several members, one after the other
-            member = zlib.decompressobj(wbits)
-            out.append(member.decompress(data))
-            if not member.eof:
-                raise zlib.error("truncated gzip member")
-            data = member.unused_data
+            chunk, data = _bounded(zlib.decompressobj(wbits), data, size)
+            out.append(chunk)
+            size += len(chunk)
         return b"".join(out)
+
+    def _bounded(stream, data: bytes, already: int = 0) -> tuple[bytes, bytes]:
+        room = MAX_DECODED_BYTES - already
+        chunk = stream.decompress(data, room + 1)
+        if len(chunk) > room or stream.unconsumed_tail:
+            raise zlib.error(f"the decoded answer is larger than {MAX_DECODED_BYTES} bytes")
+        if not stream.eof:
+            raise zlib.error("truncated compressed stream")
+        return chunk, stream.unused_data
+
+    def _lengths(values) -> set[int | str]:
+        """The Content-Length values of an answer, as urllib3 reads them (comma-separated, as numbers)."""
+        found: set[int | str] = set()
+        for value in values:
+            for part in value.split(","):
+                part = part.strip()
+                found.add(int(part) if part.isdigit() else part)
+        return found
 
     return DirectTransport
 
@@ -563,16 +616,22 @@ def _urllib3_transport_class():
             if isinstance(connect, tuple):      # azure-core's older (connect, read) form
                 connect, read = connect
             try:
-                check_head(request.headers)
-                if isinstance(request.data, str):
-                    request.data.encode("utf-8")       # as urllib3 will encode it
+                check_request(request.method, request.headers, request.data)
             except (ValueError, UnicodeError) as err:
                 raise ServiceRequestError(err, error=err) from err      # nothing sent
+            raw = None
             try:
                 raw = self._pool(request.url).urlopen(
                     request.method, request.url, body=request.data, headers=dict(request.headers),
                     retries=False, redirect=False, timeout=urllib3.Timeout(connect=connect, read=read),
-                    preload_content=True, decode_content=True)
+                    preload_content=False, decode_content=True)
+                if 100 <= raw.status < 200:
+                    # urllib3 takes any interim answer but 100 (a 103) for the answer and would pool the
+                    # connection with the real one still on it: closed, refused
+                    raw.close()
+                    raise urllib3.exceptions.ProtocolError(f"interim answer {raw.status} as the final one")
+                data = raw.read(decode_content=True)
+                raw.release_conn()
             except urllib3.exceptions.NewConnectionError as err:      # (a ConnectTimeoutError subclass)
                 raise ServiceRequestError(err, error=err) from err
             except urllib3.exceptions.ConnectTimeoutError as err:
@@ -585,12 +644,15 @@ def _urllib3_transport_class():
             except Exception as err:  # noqa: BLE001 - past the connection, the request may have been sent
                 # broken connections, answers that are not HTTP or whose head cannot be read, TLS errors
                 # (at the handshake or later: which one is not said), anything urllib3 raises midway
+                if raw is not None:
+                    raw.close()
+                    raw.release_conn()
                 raise ServiceResponseError(err, error=err) from err
             headers = _CaseInsensitiveDict(raw.headers)
             response = HttpResponseImpl(
                 request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
                 headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
-            response._content = raw.data   # noqa: SLF001 - read whole (preload_content), as the SDK reads it
+            response._content = data   # noqa: SLF001 - read whole, as the SDK reads it
             return response
 
         def open(self) -> None:

@@ -687,6 +687,14 @@ def test_an_interim_answer_is_not_taken_for_the_final_one(monkeypatch):
         listener.close()
 
 
+def _refused_then(sender, port: int, refused, good: str, body: bytes) -> None:
+    """Each of ``refused`` is a ServiceResponseError; then ``good`` answers ``body`` on the same transport."""
+    for path in refused:
+        with pytest.raises(ServiceResponseError):
+            sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}{path}"))
+    assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{port}{good}")).body() == body
+
+
 def test_conflicting_content_lengths_in_an_answer_are_refused(monkeypatch):
     clear_proxy_env(monkeypatch)
     canned = _Canned({"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
@@ -695,10 +703,7 @@ def test_conflicting_content_lengths_in_an_answer_are_refused(monkeypatch):
     try:
         for kind in KINDS:
             sender = getattr(transport, kind)(connection_timeout=2, read_timeout=5)
-            for path in ("/two", "/list"):
-                with pytest.raises(ServiceResponseError):
-                    sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}{path}"))
-            assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/same")).body() == b"abc"
+            _refused_then(sender, canned.port, ("/two", "/list"), "/same", b"abc")
     finally:
         canned.close()
 
@@ -829,10 +834,7 @@ def test_a_compressed_answer_is_decoded_within_bounds(monkeypatch):
     })
     try:
         sender = transport.DirectTransport(connection_timeout=2, read_timeout=5)
-        for path in ("/bomb", "/stacked"):
-            with pytest.raises(ServiceResponseError):
-                sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}{path}"))
-        assert sender.send(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/identity")).body() == b"plain"
+        _refused_then(sender, canned.port, ("/bomb", "/stacked"), "/identity", b"plain")
     finally:
         canned.close()
 

@@ -227,6 +227,17 @@ def check_head(headers) -> None:
             raise ValueError(f"invalid value for header {name!r}")
 
 
+def _azure_response(request, raw, headers, data: bytes):
+    """azure-core's response for an answer read whole (as the SDK reads it), from either transport."""
+    from azure.core.rest._http_response_impl import HttpResponseImpl
+
+    response = HttpResponseImpl(
+        request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
+        headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
+    response._content = data   # noqa: SLF001 - the body, already read
+    return response
+
+
 # ------------------------------------------------------------------ the direct transport
 
 
@@ -244,7 +255,6 @@ def _direct_transport_class():
         ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError, ServiceResponseTimeoutError,
     )
     from azure.core.pipeline.transport import HttpTransport
-    from azure.core.rest._http_response_impl import HttpResponseImpl
     from azure.core.rest._requests_basic import _CaseInsensitiveDict
 
     # A target urllib3 sends as it is (it percent-encodes anything else, and a '%' not followed by two hex
@@ -424,11 +434,7 @@ def _direct_transport_class():
                         data = _inflate(data, decoders[coding], coding)
                 except (zlib.error, MemoryError) as err:
                     raise ServiceResponseError(err, error=err) from err
-            response = HttpResponseImpl(
-                request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
-                headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
-            response._content = data   # noqa: SLF001 - read whole, as the SDK reads it
-            return response
+            return _azure_response(request, raw, headers, data)
 
         def open(self) -> None:
             pass
@@ -568,7 +574,6 @@ def _urllib3_transport_class():
         ServiceRequestError, ServiceRequestTimeoutError, ServiceResponseError, ServiceResponseTimeoutError,
     )
     from azure.core.pipeline.transport import HttpTransport
-    from azure.core.rest._http_response_impl import HttpResponseImpl
     from azure.core.rest._requests_basic import _CaseInsensitiveDict
     from requests.utils import get_auth_from_url
 
@@ -649,11 +654,7 @@ def _urllib3_transport_class():
                     raw.release_conn()
                 raise ServiceResponseError(err, error=err) from err
             headers = _CaseInsensitiveDict(raw.headers)
-            response = HttpResponseImpl(
-                request=request, internal_response=raw, status_code=raw.status, reason=raw.reason or "",
-                headers=headers, content_type=headers.get("content-type"), stream_download_generator=None)
-            response._content = data   # noqa: SLF001 - read whole, as the SDK reads it
-            return response
+            return _azure_response(request, raw, headers, data)
 
         def open(self) -> None:
             pass

@@ -164,6 +164,13 @@ def install_fast_headers() -> None:
 # ------------------------------------------------------------------ proxies
 
 
+def _authority_end(url: str) -> int:
+    """Where a URL's authority ends: its first '/', '?' or '#' after the scheme's '://' (or its end)."""
+    after = url.find("://") + 3
+    ends = [i for i in (url.find(c, after) for c in "/?#") if i >= 0]
+    return min(ends) if ends else len(url)
+
+
 class _Proxies:
     """Which proxy, if any, an origin goes through: requests' rules, decided once per origin."""
 
@@ -172,10 +179,7 @@ class _Proxies:
         self._lock = threading.Lock()
 
     def __call__(self, url: str) -> str | None:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        origin = f"{parts.scheme}://{parts.netloc}"
+        origin = url[:_authority_end(url)]
         if origin not in self._of:
             from requests.utils import get_environ_proxies, prepend_scheme_if_needed, select_proxy
 
@@ -192,15 +196,20 @@ MAX_DECODED_BYTES = 256 * 1024 * 1024   # an answer's body once decoded (never a
 MAX_CODINGS = 5                          # stacked content codings, as urllib3 allows
 
 
+@functools.lru_cache(maxsize=1)
+def _token():
+    import re
+
+    return re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # an HTTP method (RFC 9110 token), as urllib3 checks it
+
+
 def check_request(method: str, headers, body: bytes | str | None) -> bytes | str | None:
     """Raise ValueError (or UnicodeError) for a request that cannot be written as built, before it is
     handed to a connection, so that it is refused with nothing sent: a method that is not a token, a header
     http.client would refuse (:func:`check_head`), a Content-Length that is not the body's length once text
     is encoded as UTF-8 (azure-core counts a text body's characters; the bytes past the stated length
     would be read by the server as the next request on a kept connection). Returns the body as sent."""
-    import re
-
-    if not isinstance(method, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", method):
+    if not isinstance(method, str) or not _token().fullmatch(method):
         raise ValueError(f"invalid method {method!r}")
     check_head(headers)
     encoded = body.encode("utf-8") if isinstance(body, str) else body
@@ -333,7 +342,7 @@ def _direct_transport_class():
                 scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
             except ValueError:
                 scheme = host = port = None
-            target = _target(url) if host and _plain_authority(url) else None
+            target = _direct_target(url) if host else None
             if (scheme not in ("http", "https") or not host or target is None or getattr(request, "files", None)
                     or not (body is None or isinstance(body, (bytes, str))) or not _plain_headers(request.headers)
                     or self._proxy(url)):
@@ -455,14 +464,17 @@ def _direct_transport_class():
         def __exit__(self, *args) -> None:
             self.close()
 
-    def _target(url: str) -> str | None:
+    def _direct_target(url: str) -> str | None:
         """The request target as it is written in the URL (path and query, not re-spelled by urlsplit), when
-        urllib3 would send it unchanged: a path right after the authority, only the characters urllib3 leaves
+        both the authority and the target are ones urlsplit and urllib3 read alike and urllib3 would send
+        unchanged: a host name or a bracketed IPv6 address and an optional port from 1 to 65535 (no user, no
+        percent-encoding, no backslash), then a path right after it, only the characters urllib3 leaves
         alone, no dot segment (which it removes); else None."""
-        after = url.find("://") + 3
-        ends = [i for i in (url.find(c, after) for c in "/?#") if i >= 0]
-        start = min(ends) if ends else -1
-        if start < 0 or url[start] != "/":
+        after, start = url.find("://") + 3, _authority_end(url)
+        m = plain_authority.fullmatch(url[after:start])
+        if not m or (m.group(1) is not None and not 1 <= int(m.group(1)) <= 65535):
+            return None
+        if start == len(url) or url[start] != "/":
             return None        # no path, or a query or fragment right after the host: urllib3's reading
         target = url[start:]
         if not plain_target.match(target):
@@ -471,14 +483,6 @@ def _direct_transport_class():
         if any(segment in (".", "..") for segment in path.split("/")):
             return None
         return target
-
-    def _plain_authority(url: str) -> bool:
-        """A host name or a bracketed IPv6 address and an optional port from 1 to 65535, nothing else (no
-        user, no percent-encoding, no backslash): what urlsplit and urllib3 read the same way."""
-        after = url.find("://") + 3
-        ends = [i for i in (url.find(c, after) for c in "/?#") if i >= 0]
-        m = plain_authority.fullmatch(url[after:min(ends) if ends else len(url)])
-        return bool(m) and (m.group(1) is None or 1 <= int(m.group(1)) <= 65535)
 
     def _plain_headers(headers) -> bool:
         """Header names and values of text (or numbers) and no Transfer-Encoding (a body in chunks): urllib3

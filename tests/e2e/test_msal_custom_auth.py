@@ -48,7 +48,15 @@ def assert_stayed_on_loopback(page, server, site) -> None:
 
 
 def assert_preflighted(access_log, paths: set[str]) -> None:
-    """Each native-auth path was preflighted (OPTIONS, 2xx) before its first POST reached the API."""
+    """Each native-auth path was preflighted (OPTIONS, 2xx) before its first POST reached the API.
+
+    The host writes a request's access-log line after it sent the answer, so the
+    browser may hold the last answer before its line is logged: wait for the lines."""
+    def posted() -> bool:
+        seen = {p for m, p, _ in access_log.snapshot() if m == "POST"}
+        return paths <= seen
+
+    wait_until(posted, timeout=10)
     entries = access_log.snapshot()
     for path in paths:
         first_post = next((i for i, (m, p, _) in enumerate(entries) if m == "POST" and p == path), None)

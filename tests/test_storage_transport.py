@@ -22,7 +22,7 @@ from shared.settings import Settings
 from shared.storage import tables as storage
 from shared.storage import transport
 
-from conftest import clear_proxy_env
+from conftest import clear_proxy_env, wait_until
 
 KINDS = ["DirectTransport", "Urllib3Transport"]
 
@@ -643,7 +643,9 @@ def test_connections_in_flight_when_the_transport_closes_are_not_kept(monkeypatc
         threads = [threading.Thread(target=sender.send, args=(HttpRequest("GET", f"http://127.0.0.1:{canned.port}/s"),))
                    for _ in range(5)]
         [t.start() for t in threads]
-        time.sleep(0.1)
+        # every send has its connection open (so it read the generation) before the close; a fixed
+        # sleep here let a thread started late on a loaded machine begin after the close and keep its own
+        assert wait_until(lambda: len(canned._open) == 5, timeout=10)
         sender.close()
         [t.join() for t in threads]
         assert sum(len(v) for v in sender._idle.values()) == 0

@@ -333,6 +333,19 @@ def caplog_all(caplog):
     return caplog
 
 
+STEADY_HOUR_MARGIN_SECONDS = 45
+
+
+@pytest.fixture
+def steady_hour():
+    """For a test that counts sends against limits kept per UTC clock hour (and day): if the hour ends
+    within the margin, wait for the next one first, so the counters the test fills cannot reset halfway
+    (a run crossing the hour would see a send the test expects refused go through)."""
+    left = 3600 - time.time() % 3600
+    if left < STEADY_HOUR_MARGIN_SECONDS:
+        time.sleep(left + 0.5)
+
+
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

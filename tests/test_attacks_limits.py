@@ -6,8 +6,13 @@ conventions). SECURITY.md §7 maps every row to its tests.
 
 from __future__ import annotations
 
+import pytest
+
 from attack_kit import *  # noqa: F401,F403 - the kit's fixtures and helpers
 from attack_kit import _QUIET  # noqa: F401
+
+# the send limits are counted per UTC clock hour: no test here may straddle one
+pytestmark = pytest.mark.usefixtures("steady_hour")
 
 
 # ====================================================================== A13-A16: SMS pumping and send floods

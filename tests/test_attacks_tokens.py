@@ -329,6 +329,7 @@ def _start_under(server, api, email: str) -> str:
     return state._seal(server.settings, record, "B" * 43)
 
 
+@pytest.mark.usefixtures("steady_hour")      # its limit is counted per clock hour
 @pytest.mark.parametrize("kind", ["sign-in", "reset"])
 def test_A115_a_refused_first_send_keeps_the_start_token_usable_and_single_use(server, api, outbox, make_user, kind):
     """A send that a limit refuses at the first step stores the flow put back as it was sealed: the same start

@@ -17,6 +17,9 @@ from shared.settings import Settings
 
 from conftest import storage_trace, unique_email
 
+# the send limits are counted per UTC clock hour: no test here may straddle one
+pytestmark = pytest.mark.usefixtures("steady_hour")
+
 PW = "correct horse battery staple"
 CAPS = "mfa_required registration_required"
 

@@ -401,22 +401,26 @@ MAX_PASSWORD_CHARS = 256  # the longest password the policy allows (README: maxi
 
 @pytest.fixture
 def hashed_lengths(monkeypatch):
-    """Lengths of every password that reached argon2 (any PasswordHasher) during the test."""
+    """Lengths of every password that reached argon2 (any PasswordHasher, the service's own
+    libsodium-backed one included) during the test."""
     import argon2
 
+    from shared.security import passwords
+
     seen: list[int] = []
-    real_hash, real_verify = argon2.PasswordHasher.hash, argon2.PasswordHasher.verify
+    for cls in (argon2.PasswordHasher, passwords.Argon2idHasher):
+        real_hash, real_verify = cls.__dict__["hash"], cls.__dict__["verify"]
 
-    def spy_hash(self, password, *a, **k):
-        seen.append(len(password))
-        return real_hash(self, password, *a, **k)
+        def spy_hash(self, password, *a, _real=real_hash, **k):
+            seen.append(len(password))
+            return _real(self, password, *a, **k)
 
-    def spy_verify(self, hash_, password, *a, **k):
-        seen.append(len(password))
-        return real_verify(self, hash_, password, *a, **k)
+        def spy_verify(self, hash_, password, *a, _real=real_verify, **k):
+            seen.append(len(password))
+            return _real(self, hash_, password, *a, **k)
 
-    monkeypatch.setattr(argon2.PasswordHasher, "hash", spy_hash)
-    monkeypatch.setattr(argon2.PasswordHasher, "verify", spy_verify)
+        monkeypatch.setattr(cls, "hash", spy_hash)
+        monkeypatch.setattr(cls, "verify", spy_verify)
     return seen
 
 

@@ -30,6 +30,14 @@ def verdict(hasher, stored, password):
         return type(exc)
 
 
+def outcome(fn):
+    """What fn returned, or the class of the exception it raised."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the class is the outcome
+        return type(exc)
+
+
 @pytest.fixture
 def sodium_calls(monkeypatch):
     calls: list[tuple] = []
@@ -136,3 +144,47 @@ def test_unknown_names_cost_one_libsodium_verification_with_our_parameters(sodiu
     assert passwords.verify_password(None, "anything") is False
     assert passwords.verify_password("not a hash", "anything") is False
     assert sodium_calls == [(2, 19456, 32), (2, 19456, 32)]
+
+
+def test_a_password_that_is_neither_text_nor_bytes_is_refused_as_argon2_cffi_refuses_it():
+    stored = passwords.Argon2idHasher(**LIGHT).hash("pw")
+    ref = argon2.PasswordHasher(**LIGHT)
+    for odd in (5, bytearray(b"pw"), memoryview(b"pw"), None, [112, 119]):
+        assert verdict(passwords.Argon2idHasher(**LIGHT), stored, odd) == verdict(ref, stored, odd), odd
+        assert outcome(lambda: passwords.Argon2idHasher(**LIGHT).hash(odd)) == outcome(lambda: ref.hash(odd)) \
+            == AttributeError, odd
+
+
+def test_a_block_that_cannot_be_allocated_fails_as_argon2_cffi_fails():
+    """With the address space capped so the 19 MiB block cannot be mapped, libsodium's failure comes out
+    as argon2-cffi's (VerificationError, HashingError): a verification is a wrong password, not a 500."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import ROOT
+
+    script = textwrap.dedent('''
+        import resource, argon2
+        from nacl import bindings
+        from shared.security import passwords as P
+        stored = P.hash_password("correct horse battery")
+        P._dummy()
+        ref = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1, hash_len=32, salt_len=16)
+        size = int(open("/proc/self/statm").read().split()[0]) * 4096
+        resource.setrlimit(resource.RLIMIT_AS, (size + 8 * 2**20, resource.RLIM_INFINITY))
+        def outcome(fn):
+            try:
+                return repr(fn())
+            except Exception as exc:
+                return type(exc).__name__
+        print(outcome(lambda: ref.verify(stored, "correct horse battery")),
+              outcome(lambda: P._hasher.verify(stored, "correct horse battery")),
+              outcome(lambda: P.verify_password(stored, "correct horse battery")),
+              outcome(lambda: P.verify_password(None, "x")),
+              outcome(lambda: ref.hash("x")), outcome(lambda: P.hash_password("x")))
+    ''')
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["VerificationError", "VerificationError", "False", "False", "HashingError",
+                                  "HashingError"], run.stdout

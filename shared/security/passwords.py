@@ -48,7 +48,7 @@ from collections import deque
 from typing import Literal
 
 from argon2 import PasswordHasher, Type
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from argon2.exceptions import HashingError, InvalidHashError, VerificationError, VerifyMismatchError
 
 MAX_PASSWORD_CHARS = 256
 ARGON2_CONCURRENCY = 4
@@ -124,6 +124,12 @@ def _sodium_argon2id(secret: bytes, salt: bytes, time_cost: int, memory_kib: int
                                       bindings.crypto_pwhash_ALG_ARGON2ID13)
 
 
+def _sodium_error() -> type[Exception]:
+    from nacl.exceptions import CryptoError
+
+    return CryptoError
+
+
 class Argon2idHasher(PasswordHasher):
     """argon2-cffi's ``PasswordHasher``, with the same parameters, PHC strings, results and errors,
     whose argon2id is computed by libsodium whenever libsodium computes that form (argon2id v=19,
@@ -140,8 +146,11 @@ class Argon2idHasher(PasswordHasher):
                 or not _SODIUM_MEMORY_KIB[0] <= self.memory_cost <= _SODIUM_MEMORY_KIB[1]
                 or not 1 <= self.time_cost <= 99 or not 16 <= self.hash_len <= 1024):
             return super().hash(password, salt=salt)
-        secret = password.encode(self.encoding) if isinstance(password, str) else bytes(password)
-        raw = _sodium_argon2id(secret, salt, self.time_cost, self.memory_cost, self.hash_len)
+        secret = password if isinstance(password, bytes) else password.encode(self.encoding)   # as argon2-cffi
+        try:
+            raw = _sodium_argon2id(secret, salt, self.time_cost, self.memory_cost, self.hash_len)
+        except _sodium_error() as exc:           # e.g. the block could not be allocated: argon2-cffi's error
+            raise HashingError(str(exc)) from None
         return f"$argon2id$v=19$m={self.memory_cost},t={self.time_cost},p=1${_b64(salt)}${_b64(raw)}"
 
     def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
@@ -152,8 +161,12 @@ class Argon2idHasher(PasswordHasher):
         if (salt is None or expected is None or len(salt) != 16 or not 16 <= len(expected) <= 1024
                 or not _SODIUM_MEMORY_KIB[0] <= memory <= _SODIUM_MEMORY_KIB[1]):
             return super().verify(hash, password)
-        secret = password.encode(self.encoding) if isinstance(password, str) else bytes(password)
-        if not hmac.compare_digest(_sodium_argon2id(secret, salt, time_cost, memory, len(expected)), expected):
+        secret = password if isinstance(password, bytes) else password.encode(self.encoding)   # as argon2-cffi
+        try:
+            computed = _sodium_argon2id(secret, salt, time_cost, memory, len(expected))
+        except _sodium_error() as exc:           # e.g. the block could not be allocated: argon2-cffi's error
+            raise VerificationError(str(exc)) from None
+        if not hmac.compare_digest(computed, expected):
             raise VerifyMismatchError("The password does not match the supplied hash")
         return True
 

@@ -58,7 +58,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from shared.protocol import errors
 from shared.protocol.identifiers import ip_source

@@ -22,20 +22,17 @@ OURS = dict(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash_len=32, salt
 LIGHT = dict(time_cost=1, memory_cost=64, parallelism=1, hash_len=32, salt_len=16, type=argon2.Type.ID)
 
 
-def verdict(hasher, stored, password):
-    """True, or the class of the exception verify raised."""
-    try:
-        return hasher.verify(stored, password)
-    except Exception as exc:  # noqa: BLE001 - the class is the verdict
-        return type(exc)
-
-
 def outcome(fn):
     """What fn returned, or the class of the exception it raised."""
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - the class is the outcome
         return type(exc)
+
+
+def verdict(hasher, stored, password):
+    """True, or the class of the exception verify raised."""
+    return outcome(lambda: hasher.verify(stored, password))
 
 
 @pytest.fixture

@@ -115,6 +115,13 @@ _SODIUM_FORM = re.compile(r"^\$argon2id\$v=19\$m=([1-9][0-9]{0,7}),t=([1-9][0-9]
 _SODIUM_MEMORY_KIB = (8, 4 * 1024 * 1024)
 
 
+def _sodium_computes(memory_kib: int, time_cost: int, salt_len: int, hash_len: int) -> bool:
+    """Whether libsodium computes an argon2id (v=19, one lane) with these parameters: a 16-byte salt (the
+    only length its API takes), and bounds that keep a stored string from asking for absurd work."""
+    return (salt_len == 16 and _SODIUM_MEMORY_KIB[0] <= memory_kib <= _SODIUM_MEMORY_KIB[1]
+            and 1 <= time_cost <= 99 and 16 <= hash_len <= 1024)
+
+
 def _sodium_argon2id(secret: bytes, salt: bytes, time_cost: int, memory_kib: int, length: int) -> bytes:
     """argon2id v=19, one lane, computed by libsodium (PyNaCl's bundled build, which picks the AVX2 or
     AVX-512 code for the CPU at run time). Runs without the GIL, like argon2-cffi's."""
@@ -122,12 +129,6 @@ def _sodium_argon2id(secret: bytes, salt: bytes, time_cost: int, memory_kib: int
 
     return bindings.crypto_pwhash_alg(length, secret, salt, time_cost, memory_kib * 1024,
                                       bindings.crypto_pwhash_ALG_ARGON2ID13)
-
-
-def _sodium_error() -> type[Exception]:
-    from nacl.exceptions import CryptoError
-
-    return CryptoError
 
 
 class Argon2idHasher(PasswordHasher):
@@ -140,32 +141,35 @@ class Argon2idHasher(PasswordHasher):
     The algorithm, its parameters (security-baseline §8) and the stored strings are unchanged: only the
     implementation computing them is faster, which an attacker's already is."""
 
+    def _sodium(self, password: str | bytes, salt: bytes, time_cost: int, memory_kib: int, length: int,
+                error: type[Exception]) -> bytes:
+        """libsodium's argon2id of the password encoded as argon2-cffi encodes it; a failure of libsodium's
+        (e.g. the block could not be allocated) is raised as argon2-cffi's ``error`` for the same case."""
+        from nacl.exceptions import CryptoError
+
+        secret = password if isinstance(password, bytes) else password.encode(self.encoding)
+        try:
+            return _sodium_argon2id(secret, salt, time_cost, memory_kib, length)
+        except CryptoError as exc:
+            raise error(str(exc)) from None
+
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
         salt = os.urandom(self.salt_len) if salt is None else salt
-        if (self.type is not Type.ID or self.parallelism != 1 or len(salt) != 16
-                or not _SODIUM_MEMORY_KIB[0] <= self.memory_cost <= _SODIUM_MEMORY_KIB[1]
-                or not 1 <= self.time_cost <= 99 or not 16 <= self.hash_len <= 1024):
+        if (self.type is not Type.ID or self.parallelism != 1
+                or not _sodium_computes(self.memory_cost, self.time_cost, len(salt), self.hash_len)):
             return super().hash(password, salt=salt)
-        secret = password if isinstance(password, bytes) else password.encode(self.encoding)   # as argon2-cffi
-        try:
-            raw = _sodium_argon2id(secret, salt, self.time_cost, self.memory_cost, self.hash_len)
-        except _sodium_error() as exc:           # e.g. the block could not be allocated: argon2-cffi's error
-            raise HashingError(str(exc)) from None
+        raw = self._sodium(password, salt, self.time_cost, self.memory_cost, self.hash_len, HashingError)
         return f"$argon2id$v=19$m={self.memory_cost},t={self.time_cost},p=1${_b64(salt)}${_b64(raw)}"
 
     def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
         form = _SODIUM_FORM.match(hash) if isinstance(hash, str) else None
-        salt = _unb64(form.group(3)) if form else None
-        expected = _unb64(form.group(4)) if form else None
-        memory, time_cost = (int(form.group(1)), int(form.group(2))) if form else (0, 0)
-        if (salt is None or expected is None or len(salt) != 16 or not 16 <= len(expected) <= 1024
-                or not _SODIUM_MEMORY_KIB[0] <= memory <= _SODIUM_MEMORY_KIB[1]):
+        salt, expected = (_unb64(form.group(3)), _unb64(form.group(4))) if form else (None, None)
+        if salt is None or expected is None:
             return super().verify(hash, password)
-        secret = password if isinstance(password, bytes) else password.encode(self.encoding)   # as argon2-cffi
-        try:
-            computed = _sodium_argon2id(secret, salt, time_cost, memory, len(expected))
-        except _sodium_error() as exc:           # e.g. the block could not be allocated: argon2-cffi's error
-            raise VerificationError(str(exc)) from None
+        memory, time_cost = int(form.group(1)), int(form.group(2))
+        if not _sodium_computes(memory, time_cost, len(salt), len(expected)):
+            return super().verify(hash, password)
+        computed = self._sodium(password, salt, time_cost, memory, len(expected), VerificationError)
         if not hmac.compare_digest(computed, expected):
             raise VerifyMismatchError("The password does not match the supplied hash")
         return True

@@ -381,6 +381,7 @@ def test_A88_parallel_sign_ins_of_a_migrating_user_store_one_hash(server, legacy
     """Parallel first sign-ins (double submits, retrying clients) of a migrating user: a bounded number of legacy calls, exactly one hash stored."""
     extension()
     email, password = migrating_user(server, legacy, iterations=100000)
+    passwords._dummy()      # made by an earlier test in a full run; alone, it would be counted as a hash here
     hashed: list[int] = []
     real_hash = passwords.hash_password
 

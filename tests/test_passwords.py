@@ -185,3 +185,30 @@ def test_a_block_that_cannot_be_allocated_fails_as_argon2_cffi_fails():
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["VerificationError", "VerificationError", "False", "False", "HashingError",
                                   "HashingError"], run.stdout
+
+
+def test_the_dummy_hash_is_made_once_by_parallel_first_requests(monkeypatch):
+    """A new instance's first requests for unknown names, all at once: one dummy hash is made, and every
+    verification checks against that one."""
+    import threading
+
+    monkeypatch.setattr(passwords, "_dummy_hash", None)
+    made: list[int] = []
+    real = passwords.hash_password
+
+    def counting(password):
+        made.append(1)
+        return real(password)
+
+    monkeypatch.setattr(passwords, "hash_password", counting)
+    start = threading.Barrier(8)
+
+    def first_request():
+        start.wait()
+        return passwords.verify_password(None, "a guess")
+
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(first_request())) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results == [False] * 8 and len(made) == 1, (results, made)

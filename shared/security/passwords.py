@@ -179,11 +179,17 @@ _hasher = Argon2idHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, hash
 _dummy_hash: str | None = None
 
 
+_dummy_lock = threading.Lock()
+
+
 def _dummy() -> str:
-    """Made on first use, not at import (it costs one argon2 hash: cold start)."""
+    """Made on first use, not at import (it costs one argon2 hash: cold start); once, however many
+    requests reach a new instance at the same moment (each used to make its own)."""
     global _dummy_hash
     if _dummy_hash is None:
-        _dummy_hash = hash_password("dummy password for unknown users - never matches")
+        with _dummy_lock:
+            if _dummy_hash is None:
+                _dummy_hash = hash_password("dummy password for unknown users - never matches")
     return _dummy_hash
 
 

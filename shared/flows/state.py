@@ -27,6 +27,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import random
 import re
 import secrets
@@ -40,6 +41,8 @@ from shared.settings import MAX_FLOW_TTL_SECONDS, Settings
 from shared.storage.directory import (USER_RK, User, UserExists, change_user, code_failures_field, get_user_by_key,
                                      update_user, user_key)
 from shared.storage.tables import Conflict, Entity, Modified, NotFound, Storage, StorageError
+
+_log = logging.getLogger("nativeauth.flows")
 
 # \Z, not $: "$" also matches before a final newline, which would give a token a second spelling.
 _TOKEN_RE = re.compile(r"^(f\d{10}[0-9a-f])\.([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{43})\Z")
@@ -353,8 +356,6 @@ def burn_url_token(token: str, settings: Settings) -> None:
     it first and hand the client its successor; everywhere else (and for a register
     request refused before that) the flow must be started again. Best effort:
     a storage failure is logged."""
-    import logging
-
     from shared.storage.tables import StorageError, get_storage
 
     parts = _parts(settings, token)
@@ -377,8 +378,7 @@ def burn_url_token(token: str, settings: Settings) -> None:
     except Modified:
         return       # the flow moved on meanwhile: its token changed with it
     except StorageError as exc:
-        logging.getLogger("nativeauth.flows").warning("a continuation token seen in a URL was not burnt: %s",
-                                                      type(exc).__name__)
+        _log.warning("a continuation token seen in a URL was not burnt: %s", type(exc).__name__)
 
 
 def presented(flow: Flow) -> str:
@@ -579,8 +579,6 @@ def _write_must_land(storage: Storage, changes: list[AccountChange]) -> None:
 def _write_best_effort(storage: Storage, changes: list[AccountChange]) -> None:
     """The best-effort changes once, computed on the account as last read, If-Match on it:
     another change since wins (nothing here is a counter that must not be lost)."""
-    import logging
-
     for change in changes:
         if not change.best_effort or change.compute is None:
             continue
@@ -594,8 +592,7 @@ def _write_best_effort(storage: Storage, changes: list[AccountChange]) -> None:
         except (Modified, NotFound):
             pass
         except StorageError as exc:   # the flow is already written: the step has succeeded
-            logging.getLogger("nativeauth.flows").warning("a finished step's account record was not written: %s",
-                                                          type(exc).__name__)
+            _log.warning("a finished step's account record was not written: %s", type(exc).__name__)
 
 
 def _refuse_unless_allowed(storage: Storage, changes: list[AccountChange], fresh: User | None) -> None:

@@ -400,7 +400,12 @@ def test_A88_parallel_sign_ins_of_a_migrating_user_store_one_hash(server, legacy
     assert len(hashed) == 1, hashed
     assert all(r.status in (200, 400) for r in results)
     assert sum(r.status == 200 for r in results) >= 1
-    assert all(r["error_codes"] == [BAD_CREDENTIALS] for r in results if r.status == 400)
+    # Each refusal is the lockout's (every attempt is counted before it is judged: twenty at once pass the
+    # threshold) or the retryable "flow is busy" (55200): twenty writers on one account row can exhaust a
+    # request's If-Match retries (about 1 run in 10 since hashing got faster). Neither issues a token.
+    refused = [r.body for r in results if r.status == 400]
+    assert all(b["error_codes"] in ([BAD_CREDENTIALS], [55200]) for b in refused), refused
+    assert not any({"access_token", "refresh_token", "id_token"} & set(b) for b in refused), refused
     stored = user_entity(server, email)
     assert stored["password_hash"].startswith(OUR_ARGON2) and stored[directory.MIGRATE_FIELD] is False
     monkeypatch.undo()

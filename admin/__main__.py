@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     lg = sub.add_parser("log").add_subparsers(dest="action", required=True)
     t = lg.add_parser("tail")
     t.add_argument("--limit", type=int, default=20)
-    t.add_argument("--days", type=int, default=1)
+    t.add_argument("--days", type=int, default=1, help="the last D × 24 hours (default 1)")
 
     args = parser.parse_args(argv)
     load_local_settings(Path(args.settings))

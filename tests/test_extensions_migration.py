@@ -261,8 +261,9 @@ def test_block_answers_the_extensions_message(server, legacy, extension, mig_api
     assert_no_tokens(r)
     assert user_entity(server, email)[directory.MIGRATE_FIELD] is True
     oid = directory.get_user(server.storage, email).oid
-    rows = server.storage.table("signinlog").query("PartitionKey eq @d and user_oid eq @o",
-                                                   {"d": time.strftime("%Y%m%d", time.gmtime()), "o": oid})
+    rows = server.storage.table("signinlog").query("PartitionKey ge @d and user_oid eq @o",   # today, or across midnight
+                                                   {"d": time.strftime("%Y%m%d", time.gmtime(time.time() - 3600)),
+                                                    "o": oid})
     assert [(row["result"], row["reason"]) for row in rows] == [("failure", "1003023")], rows
     # The sample answers Retry to a wrong password of a blocked user: the block page needs the password.
     assert sign_in(mig_api, email, "a wrong password for this one")["error_codes"] == [BAD_CREDENTIALS]

@@ -39,8 +39,11 @@ def _sign_in(api: Api, email: str) -> dict:
 
 
 def _records(storage, oid: str) -> list[dict]:
-    return storage.table("signinlog").query("PartitionKey eq @d and user_oid eq @o",
-                                            {"d": time.strftime("%Y%m%d", time.gmtime()), "o": oid})
+    """The account's records of today and yesterday (UTC days: a test may run across midnight)."""
+    now = time.time()
+    return storage.table("signinlog").query("PartitionKey ge @a and PartitionKey le @b and user_oid eq @o",
+                                            {"a": time.strftime("%Y%m%d", time.gmtime(now - 86400)),
+                                             "b": time.strftime("%Y%m%d", time.gmtime(now)), "o": oid})
 
 
 def _flows_with_record(storage, oid: str) -> list[dict]:
@@ -356,3 +359,24 @@ def test_the_purge_deletes_a_partition_a_transaction_at_a_time(own_tables):
         storage.table("flows").insert({**r, "expires_at": 1})
     assert maintenance._delete_all(storage.table("flows"), rows) == 3   # s0 is already gone
     assert storage.table("flows").query("PartitionKey eq @p", {"p": pk}) == []
+
+
+def test_tail_shows_the_last_24_hours_across_midnight(own_tables):
+    """`python -m admin log tail --days 1` is the last 24 hours, newest first: a record from yesterday evening is
+    in it just after midnight (the log is partitioned by UTC day; tail read only today's partition), one older
+    than 24 hours is not."""
+    _, _, storage = own_tables
+    now = int(time.time())
+
+    def record(at: int, name: str) -> None:
+        storage.table("signinlog").insert({"PartitionKey": time.strftime("%Y%m%d", time.gmtime(at)),
+                                           "RowKey": f"{signinlog.MAX_TS - at * 1000:013d}-{name}", "time": at,
+                                           "result": name, "expires_at": now + 86400})
+
+    record(now - 5, "today")
+    record(now - 86400 + 600, "yesterday")         # 23 h 50 min ago: always in an earlier day's partition
+    record(now - 86400 - 600, "too-old")
+    record(now - 3 * 86400, "older")
+    assert [r["result"] for r in signinlog.tail(storage, days=1)] == ["today", "yesterday"]
+    assert [r["result"] for r in signinlog.tail(storage, days=1, limit=1)] == ["today"]
+    assert [r["result"] for r in signinlog.tail(storage, days=4)] == ["today", "yesterday", "too-old", "older"]

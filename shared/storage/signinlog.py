@@ -214,12 +214,16 @@ def ensure(storage: Storage, records: Iterable[dict[str, Any]]) -> None:
 
 
 def tail(storage: Storage, days: int = 1, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest records of the last ``days`` × 24 hours, newest first (just after midnight too: the
+    day partitions back to the one that holds the window's start, each read newest first)."""
     flush()
     out: list[dict[str, Any]] = []
     now = time.time()
-    for d in range(days):
+    since = int(now) - days * 86400
+    for d in range(days + 1):
         day = time.strftime("%Y%m%d", time.gmtime(now - d * 86400))
-        out += storage.table("signinlog").query("PartitionKey eq @d", {"d": day}, limit=limit - len(out))
+        out += storage.table("signinlog").query("PartitionKey eq @d and time ge @since", {"d": day, "since": since},
+                                                limit=limit - len(out))
         if len(out) >= limit:
             break
     return out

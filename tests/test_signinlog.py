@@ -177,14 +177,17 @@ def test_a_deleted_account_keeps_no_identifying_record_written_late_by_another_i
 
     email = unique_email("gone")
     user = directory.create_user(server.storage, email, password=PW)
-    env = settings_env(azurite, server.tmp, AUTH_ISSUER=server.settings.issuer, AUTH_SIGNINLOG_WRITE_MS="3000")
+    env = settings_env(azurite, server.tmp, AUTH_ISSUER=server.settings.issuer, AUTH_SIGNINLOG_WRITE_MS="10000")
     host = _Host(env, tmp_path / "host-a.log")
     try:
         _sign_in(host.api, email)
-        assert _records(server.storage, user.oid) == []
+        assert _records(server.storage, user.oid) == []      # A's writer waits 10 s: ample for a slow runner
         row = _flows_with_record(server.storage, user.oid)[0]
         account.delete_user(server.storage, server.settings, directory.get_user(server.storage, email), actor="admin")
-        time.sleep(4)   # A's writer has run
+        deadline = time.monotonic() + 30                     # until A's writer has run (its metric line)
+        while "signinlog_written" not in (tmp_path / "host-a.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "signinlog_written" in (tmp_path / "host-a.log").read_text()
     finally:
         host.kill()
     assert _records(server.storage, user.oid) == []

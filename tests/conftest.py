@@ -287,6 +287,12 @@ def clear_proxy_env(monkeypatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+def flow_rows(storage, pk: str) -> list[dict]:
+    """The flow rows (sign-ins, resets) in an account's partition of the users table: every row but the account's
+    (shared/flows/state.py)."""
+    return storage.table("users").query("PartitionKey eq @p and RowKey ne @u", {"p": pk, "u": "user"})
+
+
 def unique_email(prefix: str = "user") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}@example.com"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from attack_kit import *  # noqa: F401,F403 - the kit's fixtures and helpers
 from attack_kit import _QUIET  # noqa: F401
+from conftest import flow_rows
 
 
 def test_A27_to_A31_positive_control(api, bearer):
@@ -612,8 +613,7 @@ def test_A115_a_start_token_always_fits_the_deployments_body_limit(server, api, 
 # ====================================================================== A116: sign-ins and resets in the account's partition
 
 def _flow_rows(server, email: str) -> list[dict]:
-    pk = directory.user_key(email)
-    return server.storage.table("users").query("PartitionKey eq @p and RowKey ne @u", {"p": pk, "u": "user"})
+    return flow_rows(server.storage, directory.user_key(email))
 
 
 def test_A116_a_flow_token_shows_nothing_links_nothing_and_has_one_length(server, api, make_user):

@@ -22,7 +22,7 @@ from shared.storage import directory, maintenance, signinlog
 from shared.storage import tables as storage_mod
 from shared.settings import Settings
 
-from conftest import DEV_CLIENT, Api, settings_env, storage_trace, unique_email
+from conftest import DEV_CLIENT, Api, flow_rows, settings_env, storage_trace, unique_email
 from devhost.azurite import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +52,7 @@ def _flows_with_record(storage, oid: str) -> list[dict]:
 
 
 def _flow_rows(storage, user) -> list[dict]:
-    """A sign-in's flow rows: in the account's partition of the users table (shared/flows/state.py)."""
-    return storage.table("users").query("PartitionKey eq @p and RowKey ne @u", {"p": user.pk, "u": "user"})
+    return flow_rows(storage, user.pk)
 
 
 class _Host:

@@ -219,10 +219,11 @@ def tail(storage: Storage, days: int = 1, limit: int = 50) -> list[dict[str, Any
     flush()
     out: list[dict[str, Any]] = []
     now = time.time()
-    since = int(now) - days * 86400
+    # Row keys are inverted milliseconds: the window's start is an upper bound on the key (a key range).
+    newest_key_after = f"{MAX_TS - (int(now) - days * 86400) * 1000 + 1:013d}"
     for d in range(days + 1):
         day = time.strftime("%Y%m%d", time.gmtime(now - d * 86400))
-        out += storage.table("signinlog").query("PartitionKey eq @d and time ge @since", {"d": day, "since": since},
+        out += storage.table("signinlog").query("PartitionKey eq @d and RowKey lt @k", {"d": day, "k": newest_key_after},
                                                 limit=limit - len(out))
         if len(out) >= limit:
             break

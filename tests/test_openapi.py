@@ -1037,3 +1037,42 @@ def test_every_success_and_error_status_was_exercised(request):
     assert not missing, f"never exercised: {missing}"
     for status in rare:
         assert any((p, m, int(status)) in SEEN for (p, m) in ACCOUNT_OPERATIONS), status
+
+
+def test_every_error_and_suberror_the_code_gives_is_in_the_error_schema():
+    """The `Error` schema's enums list every `error` and `suberror` value the code can answer with (the refresh
+    grant's `basic_action` and `message_only` were missing: a client generated from the document rejected them)."""
+    import ast
+    import inspect
+
+    from shared.protocol import errors
+
+    props = DOC["components"]["schemas"]["Error"]["properties"]
+    given_errors = {c.error for _, c in inspect.getmembers(errors, inspect.isclass)
+                    if issubclass(c, errors.AuthError) and c is not errors.AuthError}
+    given_suberrors = set()
+    for path in (ROOT / "shared").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            pairs = []
+            if isinstance(node, ast.Assign):           # class attribute: suberror = "..."
+                pairs = [(t.id, node.value) for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.Call):           # suberror="..." / PasswordRejected("...", ...)
+                pairs = [(k.arg, k.value) for k in node.keywords]
+                if getattr(node.func, "id", getattr(node.func, "attr", "")) == "PasswordRejected" and node.args:
+                    pairs.append(("suberror", node.args[0]))
+            given_suberrors |= {v.value for name, v in pairs
+                                if name == "suberror" and isinstance(v, ast.Constant) and isinstance(v.value, str)}
+    assert {"basic_action", "message_only", "password_banned", "mfa_required"} <= given_suberrors   # the scan works
+    assert given_errors <= set(props["error"]["enum"]), given_errors - set(props["error"]["enum"])
+    assert given_suberrors <= set(props["suberror"]["enum"]), given_suberrors - set(props["suberror"]["enum"])
+
+
+def test_the_misconfigured_health_answers_match_their_schema():
+    """Both 503 `misconfigured` bodies of `/health` (settings, and function modules that failed to load) are
+    allowed by `HealthUnavailable` (the second had a `handlers` field the schema refused)."""
+    check = validator_for("/components/schemas/HealthUnavailable")
+    for body in ({"status": "misconfigured", "handlers": "failed to load", "reason": "functions/signin.py: ImportError"},
+                 {"status": "misconfigured", "reason": "AUTH_SIGNING_KEY_SECRET", "storage": "reachable",
+                  "signing_keys": "unreadable"},
+                 {"status": "unavailable", "storage": "unreachable"}):
+        assert not list(check.iter_errors(body)), body

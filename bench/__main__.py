@@ -560,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["hardening"]:
         from bench import hardening
 
+        argparse.ArgumentParser(prog="python -m bench hardening",
+                                description="The hardening measurements (bench/results/hardening.json)").parse_args(argv[1:])
         hardening.run()
         return 0
     if argv[:1] == ["soak"]:

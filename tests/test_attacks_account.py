@@ -248,3 +248,112 @@ def test_an_account_being_deleted_neither_signs_in_nor_refreshes(make_user, serv
     row = users.get(user.pk, "user")
     users.update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time() - 120}, row["_etag"])
     assert api.signin_password(email, "correct horse battery staple").status == 200
+
+
+# ====================================================================== A117, A118: a busy account row, a late session
+
+@contextlib.contextmanager
+def _account_row_raced(server, email: str, field: str, times: int):
+    """Another writer changes the account's row (as a sign-in's counted attempt does) between each read and the
+    first ``times`` If-Match writes that carry ``field``: real 412s from Azurite, in the order a parallel sign-in
+    makes them. Yields the list of raced writes."""
+    from shared.storage import tables
+
+    real = tables.Table.update
+    raced: list[str] = []
+
+    def update(self, entity, etag=None, **kw):
+        if field in entity and entity.get("RowKey") == "user" and len(raced) < times:
+            raced.append(field)
+            row = directory.get_user(server.storage, email).entity
+            real(self, {"PartitionKey": row["PartitionKey"], "RowKey": "user", "last_sign_in": int(time.time())},
+                 row["_etag"])
+        return real(self, entity, etag, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tables.Table, "update", update)
+        yield raced
+
+
+def test_A117_a_deletion_whose_mark_loses_races_still_deletes_or_says_so(server, api, outbox, make_user):
+    """An attacker with the password keeps the account row busy (every sign-in writes it) while the owner deletes
+    the account. The deletion's mark lost 3 races in a row and the API answered 204 with the account still there,
+    unmarked and usable (an outside review: 2 of 6 deletions under 8 signing-in threads). Now the mark is retried
+    like every read-modify-write of the account; a deletion that cannot mark answers 503, never 204."""
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    fresh = step_up(api, outbox, email, number, server)
+    with _account_row_raced(server, email, "deleting_at", times=5) as raced:
+        r = call(api, "DELETE", "me", fresh["access_token"])
+    assert raced == ["deleting_at"] * 5
+    assert r.status == 204, (r.status, r.body)
+    assert directory.get_user(server.storage, email) is None
+    assert sign_in(api, email).status == 400
+
+    email, t = _signed_in(api, make_user, methods=[sms(number := phone())])
+    fresh = step_up(api, outbox, email, number, server)
+    with _account_row_raced(server, email, "deleting_at", times=1000) as raced:
+        r = call(api, "DELETE", "me", fresh["access_token"])
+    assert r.status == 503 and r.headers.get("retry-after"), (r.status, r.body)   # never 204 for nothing
+    user = directory.get_user(server.storage, email)
+    assert user is not None and not user.being_deleted
+    assert call(api, "DELETE", "me", fresh["access_token"]).status == 204           # the retry deletes
+    assert directory.get_user(server.storage, email) is None
+
+
+def test_A117_sign_out_everywhere_on_a_busy_account_signs_out(server, api, outbox, make_user):
+    """The same busy row under `POST /me/revoke-sessions`: it answered 500 and signed nobody out (7 of 10 calls
+    under 6 signing-in threads). Now it retries and every session ends."""
+    number = phone()
+    email, t = _signed_in(api, make_user, methods=[sms(number)])
+    other = sign_in(api, email)
+    fresh = step_up(api, outbox, email, number, server)
+    with _account_row_raced(server, email, "rt_not_before", times=5) as raced:
+        r = call(api, "POST", "me/revoke-sessions", fresh["access_token"])
+    assert raced == ["rt_not_before"] * 5
+    assert r.status in (200, 204), (r.status, r.body)
+    for session in (t, other, fresh):
+        assert refresh(api, session["refresh_token"], ACCOUNT_SCOPE).status == 400
+        assert call(api, "GET", "me", session["access_token"]).status == 401
+
+
+@pytest.mark.parametrize("ending", ["reset", "revoke"])
+def test_A118_a_sign_in_that_finishes_just_before_a_reset_or_sign_out_does_not_survive_it(
+        server, api, outbox, make_user, monkeypatch, ending):
+    """A sign-in's last write lands, then a password reset (or sign out everywhere) lands before the sign-in's
+    session row is stored. The session counted from its row's insert, after the reset's `rt_not_before`, so it
+    survived the reset with the old password (refresh for up to 90 days; an outside review, every time with the
+    insert delayed). Now a session counts from before the sign-in's final write: the reset ends it."""
+    number = phone()
+    email, _ = make_user(methods=[sms(number)])
+    fresh = step_up(api, outbox, email, number, server) if ending == "revoke" else None
+    real = tokens.create_family
+    paused, release = threading.Event(), threading.Event()
+
+    armed = [True]
+
+    def slow(*a, **k):
+        if armed[0]:            # the first session stored from now on is the late sign-in's (the server's thread)
+            armed[0] = False
+            paused.set()
+            release.wait(20)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tokens, "create_family", slow)
+    out: list = []
+    th = threading.Thread(target=lambda: out.append(sign_in(api, email)))
+    th.start()
+    try:
+        assert paused.wait(20) or not th.is_alive(), "the sign-in never reached its session's insert"
+        if ending == "reset":
+            assert api.post("oauth2/v2.0/token", continuation_token=reset_to_token(api, outbox, email),
+                            grant_type="continuation_token", scope=ACCOUNT_SCOPE, client_info="1").status == 200
+        else:
+            assert call(api, "POST", "me/revoke-sessions", fresh["access_token"]).status in (200, 204)
+    finally:
+        release.set()
+        th.join(30)
+    late = out[0]
+    assert late.status == 200, late.body                           # it finished before: tokens, but a dead session
+    assert refresh(api, late["refresh_token"], ACCOUNT_SCOPE).status == 400
+    assert call(api, "GET", "me", late["access_token"]).status == 401

@@ -37,7 +37,7 @@ from shared.protocol import errors
 from shared.security import gate, limits, methods, passwords
 from shared.storage import signinlog
 from shared.tokens import issuance as tokens, stepup
-from shared.storage.directory import USER_RK, User, change_user, get_user_by_key, update_user
+from shared.storage.directory import USER_RK, User, change_user, get_user_by_key
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
@@ -316,7 +316,8 @@ def revoke_sessions(request: Request, settings: Settings) -> Response:
     caller = _caller(request, settings, change=True)
     if isinstance(caller, Response):
         return caller
-    update_user(caller.storage, caller.user, rt_not_before=time.time())
+    # Retried on a busy row (each sign-in writes it: a single If-Match write answered 500, A117).
+    change_user(caller.storage, caller.user, lambda u: {"rt_not_before": time.time()})
     caller.log("account_signed_out_everywhere")
     return _json(204, None)
 
@@ -497,28 +498,25 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     address can sign up again as a new account (new object id)."""
     email, oid = user.email, user.oid
     # One deletion of parallel ones does the work (an If-Match mark; the others find it marked or gone);
-    # a mark older than a minute is a deletion that died half-way, and is finished.
-    for _ in range(3):
-        if user.being_deleted:
-            return
-        try:
-            storage.table("users").update({"PartitionKey": user.pk, "RowKey": "user", "deleting_at": time.time()},
-                                          user.entity["_etag"])
-            break
-        except (Modified, NotFound):
-            fresh = get_user_by_key(storage, user.pk)
-            if fresh is None or fresh.oid != oid:
-                return
-            user = fresh
-    else:
+    # a mark older than a minute is a deletion that died half-way, and is finished. The mark is retried like
+    # every read-modify-write of the account (each sign-in writes the row: a busy row made the deletion give
+    # up and answer 204 with the account still there, A117); if the row stays busy through every retry,
+    # StorageUnavailable goes up as a 503: never a deletion that says it happened when it did not.
+    try:
+        marked = change_user(storage, user, lambda u: None if u.oid != oid or u.being_deleted
+                             else {"deleting_at": time.time()})
+    except NotFound:
         return
+    if marked is None:
+        return      # gone, another account at this address, or another deletion marked it first
+    user = marked
     alias = _alias(settings, oid)
     # The log made pseudonymous before the account row goes: if storage fails here, the mark is taken back
     # and the account is as it was, so the client may simply try again.
     try:
         _pseudonymise(storage, user.pk, oid, alias)
     except StorageError:
-        _unmark(storage, user.pk)
+        _unmark(storage, user)
         raise
     # The one record of the deletion (pseudonymous: an alias nobody can turn back into the id without the
     # code key), before the account row goes, so a parallel DELETE of this session already finds it.
@@ -565,13 +563,12 @@ def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
     raise StorageError("the account's sign-in records kept changing")
 
 
-def _unmark(storage: Storage, user_pk: str) -> None:
-    """Take back a deletion's mark (its first pass failed): the account is as it was."""
+def _unmark(storage: Storage, user: User) -> None:
+    """Take back a deletion's mark (its first pass failed): the account is as it was (retried on a busy row;
+    a mark that still stays is a minute's, DELETING_SECONDS)."""
     try:
-        fresh = get_user_by_key(storage, user_pk)
-        if fresh is not None and fresh.entity.get("deleting_at"):
-            storage.table("users").update({"PartitionKey": user_pk, "RowKey": "user", "deleting_at": 0},
-                                          fresh.entity["_etag"])
+        change_user(storage, user, lambda u: {"deleting_at": 0} if u.oid == user.oid and u.entity.get("deleting_at")
+                    else None)
     except StorageError as exc:
         log.warning("a failed deletion's mark could not be taken back: %s", type(exc).__name__)
 

@@ -237,7 +237,8 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
     # The client's token-issuance extension, before the flow ends: if it fails (on_error: fail),
     # nothing was issued and the flow is as it was.
     extra = extension_events.token_claims(storage, settings, flow["client_id"], user, scopes=scopes)
-    now = int(time.time())
+    judged = time.time()      # before the flow's last write: the session counts from here (A118)
+    now = int(judged)
     steps = flow.steps
     done = _counted(user, flow)
     first = list(steps)
@@ -249,7 +250,7 @@ def issue_tokens(storage: Storage, settings: Settings, flow: flows.Flow, user: U
                              second_factors=tuple({"id": f["id"], "channel": f["channel"]} for f in done),
                              mfa_at=now if done else 0)
     subject = tokens.Subject(user.pk, user.oid, user.email, user.display_name, session.amr, session.acr, now,
-                             tuple(decision.auth_contexts), session, extra)
+                             tuple(decision.auth_contexts), session, extra, since=judged)
     ip = flow.get("ip") or client_ip(request)
     # The sign-in log record rides on the write that ends the flow (no round trip of its own); it reaches
     # the log a moment after the tokens are out, or, if this instance does not write it (it stops, or the

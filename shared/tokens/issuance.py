@@ -323,6 +323,9 @@ class Subject:
     session: Session | None = None
     # Claims a token-issuance extension added: {"access_token": {...}, "id_token": {...}} (never a reserved claim)
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # When the sign-in was judged, before the write that ended its flow: the session counts from then, so a
+    # password reset or a sign out everywhere that lands after that write ends it (A118). 0: now.
+    since: float = 0.0
 
 
 def _sign(ring: KeyRing, claims: dict[str, Any], typ: str) -> str:
@@ -400,7 +403,7 @@ def create_family(storage: Storage, settings: Settings, client_id: str, subject:
     storage.table("refresh").insert({
         "PartitionKey": pk, "RowKey": family, "client_id": client_id, "user_pk": subject.user_pk,
         "oid": subject.oid, "current_hash": _rt_hash(secret), "previous_hash": "", "rotated_at": 0,
-        "created": now, "issued_at": time.time(), "last_used": now, "generation": 1, "revoked": False,
+        "created": now, "issued_at": subject.since or time.time(), "last_used": now, "generation": 1, "revoked": False,
         "absolute_expires": now + settings.refresh_absolute_seconds,
         "expires_at": min(now + settings.refresh_idle_seconds, now + settings.refresh_absolute_seconds),
         "amr": json.dumps(list(subject.amr)), "acr": subject.acr, "acrs": json.dumps(list(subject.acrs)),

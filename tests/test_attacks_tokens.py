@@ -730,6 +730,35 @@ def test_A116_a_right_passwords_take_back_survives_a_moved_account_row_and_a_ref
     assert int(directory.get_user(server.storage, email).entity.get("failed_logins")) == 2   # ... and this one is not
 
 
+def test_A116_a_take_back_never_lands_on_an_account_signed_up_again_at_the_address(server, api, make_user,
+                                                                                   monkeypatch):
+    """A right password's counted attempt is taken back on the account the step began with only: if that account
+    was deleted and someone signed up again at the same address meanwhile (the same partition, another object
+    id), the step is refused and the new account's failure counter is left as it is (it was lowered by one)."""
+    from shared.flows import account as account_mod
+    from shared.security import gate as gate_mod
+
+    email, user = make_user()
+    real = gate_mod.gate
+    replaced = []
+
+    def replaced_meanwhile(storage, settings, flow, u, form, request=None):
+        if not replaced:
+            account_mod.delete_user(storage, settings, directory.get_user(storage, email))
+            new = directory.create_user(storage, email, password=PW + " of the new owner")
+            directory.update_user(storage, new, failed_logins=3)
+            replaced.append(new.oid)
+        return real(storage, settings, flow, u, form, request)
+
+    monkeypatch.setattr(gate_mod, "gate", replaced_meanwhile)
+    r = password_grant(api, password_challenge_ct(api, email), PW)
+    assert replaced and r.status == 400 and r["error"] == "invalid_grant", r.body
+    assert_no_tokens(r)
+    new = directory.get_user(server.storage, email)
+    assert new.oid == replaced[0] and new.oid != user.oid
+    assert int(new.entity.get("failed_logins") or 0) == 3, new.entity.get("failed_logins")
+
+
 def test_A116_a_burst_of_right_passwords_on_one_flow_wins_once_and_counts_nothing(server, api, make_user):
     """20 simultaneous right passwords on one flow: one goes on, the others are refused like a used token, and
     every counted attempt is taken back (no lockout from a double-submitting client)."""

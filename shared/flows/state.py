@@ -562,14 +562,22 @@ def _recompute(changes: list[AccountChange], fresh: User) -> None:
     view.entity.update(entity)
 
 
+def _same_account(changes: list[AccountChange], fresh: User | None) -> User | None:
+    """The row read again, if it is still the account the step began with (not one signed up at the same
+    address after a deletion: its partition is the same, its object id is not)."""
+    return fresh if fresh is not None and fresh.oid == changes[0].base.oid else None
+
+
 def _write_must_land(storage: Storage, changes: list[AccountChange]) -> None:
-    """The changes that must land, on their own: a read-modify-write retried on races."""
+    """The changes that must land, on their own: a read-modify-write retried on races, on the
+    account the step began with only."""
     for change in changes:
         if change.best_effort or change.tied or change.compute is None:
             continue
-        written = change_user(storage, change.base, change.compute)
-        if written is None and get_user_by_key(storage, change.base.pk) is None:
-            # The account is gone (deleted meanwhile): the step cannot go on for it.
+        oid, compute = change.base.oid, change.compute
+        written = change_user(storage, change.base, lambda u: compute(u) if u.oid == oid else None)
+        if written is None and _same_account([change], get_user_by_key(storage, change.base.pk)) is None:
+            # The account is gone (deleted meanwhile, perhaps signed up again): the step cannot go on for it.
             raise errors.InvalidGrant("The continuation_token is not valid.")
         if written is not None:
             change.view.entity.clear()
@@ -659,7 +667,7 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
                     break
                 if changes[0].create:
                     raise UserExists(str(merged.get("email", ""))) from None
-                fresh = get_user_by_key(storage, flow.pk)
+                fresh = _same_account(changes, get_user_by_key(storage, flow.pk))
                 if fresh is None:
                     raise errors.InvalidGrant("The continuation_token is not valid.") from None
                 _refuse_unless_allowed(storage, changes, fresh)
@@ -673,7 +681,7 @@ def _update(storage: Storage, flow: Flow, data: dict[str, Any]) -> str:
             raise errors.InvalidGrant("The flow is busy; retry.")
     if checked and flow.table != "users":
         # A flow stored before A116 (flows table): the account is read again before the step's write.
-        _refuse_unless_allowed(storage, changes, get_user_by_key(storage, changes[0].base.pk))
+        _refuse_unless_allowed(storage, changes, _same_account(changes, get_user_by_key(storage, changes[0].base.pk)))
     _write_must_land(storage, changes)
     etag = table.update(row, flow.entity["_etag"])
     _write_best_effort(storage, changes)

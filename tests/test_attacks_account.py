@@ -253,26 +253,36 @@ def test_an_account_being_deleted_neither_signs_in_nor_refreshes(make_user, serv
 # ====================================================================== A117, A118: a busy account row, a late session
 
 @contextlib.contextmanager
-def _account_row_raced(server, email: str, field: str, times: int):
-    """Another writer changes the account's row (as a sign-in's counted attempt does) between each read and the
-    first ``times`` If-Match writes that carry ``field``: real 412s from Azurite, in the order a parallel sign-in
-    makes them. Yields the list of raced writes."""
+def _before_account_write(field: str, times: int, action):
+    """``action()`` runs just before each of the first ``times`` writes of the account row that carry ``field``
+    (in the server's thread, with the real storage under it). Yields the list of those writes."""
     from shared.storage import tables
 
     real = tables.Table.update
-    raced: list[str] = []
+    seen: list[str] = []
 
     def update(self, entity, etag=None, **kw):
-        if field in entity and entity.get("RowKey") == "user" and len(raced) < times:
-            raced.append(field)
-            row = directory.get_user(server.storage, email).entity
-            real(self, {"PartitionKey": row["PartitionKey"], "RowKey": "user", "last_sign_in": int(time.time())},
-                 row["_etag"])
+        if field in entity and entity.get("RowKey") == "user" and len(seen) < times:
+            seen.append(field)
+            with pytest.MonkeyPatch.context() as inner:      # the action's own writes are not intercepted
+                inner.setattr(tables.Table, "update", real)
+                action()
         return real(self, entity, etag, **kw)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tables.Table, "update", update)
-        yield raced
+        yield seen
+
+
+def _account_row_raced(server, email: str, field: str, times: int):
+    """Another writer changes the account's row (as a sign-in's counted attempt does) between each read and the
+    first ``times`` If-Match writes that carry ``field``: real 412s from Azurite, in the order a parallel sign-in
+    makes them."""
+    def bump():
+        row = directory.get_user(server.storage, email).entity
+        server.storage.table("users").update({"PartitionKey": row["PartitionKey"], "RowKey": "user",
+                                              "last_sign_in": int(time.time())}, row["_etag"])
+    return _before_account_write(field, times, bump)
 
 
 def test_A117_a_deletion_whose_mark_loses_races_still_deletes_or_says_so(server, api, outbox, make_user):
@@ -357,3 +367,53 @@ def test_A118_a_sign_in_that_finishes_just_before_a_reset_or_sign_out_does_not_s
     assert late.status == 200, late.body                           # it finished before: tokens, but a dead session
     assert refresh(api, late["refresh_token"], ACCOUNT_SCOPE).status == 400
     assert call(api, "GET", "me", late["access_token"]).status == 401
+
+
+def test_A117_an_account_deleted_during_a_change_answers_that_the_session_ended(server, api, outbox, make_user):
+    """The account row deleted between a change's read and its write (a parallel DELETE /me): each change
+    answered 500 (NotFound escaped the retried write); a password change answered 204 and mailed a notice for
+    nothing. Now: sign out everywhere 204 (no session is left), a password or profile change 401 (the session
+    ended, nothing changed), a sign-in 50126."""
+    def deleted(email):
+        return lambda: server.storage.table("users").delete(directory.user_key(email), "user")
+
+    for field, request in (("rt_not_before", lambda at: call(api, "POST", "me/revoke-sessions", at)),
+                           ("password_hash", lambda at: call(api, "POST", "me/password", at,
+                                                             {"currentPassword": PW, "newPassword": NEW_PW})),
+                           ("attributes", lambda at: call(api, "PATCH", "me", at,
+                                                          {"attributes": {"displayName": "Renamed"}}))):
+        number = phone()
+        email, _ = make_user(methods=[sms(number)])
+        fresh = step_up(api, outbox, email, number, server)
+        before = len(outbox.messages(email))
+        with _before_account_write(field, 1, deleted(email)) as seen:
+            r = request(fresh["access_token"])
+        assert seen == [field], (field, seen)
+        expected = 204 if field == "rt_not_before" else 401
+        assert r.status == expected, (field, r.status, r.body)
+        assert directory.get_user(server.storage, email) is None
+        assert not [m for m in outbox.messages(email)[before:] if m["purpose"] == "password_changed"]
+    email, _ = make_user()
+    with _before_account_write("failed_logins", 1, deleted(email)):
+        r = sign_in(api, email)
+    assert r.status == 400 and r["error_codes"] == [BAD_CREDENTIALS], (r.status, r.body)
+
+
+def test_A118_a_sign_in_that_finishes_while_a_password_change_is_retried_does_not_survive_it(
+        server, api, outbox, make_user):
+    """A password change with signOutOtherSessions took its time once, before its write; someone with the old
+    password whose sign-in made that write retry (each sign-in writes the account row) kept a session that
+    refreshed (an attack review: 7 of 19 runs under 16 threads; every time when a whole sign-in lands between the
+    change's read and its write). The sign-out time is now the write's own."""
+    number = phone()
+    email, _ = make_user(methods=[sms(number)])
+    owner = step_up(api, outbox, email, number, server)
+    stolen: list = []
+    with _before_account_write("password_hash", 1, lambda: stolen.append(sign_in(api, email))) as seen:
+        r = call(api, "POST", "me/password", owner["access_token"], {"currentPassword": PW, "newPassword": NEW_PW})
+    assert seen == ["password_hash"] and stolen and stolen[0].status == 200, stolen
+    assert r.status == 204, (r.status, r.body)
+    assert call(api, "GET", "me", stolen[0]["access_token"]).status == 401
+    assert refresh(api, stolen[0]["refresh_token"], ACCOUNT_SCOPE).status == 400
+    assert call(api, "GET", "me", owner["access_token"]).status == 200            # the owner's session goes on
+    assert sign_in(api, email, password=NEW_PW).status == 200

@@ -41,7 +41,7 @@ from shared.storage.directory import USER_RK, User, change_user, get_user_by_key
 from shared.protocol.identifiers import BlockedNumber, InvalidIdentifier, mask_email, normalize_email, normalize_phone
 from shared.protocol.http import Request, Response, parse_json
 from shared.settings import Settings
-from shared.storage.tables import Conflict, Modified, NotFound, Storage, StorageError, Table, get_storage
+from shared.storage.tables import Conflict, Modified, Storage, StorageError, Table, get_storage
 
 log = logging.getLogger("nativeauth.account")
 
@@ -137,11 +137,17 @@ def _caller(request: Request, settings: Settings, *, change: bool, session=None)
     storage = get_storage(settings)
     if family is None or family.get("revoked") or user is None or user.disabled or user.oid != claims.get("oid") \
             or family.get("oid") != user.oid or tokens.session_ended(user, family):
-        return stepup.unauthorized(settings, "invalid_token", "The session of this access token has ended.")
+        return _ended(settings)
     limits.check_and_count_action(storage, settings, "me-change" if change else "me-read", None,
                                   CHANGES_PER_HOUR if change else READS_PER_HOUR, source=f"user:{user.oid}",
                                   error=TooManyRequests)
     return Caller(storage, settings, claims, user, family)
+
+
+def _ended(settings: Settings) -> Response:
+    """The answer for a session that has ended: signed out, or its account gone (also when it went during
+    this request)."""
+    return stepup.unauthorized(settings, "invalid_token", "The session of this access token has ended.")
 
 
 def _deleted_session(request: Request, settings: Settings) -> bool:
@@ -250,7 +256,9 @@ def _update(caller: Caller, body: dict[str, Any]) -> Response:
             out["display_name"] = accepted["displayName"]
         return out
 
-    user = change_user(caller.storage, caller.user, compute) or caller.user
+    user = change_user(caller.storage, caller.user, compute)
+    if user is None:
+        return _ended(caller.settings)   # the account was deleted meanwhile: nothing changed
     caller.log("account_updated", ",".join(sorted(accepted)))
     return _json(200, profile(user))
 
@@ -288,14 +296,21 @@ def password(request: Request, settings: Settings) -> Response:
     except passwords.PasswordRejected as exc:
         raise errors.InvalidGrant(str(exc), suberror=exc.suberror, error_codes=(399246,)) from None
     new_hash = passwords.hash_password(new)
-    now = time.time()
-    change_user(caller.storage, user, lambda u: {
-        "password_hash": new_hash, "password_changed_at": int(now), "password_reset_required": False,
-        "previous_passwords": json.dumps([p for p in previous if p][:3]),
-        **({"rt_not_before": now} if keep else {})})
+    at: list[float] = []
+
+    def change(u: User) -> dict[str, Any]:
+        # The time of this very write, not of the first try: a sign-in that finished while the write was
+        # retried (the attacker's own sign-ins make it retry) counts from before it, so it ends too (A118).
+        at.append(time.time())
+        return {"password_hash": new_hash, "password_changed_at": int(at[-1]), "password_reset_required": False,
+                "previous_passwords": json.dumps([p for p in previous if p][:3]),
+                **({"rt_not_before": at[-1]} if keep else {})}
+
+    if change_user(caller.storage, user, change) is None:
+        return _ended(settings)     # the account was deleted meanwhile: nothing changed
     if keep:
         # Every other session ends; this one is renewed (its family counts as issued after the change).
-        _renew_family(caller.storage, caller.family, now)
+        _renew_family(caller.storage, caller.family, at[-1])
     notify.send_notice(caller.storage, settings, to=user.email, purpose="password_changed", request=request, count=True)
     caller.log("account_password_changed", "other sessions signed out" if keep else "other sessions kept")
     return _json(204, None)
@@ -502,11 +517,8 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # every read-modify-write of the account (each sign-in writes the row: a busy row made the deletion give
     # up and answer 204 with the account still there, A117); if the row stays busy through every retry,
     # StorageUnavailable goes up as a 503: never a deletion that says it happened when it did not.
-    try:
-        marked = change_user(storage, user, lambda u: None if u.oid != oid or u.being_deleted
-                             else {"deleting_at": time.time()})
-    except NotFound:
-        return
+    marked = change_user(storage, user, lambda u: None if u.oid != oid or u.being_deleted
+                         else {"deleting_at": time.time()})
     if marked is None:
         return      # gone, another account at this address, or another deletion marked it first
     user = marked

@@ -195,7 +195,7 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
     (no 503 that an unknown name never gets: an enumeration oracle)."""
     import logging
 
-    from shared.storage.tables import Modified, StorageUnavailable
+    from shared.storage.tables import Modified, NotFound, StorageUnavailable
 
     changes = None
     if counter:
@@ -206,6 +206,8 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
             return None
         try:
             return update_user(storage, user, **changes)
+        except NotFound:
+            return None         # the row went (an account deleted meanwhile): as when it is gone at a re-read
         except Modified:
             import random
 

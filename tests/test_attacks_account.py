@@ -417,3 +417,36 @@ def test_A118_a_sign_in_that_finishes_while_a_password_change_is_retried_does_no
     assert refresh(api, stolen[0]["refresh_token"], ACCOUNT_SCOPE).status == 400
     assert call(api, "GET", "me", owner["access_token"]).status == 200            # the owner's session goes on
     assert sign_in(api, email, password=NEW_PW).status == 200
+
+
+def test_A117_a_parallel_deletion_answers_204_only_once_the_account_is_gone(server, api, outbox, make_user,
+                                                                           monkeypatch):
+    """Deletion A marks the account, then storage fails under it (it takes its mark back and answers 503); a
+    DELETE /me sent meanwhile answered 204 at once on seeing the mark, and the account stayed (a second review).
+    The parallel request now waits for A's outcome: A failed, so it deletes the account itself (204, gone)."""
+    from shared.storage.tables import StorageUnavailable
+
+    number = phone()
+    email, _ = make_user(methods=[sms(number)])
+    fresh = step_up(api, outbox, email, number, server)
+    real = account_mod._pseudonymise
+    marked, calls = threading.Event(), []
+
+    def fails_first(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            marked.set()
+            time.sleep(1.0)          # B arrives while A holds the mark
+            raise StorageUnavailable("storage failed under deletion A")
+        return real(*a, **k)
+
+    monkeypatch.setattr(account_mod, "_pseudonymise", fails_first)
+    out: dict = {}
+    a = threading.Thread(target=lambda: out.__setitem__("a", call(api, "DELETE", "me", fresh["access_token"])))
+    a.start()
+    assert marked.wait(20)
+    out["b"] = call(api, "DELETE", "me", fresh["access_token"])
+    a.join(30)
+    assert out["a"].status == 503, (out["a"].status, out["a"].body)
+    assert out["b"].status == 204, (out["b"].status, out["b"].body)
+    assert directory.get_user(server.storage, email) is None          # 204 means gone

@@ -207,8 +207,17 @@ def me(request: Request, settings: Settings) -> Response:
     session = _session(request, settings)
     caller = _caller(request, settings, change=request.method != "GET", session=session)
     if isinstance(caller, Response):
-        if request.method == "DELETE" and (_deleted_session(request, settings) or _being_deleted(session)):
-            return _json(204, None)  # idempotent: this session's account is already gone, or going now
+        if request.method == "DELETE" and _being_deleted(session):
+            # A parallel deletion of this account holds the mark: 204 once it is done; if it failed (and took
+            # its mark back), this request deletes the account itself; 503 if it is still running.
+            if not _other_deletion_failed(get_storage(settings), session[2]):
+                return _json(204, None)
+            caller = _caller(request, settings, change=True)
+            if isinstance(caller, Response):
+                return caller
+            return _delete(caller, request, parse_json(request, settings, required=False))
+        if request.method == "DELETE" and _deleted_session(request, settings):
+            return _json(204, None)  # idempotent: this session's account is already gone
         return caller
     if request.method == "GET":
         caller.log("account_read")
@@ -517,10 +526,17 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # every read-modify-write of the account (each sign-in writes the row: a busy row made the deletion give
     # up and answer 204 with the account still there, A117); if the row stays busy through every retry,
     # StorageUnavailable goes up as a 503: never a deletion that says it happened when it did not.
-    marked = change_user(storage, user, lambda u: None if u.oid != oid or u.being_deleted
-                         else {"deleting_at": time.time()})
-    if marked is None:
-        return      # gone, another account at this address, or another deletion marked it first
+    for _ in range(2):
+        marked = change_user(storage, user, lambda u: None if u.oid != oid or u.being_deleted
+                             else {"deleting_at": time.time()})
+        if marked is not None:
+            break
+        # Gone, another account at this address, or another deletion marked it first: that one's outcome is
+        # this one's (a 204 only once the account is gone; if it failed and took its mark back, mark again).
+        if not _other_deletion_failed(storage, user):
+            return
+    else:
+        raise errors.ServiceUnavailable("The account is being changed; retry.", retry_after=1)
     user = marked
     alias = _alias(settings, oid)
     # The log made pseudonymous before the account row goes: if storage fails here, the mark is taken back
@@ -573,6 +589,22 @@ def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
                                          for e in entries], update_unless_changed,
                               falls_back_on=(Modified, Conflict))
     raise StorageError("the account's sign-in records kept changing")
+
+
+def _other_deletion_failed(storage: Storage, user: User, seconds: float = 15.0) -> bool:
+    """Wait for a parallel deletion of this account (its mark) to end: False once the account is gone (or
+    another account has its address), True if that deletion failed and took its mark back. Raises 503 while
+    it still runs after ``seconds`` (a deletion is a few storage calls per hundred sign-in records)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        fresh = get_user_by_key(storage, user.pk)
+        if fresh is None or fresh.oid != user.oid:
+            return False
+        if not fresh.being_deleted:
+            return True
+        if time.monotonic() > deadline:
+            raise errors.ServiceUnavailable("The account is being deleted; retry.", retry_after=5)
+        time.sleep(0.1)
 
 
 def _unmark(storage: Storage, user: User) -> None:

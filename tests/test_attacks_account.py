@@ -450,3 +450,96 @@ def test_A117_a_parallel_deletion_answers_204_only_once_the_account_is_gone(serv
     assert out["a"].status == 503, (out["a"].status, out["a"].body)
     assert out["b"].status == 204, (out["b"].status, out["b"].body)
     assert directory.get_user(server.storage, email) is None          # 204 means gone
+
+
+def test_A117_an_old_sessions_change_never_lands_on_the_account_signed_up_again_at_the_address(
+        server, api, outbox, make_user):
+    """Account A is deleted and someone signs up again at the same address (B: the same partition, another
+    object id) while A's session has a change in flight: its write loses its race and was retried on the row
+    as it is now, B's. A's session set B's password (then signed in to B with it), added its phone to B and
+    renamed B (a review: a takeover). Now a retried change acts on the account it read only: 401 for a password
+    or profile change, 400 for a method, 204 for sign out everywhere, and B is untouched."""
+    cases = (("password_hash", "POST", "me/password", lambda: {"currentPassword": PW, "newPassword": NEW_PW}, 401),
+             ("attributes", "PATCH", "me", lambda: {"attributes": {"displayName": "Attacker"}}, 401),
+             ("rt_not_before", "POST", "me/revoke-sessions", lambda: None, 204),
+             ("methods", "POST", "me/methods/verify", None, 400))
+    for field, method, path, body, expected in cases:
+        number = phone()
+        email, _ = make_user(methods=[sms(number)])
+        fresh = step_up(api, outbox, email, number, server)
+        if body is None:                                   # a new phone, verified by its code
+            target = phone()
+            sent = call(api, "POST", "me/methods", fresh["access_token"], {"channel": "sms", "target": target})
+            assert sent.status in (200, 202), sent.body
+            payload = {"verification": sent["verification"], "code": outbox.last_code(target)}
+        else:
+            payload = body()
+        replaced: list = []
+
+        def sign_up_again():
+            server.storage.table("users").delete(directory.user_key(email), "user")
+            replaced.append(directory.create_user(server.storage, email, password=PW + " of the new owner"))
+
+        with _before_account_write(field, 1, sign_up_again):
+            r = call(api, method, path, fresh["access_token"], payload)
+        assert replaced, field
+        assert r.status == expected, (field, r.status, r.body)
+        b = directory.get_user(server.storage, email)
+        assert b.oid == replaced[0].oid
+        assert b.password_hash == replaced[0].password_hash and b.methods == [], field
+        assert b.display_name == replaced[0].display_name and not b.entity.get("rt_not_before"), field
+        assert sign_in(api, email, password=NEW_PW).status == 400
+
+
+def test_A117_waiting_for_a_parallel_deletion_is_counted_and_only_for_live_sessions(server, api, make_user):
+    """A DELETE /me that finds another deletion's mark waits for it (above). Those waits were free: 40 parallel
+    ones from one session sat 15 s each and none counted in the session's change limit, and a session already
+    signed out waited too (a review). Now each counts before it waits (the 31st in an hour is 429), and a
+    session that has ended is answered 401 at once."""
+    email, _ = make_user()
+    t = sign_in(api, email)
+    user = directory.get_user(server.storage, email)
+    directory.update_user(server.storage, user, deleting_at=time.time())        # a deletion in progress
+    results: list = []
+    waiters = [threading.Thread(target=lambda: results.append(call(api, "DELETE", "me", t["access_token"])))
+               for _ in range(32)]
+    for w in waiters:
+        w.start()
+    time.sleep(0.5)
+    server.storage.table("users").delete(user.pk, "user")                       # ... which then finishes
+    for w in waiters:
+        w.join(30)
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(429) >= 2 and set(statuses) <= {204, 429}, statuses   # 30 per hour, counted first
+
+    email, _ = make_user()
+    t = sign_in(api, email)
+    assert call(api, "POST", "me/revoke-sessions", t["access_token"]).status == 204   # this session has ended
+    user = directory.get_user(server.storage, email)
+    directory.update_user(server.storage, user, deleting_at=time.time())
+    assert call(api, "DELETE", "me", t["access_token"]).status == 401               # not a wait, then a 503
+
+
+def test_A117_parallel_deletions_that_see_a_mark_taken_back_delete_once_and_all_say_204(
+        server, api, outbox, make_user):
+    """Ten parallel deletions wait on a mark that is then taken back (its deletion failed): one of them deletes
+    the account; the others, finding that one's mark, wait for it. Each answers 204 (some answered 401), one
+    goodbye and one record."""
+    number = phone()
+    email, _ = make_user(methods=[sms(number)])
+    fresh = step_up(api, outbox, email, number, server)
+    user = directory.get_user(server.storage, email)
+    directory.update_user(server.storage, user, deleting_at=time.time())
+    before = len(outbox.messages(email))
+    results: list = []
+    waiters = [threading.Thread(target=lambda: results.append(call(api, "DELETE", "me", fresh["access_token"])))
+               for _ in range(10)]
+    for w in waiters:
+        w.start()
+    time.sleep(1.0)
+    directory.update_user(server.storage, directory.get_user(server.storage, email), deleting_at=0)   # it failed
+    for w in waiters:
+        w.join(30)
+    assert sorted(r.status for r in results) == [204] * 10, [(r.status, r.body) for r in results if r.status != 204]
+    assert directory.get_user(server.storage, email) is None
+    assert len([m for m in outbox.messages(email)[before:] if m["purpose"] == "account_deleted"]) == 1

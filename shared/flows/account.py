@@ -126,7 +126,7 @@ def _being_deleted(session: tuple[dict[str, Any], dict[str, Any] | None, User | 
         return False
     claims, family, user = session
     return (family is not None and not family.get("revoked") and user is not None and user.oid == claims.get("oid")
-            and family.get("oid") == user.oid and user.being_deleted)
+            and family.get("oid") == user.oid and user.being_deleted and not tokens.session_ended(user, family))
 
 
 def _caller(request: Request, settings: Settings, *, change: bool, session=None) -> Caller | Response:
@@ -206,16 +206,24 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 def me(request: Request, settings: Settings) -> Response:
     session = _session(request, settings)
     caller = _caller(request, settings, change=request.method != "GET", session=session)
-    if isinstance(caller, Response):
-        if request.method == "DELETE" and _being_deleted(session):
-            # A parallel deletion of this account holds the mark: 204 once it is done; if it failed (and took
-            # its mark back), this request deletes the account itself; 503 if it is still running.
-            if not _other_deletion_failed(get_storage(settings), session[2]):
+    if isinstance(caller, Response) and request.method == "DELETE" and _being_deleted(session):
+        # A parallel deletion of this account holds the mark: 204 once it is done; if it failed (and took its
+        # mark back), this request deletes the account itself (if another waiter marked it first, wait for that
+        # one); 503 if it is still running. Counted in the session's change limit before any wait.
+        storage = get_storage(settings)
+        limits.check_and_count_action(storage, settings, "me-change", None, CHANGES_PER_HOUR,
+                                      source=f"user:{session[2].oid}", error=TooManyRequests)
+        for _ in range(3):
+            if not _other_deletion_failed(storage, session[2]):
                 return _json(204, None)
-            caller = _caller(request, settings, change=True)
-            if isinstance(caller, Response):
+            session = _session(request, settings)
+            caller = _caller(request, settings, change=True, session=session)
+            if not isinstance(caller, Response):
+                return _delete(caller, request, parse_json(request, settings, required=False))
+            if not _being_deleted(session):
                 return caller
-            return _delete(caller, request, parse_json(request, settings, required=False))
+        raise errors.ServiceUnavailable("The account is being deleted; retry.", retry_after=5)
+    if isinstance(caller, Response):
         if request.method == "DELETE" and _deleted_session(request, settings):
             return _json(204, None)  # idempotent: this session's account is already gone
         return caller
@@ -591,7 +599,7 @@ def _pseudonymise(storage: Storage, user_pk: str, oid: str, alias: str) -> None:
     raise StorageError("the account's sign-in records kept changing")
 
 
-def _other_deletion_failed(storage: Storage, user: User, seconds: float = 15.0) -> bool:
+def _other_deletion_failed(storage: Storage, user: User, seconds: float = 5.0) -> bool:
     """Wait for a parallel deletion of this account (its mark) to end: False once the account is gone (or
     another account has its address), True if that deletion failed and took its mark back. Raises 503 while
     it still runs after ``seconds`` (a deletion is a few storage calls per hundred sign-in records)."""

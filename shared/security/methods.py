@@ -126,7 +126,10 @@ def add_method(storage: Storage, settings: Settings, flow, channel: str, target:
         raise errors.InvalidGrant("The continuation_token is not valid.")
     added: dict[str, Any] = {}
     saved = change_user(storage, user, adding(flow, channel, target, added))
-    if added.get("new") and saved is not None:
+    if saved is None and added.get("new"):
+        # Computed, never written: the account went (or another account has its address now).
+        raise errors.InvalidGrant("The continuation_token is not valid.")
+    if added.get("new"):
         _announce(storage, settings, saved, flow, "method_added", channel, target, request)
     return added["id"]
 

@@ -183,7 +183,8 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
     ``compute(user)`` returns the changes for the user as currently stored
     (or None for "nothing to change"); on a 412 the user is read again and
     ``compute`` runs again, so no concurrent change is lost. Returns the
-    updated user, or None when the user is gone or nothing was changed.
+    updated user, or None when nothing was changed or the user is gone (also
+    when another account has its address now: same partition, another oid).
 
     ``counter=True`` is for failure counters only (wrong passwords, wrong
     codes): it retries up to 40 times with a growing backoff (a burst of
@@ -213,7 +214,9 @@ def change_user(storage: Storage, user: User, compute, attempts: int = 10, *, co
 
             time.sleep(random.uniform(0.002, 0.03 * min(attempt + 1, 4)))  # let the concurrent writer finish
             fresh = get_user_by_key(storage, user.pk)
-            if fresh is None:
+            if fresh is None or fresh.oid != user.oid:
+                # Gone, or deleted and signed up again at the address (the same partition, another object id):
+                # a change meant for one account never lands on the next one (an account takeover, A117).
                 return None
             user = fresh
     if counter:

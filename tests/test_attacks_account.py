@@ -491,6 +491,20 @@ def test_A117_an_old_sessions_change_never_lands_on_the_account_signed_up_again_
         assert sign_in(api, email, password=NEW_PW).status == 400
 
 
+def _deletions_while_marked(api, token: str, n: int, after: float, then) -> list:
+    """``n`` parallel DELETE /me with ``token`` while the account carries a deletion's mark; ``then()`` runs
+    ``after`` seconds later (the other deletion ends). Returns the answers."""
+    results: list = []
+    waiters = [threading.Thread(target=lambda: results.append(call(api, "DELETE", "me", token))) for _ in range(n)]
+    for w in waiters:
+        w.start()
+    time.sleep(after)
+    then()
+    for w in waiters:
+        w.join(30)
+    return results
+
+
 def test_A117_waiting_for_a_parallel_deletion_is_counted_and_only_for_live_sessions(server, api, make_user):
     """A DELETE /me that finds another deletion's mark waits for it (above). Those waits were free: 40 parallel
     ones from one session sat 15 s each and none counted in the session's change limit, and a session already
@@ -500,15 +514,8 @@ def test_A117_waiting_for_a_parallel_deletion_is_counted_and_only_for_live_sessi
     t = sign_in(api, email)
     user = directory.get_user(server.storage, email)
     directory.update_user(server.storage, user, deleting_at=time.time())        # a deletion in progress
-    results: list = []
-    waiters = [threading.Thread(target=lambda: results.append(call(api, "DELETE", "me", t["access_token"])))
-               for _ in range(32)]
-    for w in waiters:
-        w.start()
-    time.sleep(0.5)
-    server.storage.table("users").delete(user.pk, "user")                       # ... which then finishes
-    for w in waiters:
-        w.join(30)
+    results = _deletions_while_marked(api, t["access_token"], 32, 0.5,          # ... which then finishes
+                                      lambda: server.storage.table("users").delete(user.pk, "user"))
     statuses = sorted(r.status for r in results)
     assert statuses.count(429) >= 2 and set(statuses) <= {204, 429}, statuses   # 30 per hour, counted first
 
@@ -531,15 +538,8 @@ def test_A117_parallel_deletions_that_see_a_mark_taken_back_delete_once_and_all_
     user = directory.get_user(server.storage, email)
     directory.update_user(server.storage, user, deleting_at=time.time())
     before = len(outbox.messages(email))
-    results: list = []
-    waiters = [threading.Thread(target=lambda: results.append(call(api, "DELETE", "me", fresh["access_token"])))
-               for _ in range(10)]
-    for w in waiters:
-        w.start()
-    time.sleep(1.0)
-    directory.update_user(server.storage, directory.get_user(server.storage, email), deleting_at=0)   # it failed
-    for w in waiters:
-        w.join(30)
+    results = _deletions_while_marked(api, fresh["access_token"], 10, 1.0, lambda: directory.update_user(
+        server.storage, directory.get_user(server.storage, email), deleting_at=0))            # it failed
     assert sorted(r.status for r in results) == [204] * 10, [(r.status, r.body) for r in results if r.status != 204]
     assert directory.get_user(server.storage, email) is None
     assert len([m for m in outbox.messages(email)[before:] if m["purpose"] == "account_deleted"]) == 1

@@ -535,8 +535,7 @@ def delete_user(storage: Storage, settings: Settings, user: User, *, request: Re
     # up and answer 204 with the account still there, A117); if the row stays busy through every retry,
     # StorageUnavailable goes up as a 503: never a deletion that says it happened when it did not.
     for _ in range(2):
-        marked = change_user(storage, user, lambda u: None if u.oid != oid or u.being_deleted
-                             else {"deleting_at": time.time()})
+        marked = change_user(storage, user, lambda u: None if u.being_deleted else {"deleting_at": time.time()})
         if marked is not None:
             break
         # Gone, another account at this address, or another deletion marked it first: that one's outcome is
@@ -619,8 +618,7 @@ def _unmark(storage: Storage, user: User) -> None:
     """Take back a deletion's mark (its first pass failed): the account is as it was (retried on a busy row;
     a mark that still stays is a minute's, DELETING_SECONDS)."""
     try:
-        change_user(storage, user, lambda u: {"deleting_at": 0} if u.oid == user.oid and u.entity.get("deleting_at")
-                    else None)
+        change_user(storage, user, lambda u: {"deleting_at": 0} if u.entity.get("deleting_at") else None)
     except StorageError as exc:
         log.warning("a failed deletion's mark could not be taken back: %s", type(exc).__name__)
 

@@ -574,8 +574,7 @@ def _write_must_land(storage: Storage, changes: list[AccountChange]) -> None:
     for change in changes:
         if change.best_effort or change.tied or change.compute is None:
             continue
-        oid, compute = change.base.oid, change.compute
-        written = change_user(storage, change.base, lambda u: compute(u) if u.oid == oid else None)
+        written = change_user(storage, change.base, change.compute)   # never onto another account (its oid)
         if written is None and _same_account([change], get_user_by_key(storage, change.base.pk)) is None:
             # The account is gone (deleted meanwhile, perhaps signed up again): the step cannot go on for it.
             raise errors.InvalidGrant("The continuation_token is not valid.")
